@@ -1,0 +1,128 @@
+//! Backends: what actually runs an operation.
+//!
+//! The ring core hands a backend a plain-data [`RawOp`] and a 64-bit key; the backend
+//! starts it and later reports `(key, result)` pairs, `result` being the syscall's
+//! return value or `-errno`. Memory behind a `RawOp` belongs to the ring's op table and
+//! stays valid until the backend has reported the key. A backend never blocks in
+//! `start` or `cancel`, and never loses a cancel request.
+//!
+//! Keys with bit 63 set are the backend's own (cancel requests, the doorbell poll) and
+//! never reach the ring.
+
+pub(crate) mod uring;
+
+use crate::op::{BlockingFn, OpKind, RawOp};
+use crate::outcome::CancelClass;
+use crate::wake::Doorbell;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bit 63 marks backend-internal keys.
+pub(crate) const INTERNAL: u64 = 1 << 63;
+
+/// Which backend a ring uses.
+///
+/// ```
+/// let ring = quell::Ring::new().unwrap();
+/// println!("running on {}", ring.backend());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BackendKind {
+    /// Linux io_uring.
+    Uring,
+    /// epoll for pollable descriptors plus an interruptible thread pool for the rest.
+    Portable,
+}
+
+impl BackendKind {
+    /// `"uring"` or `"portable"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::Uring => "uring",
+            BackendKind::Portable => "portable",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings a backend is built with.
+#[derive(Clone, Debug)]
+pub(crate) struct BackendConfig {
+    /// Submission queue entries (io_uring).
+    pub(crate) sq_entries: u32,
+    /// Most ops the ring gives the backend at once.
+    pub(crate) max_in_flight: u32,
+    /// Worker threads of the blocking pool.
+    pub(crate) pool_threads: usize,
+}
+
+/// The backend in use, dispatched statically.
+pub(crate) enum Backend {
+    Uring(uring::Uring),
+}
+
+impl Backend {
+    pub(crate) fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Uring(_) => BackendKind::Uring,
+        }
+    }
+
+    /// Starts an op. `false`: no room right now (the ring keeps it queued and retries
+    /// after the next reap).
+    #[inline]
+    pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
+        match self {
+            Backend::Uring(b) => b.start(key, raw, class),
+        }
+    }
+
+    /// Starts a blocking closure on the pool. Never refused: the pool queues it.
+    pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
+        match self {
+            Backend::Uring(b) => b.start_blocking(key, f),
+        }
+    }
+
+    /// Asks the backend to stop an op it was given. Never blocks, never lost.
+    #[inline]
+    pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, class: CancelClass) {
+        match self {
+            Backend::Uring(b) => b.cancel(key, kind, class),
+        }
+    }
+
+    /// Hands pending work to the kernel without waiting.
+    #[inline]
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Backend::Uring(b) => b.flush(),
+        }
+    }
+
+    /// Flushes, then sleeps until a completion is ready, the doorbell rings or `timeout` passes.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Backend::Uring(b) => b.wait(timeout),
+        }
+    }
+
+    /// Moves finished `(key, result)` pairs into `out`.
+    #[inline]
+    pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
+        match self {
+            Backend::Uring(b) => b.reap(out),
+        }
+    }
+}
+
+/// Everything a backend constructor needs from the ring.
+pub(crate) struct BackendParts {
+    pub(crate) config: BackendConfig,
+    pub(crate) doorbell: Arc<Doorbell>,
+}

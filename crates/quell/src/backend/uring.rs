@@ -1,0 +1,384 @@
+//! The io_uring backend.
+//!
+//! Every op becomes one SQE whose user data is the ring's key. Cancels are
+//! `IORING_OP_ASYNC_CANCEL` by user data, one per op (the kernel's match-all flags are
+//! quadratic, see DESIGN.md), tagged so their own CQEs stay inside the backend; a cancel
+//! that finds no room in the submission queue waits in `pending_cancels` and goes out
+//! before anything else. Interruptible ops (FUSE, NFS) carry `IOSQE_ASYNC`: a direct-I/O
+//! FUSE read would otherwise block inside `io_uring_enter` and stall the whole ring.
+
+use super::{BackendParts, INTERNAL};
+use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
+use crate::outcome::CancelClass;
+use crate::wake::Doorbell;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Internal key: a cancel request for the key in the low bits.
+const CANCEL_TAG: u64 = INTERNAL | (1 << 62);
+/// Internal key: the doorbell's multishot poll.
+const WAKE_KEY: u64 = INTERNAL | 1;
+
+/// Opcodes quell needs from the kernel; a kernel missing one gets the portable backend.
+pub(crate) const REQUIRED: &[(u8, &str)] = &[
+    (opcode::Nop::CODE, "nop"),
+    (opcode::Read::CODE, "read"),
+    (opcode::Write::CODE, "write"),
+    (opcode::Readv::CODE, "readv"),
+    (opcode::Writev::CODE, "writev"),
+    (opcode::OpenAt::CODE, "openat"),
+    (opcode::Close::CODE, "close"),
+    (opcode::Statx::CODE, "statx"),
+    (opcode::Fsync::CODE, "fsync"),
+    (opcode::Fallocate::CODE, "fallocate"),
+    (opcode::PollAdd::CODE, "poll_add"),
+    (opcode::Timeout::CODE, "timeout"),
+    (opcode::Accept::CODE, "accept"),
+    (opcode::Connect::CODE, "connect"),
+    (opcode::Send::CODE, "send"),
+    (opcode::Recv::CODE, "recv"),
+    (opcode::Splice::CODE, "splice"),
+    (opcode::RenameAt::CODE, "renameat"),
+    (opcode::UnlinkAt::CODE, "unlinkat"),
+    (opcode::AsyncCancel::CODE, "async_cancel"),
+];
+
+/// Why io_uring cannot be used here.
+#[derive(Debug)]
+pub(crate) struct Unavailable(pub(crate) String);
+
+pub(crate) struct Uring {
+    ring: IoUring,
+    doorbell: Arc<Doorbell>,
+    wake_armed: bool,
+    /// Cancels that found the submission queue full; they go out first.
+    pending_cancels: VecDeque<u64>,
+    /// Results produced without the kernel (ops the kernel cannot run).
+    ready: Vec<(u64, i64)>,
+    /// SQEs pushed since the last submit.
+    unsubmitted: u32,
+}
+
+impl Uring {
+    /// Sets up a ring and checks every opcode quell needs.
+    pub(crate) fn new(parts: &BackendParts) -> Result<Uring, Unavailable> {
+        let sq = parts.config.sq_entries.clamp(8, 32768).next_power_of_two();
+        let cq = (parts.config.max_in_flight.saturating_mul(2))
+            .max(sq * 2)
+            .clamp(16, 1 << 16)
+            .next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(sq)
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
+            .map_err(|e| Unavailable(describe_setup_error(&e)))?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| Unavailable(format!("io_uring probe failed: {e}")))?;
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .filter(|(code, _)| !probe.is_supported(*code))
+            .map(|(_, name)| *name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Unavailable(format!(
+                "io_uring lacks opcodes: {}",
+                missing.join(", ")
+            )));
+        }
+        if !ring.params().is_feature_ext_arg() {
+            return Err(Unavailable(
+                "io_uring lacks IORING_FEAT_EXT_ARG (timeouts on wait), kernel < 5.11".into(),
+            ));
+        }
+        let mut u = Uring {
+            ring,
+            doorbell: parts.doorbell.clone(),
+            wake_armed: false,
+            pending_cancels: VecDeque::new(),
+            ready: Vec::new(),
+            unsubmitted: 0,
+        };
+        u.arm_doorbell();
+        Ok(u)
+    }
+
+    fn arm_doorbell(&mut self) {
+        let sqe = opcode::PollAdd::new(types::Fd(self.doorbell.raw()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE_KEY);
+        if self.push(&sqe) {
+            self.wake_armed = true;
+        }
+    }
+
+    /// Pushes one SQE, submitting once to make room if the queue is full.
+    #[inline]
+    fn push(&mut self, sqe: &squeue::Entry) -> bool {
+        // SAFETY: every SQE quell builds points into memory the ring's op table keeps
+        // alive until the matching CQE is reaped (see RawOp).
+        if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            self.unsubmitted += 1;
+            return true;
+        }
+        if self.flush().is_err() {
+            return false;
+        }
+        // SAFETY: as above.
+        let ok = unsafe { self.ring.submission().push(sqe) }.is_ok();
+        if ok {
+            self.unsubmitted += 1;
+        }
+        ok
+    }
+
+    #[inline]
+    pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
+        let mut sqe = match build(&raw) {
+            Ok(sqe) => sqe.user_data(key),
+            Err(errno) => {
+                self.ready.push((key, -(errno as i64)));
+                return true;
+            }
+        };
+        if class == CancelClass::Interruptible {
+            sqe = sqe.flags(squeue::Flags::ASYNC);
+        }
+        if !self.pending_cancels.is_empty() {
+            self.push_pending_cancels();
+        }
+        self.push(&sqe)
+    }
+
+    pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
+        drop(f);
+        self.ready.push((key, -(libc::EOPNOTSUPP as i64)));
+    }
+
+    #[inline]
+    pub(crate) fn cancel(&mut self, key: u64, _kind: OpKind, _class: CancelClass) {
+        if self.pending_cancels.is_empty() && self.push_cancel(key) {
+            return;
+        }
+        self.pending_cancels.push_back(key);
+    }
+
+    fn push_cancel(&mut self, key: u64) -> bool {
+        let sqe = opcode::AsyncCancel::new(key)
+            .build()
+            .user_data(CANCEL_TAG | key);
+        // SAFETY: a cancel SQE points to no memory.
+        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+            self.unsubmitted += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn push_pending_cancels(&mut self) {
+        while let Some(&key) = self.pending_cancels.front() {
+            if !self.push_cancel(key) {
+                if self.submit(0).is_err() || !self.push_cancel(key) {
+                    return;
+                }
+            }
+            self.pending_cancels.pop_front();
+        }
+    }
+
+    fn submit(&mut self, want: usize) -> io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => {
+                    self.unsubmitted = 0;
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The CQ is backed up: the ring reaps, then submits again.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if !self.pending_cancels.is_empty() {
+            self.push_pending_cancels();
+        }
+        if self.unsubmitted > 0 || self.ring.submission().need_wakeup() {
+            self.submit(0)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if !self.wake_armed {
+            self.arm_doorbell();
+        }
+        if !self.pending_cancels.is_empty() {
+            self.push_pending_cancels();
+        }
+        if !self.ready.is_empty() || !self.ring.completion().is_empty() {
+            return self.flush();
+        }
+        let res = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match res {
+            Ok(_) => {
+                self.unsubmitted = 0;
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
+                ) =>
+            {
+                // ETIME with EXT_ARG still consumed the submission queue.
+                self.unsubmitted = self.ring.submission().len() as u32;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
+        out.append(&mut self.ready);
+        let mut rearm = false;
+        let mut freed = false;
+        for cqe in self.ring.completion() {
+            let key = cqe.user_data();
+            if key & INTERNAL == 0 {
+                out.push((key, cqe.result() as i64));
+                continue;
+            }
+            freed = true;
+            if key == WAKE_KEY {
+                self.doorbell.clear();
+                if !cqueue::more(cqe.flags()) {
+                    rearm = true;
+                }
+            }
+            // A cancel's own result (0, -ENOENT, -EALREADY) says nothing final: the
+            // target's CQE is the truth, and it always comes.
+        }
+        if rearm {
+            self.wake_armed = false;
+            self.arm_doorbell();
+        }
+        if freed && !self.pending_cancels.is_empty() {
+            self.push_pending_cancels();
+        }
+    }
+}
+
+fn describe_setup_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            "io_uring_setup: EPERM (blocked by seccomp or kernel.io_uring_disabled)".into()
+        }
+        Some(libc::ENOSYS) => "io_uring_setup: ENOSYS (kernel built without io_uring)".into(),
+        Some(libc::EOPNOTSUPP) => "io_uring_setup: EOPNOTSUPP".into(),
+        _ => format!("io_uring_setup failed: {e}"),
+    }
+}
+
+#[inline]
+fn off(o: u64) -> u64 {
+    // io_uring takes -1 for "current position".
+    if o == NO_OFFSET {
+        u64::MAX
+    } else {
+        o
+    }
+}
+
+/// Translates a RawOp into an SQE. `Err(errno)` for ops the kernel cannot take.
+#[inline]
+fn build(r: &RawOp) -> Result<squeue::Entry, i32> {
+    let fd = types::Fd(r.fd);
+    Ok(match r.kind {
+        OpKind::Nop => opcode::Nop::new().build(),
+        OpKind::Read => opcode::Read::new(fd, r.ptr, r.len)
+            .offset(off(r.offset))
+            .build(),
+        OpKind::Write => opcode::Write::new(fd, r.ptr, r.len)
+            .offset(off(r.offset))
+            .build(),
+        OpKind::Readv => opcode::Readv::new(fd, r.ptr.cast(), r.len)
+            .offset(off(r.offset))
+            .build(),
+        OpKind::Writev => opcode::Writev::new(fd, r.ptr.cast(), r.len)
+            .offset(off(r.offset))
+            .build(),
+        OpKind::OpenAt => opcode::OpenAt::new(fd, r.ptr.cast())
+            .flags(r.flags as i32)
+            .mode(r.aux as libc::mode_t)
+            .build(),
+        OpKind::Close => opcode::Close::new(fd).build(),
+        OpKind::Statx => opcode::Statx::new(fd, r.ptr.cast(), r.ptr2.cast())
+            .flags(r.flags as i32)
+            .mask(r.aux as u32)
+            .build(),
+        OpKind::Fsync => {
+            let flags = if r.flags & 1 != 0 {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            opcode::Fsync::new(fd).flags(flags).build()
+        }
+        OpKind::Fallocate => opcode::Fallocate::new(fd, r.aux)
+            .offset(r.offset)
+            .mode(r.flags as i32)
+            .build(),
+        OpKind::Poll => opcode::PollAdd::new(fd, r.flags).build(),
+        OpKind::Timeout => opcode::Timeout::new(r.ptr.cast()).build(),
+        OpKind::Accept => opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(r.flags as i32)
+            .build(),
+        OpKind::Connect => opcode::Connect::new(fd, r.ptr.cast(), r.aux as libc::socklen_t).build(),
+        OpKind::Send => opcode::Send::new(fd, r.ptr, r.len)
+            .flags(r.flags as i32)
+            .build(),
+        OpKind::Recv => opcode::Recv::new(fd, r.ptr, r.len)
+            .flags(r.flags as i32)
+            .build(),
+        OpKind::Splice => {
+            let oi = if r.offset == NO_OFFSET {
+                -1
+            } else {
+                r.offset as i64
+            };
+            let oo = if r.aux == NO_OFFSET { -1 } else { r.aux as i64 };
+            opcode::Splice::new(fd, oi, types::Fd(r.fd2), oo, r.len)
+                .flags(r.flags)
+                .build()
+        }
+        OpKind::RenameAt => {
+            opcode::RenameAt::new(fd, r.ptr.cast(), types::Fd(r.fd2), r.ptr2.cast())
+                .flags(r.flags)
+                .build()
+        }
+        OpKind::UnlinkAt => opcode::UnlinkAt::new(fd, r.ptr.cast())
+            .flags(r.flags as i32)
+            .build(),
+        OpKind::Blocking => return Err(libc::EOPNOTSUPP),
+    })
+}

@@ -1,0 +1,79 @@
+//! Owned buffers with an alignment, for `O_DIRECT` transfers.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+/// A zero-initialised heap buffer whose address is a multiple of `align`, as
+/// `O_DIRECT` transfers need.
+///
+/// ```
+/// let mut b = quell::AlignedBuf::new(8192, 4096).unwrap();
+/// assert_eq!(b.as_ptr() as usize % 4096, 0);
+/// b[0] = 7;
+/// assert_eq!(b.len(), 8192);
+/// ```
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    align: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Allocates `len` zeroed bytes aligned to `align` (a power of two). Returns `None`
+    /// when `align` is not a power of two or the size overflows.
+    pub fn new(len: usize, align: usize) -> Option<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(1), align).ok()?;
+        // SAFETY: layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = match NonNull::new(raw) {
+            Some(p) => p,
+            None => alloc::handle_alloc_error(layout),
+        };
+        Some(AlignedBuf { ptr, len, align })
+    }
+
+    /// The alignment the buffer was allocated with.
+    pub fn align(&self) -> usize {
+        self.align
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes while self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len initialised bytes and uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout =
+            Layout::from_size_align(self.len.max(1), self.align).expect("layout was valid");
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("align", &self.align)
+            .finish()
+    }
+}

@@ -1,0 +1,165 @@
+//! Classifies descriptors by how operations on them can be canceled (contract item I5).
+//!
+//! Classification costs an `fstat` + `fstatfs` (+ `fcntl`), so results are cached per
+//! descriptor number. quell's own `close`, `openat` and `accept` invalidate the entry
+//! for their descriptor; a program that closes a descriptor behind the ring's back and
+//! reuses its number for a different kind of file calls [`Ring::forget_fd`].
+//!
+//! [`Ring::forget_fd`]: crate::Ring::forget_fd
+
+use crate::outcome::CancelClass;
+use std::os::fd::RawFd;
+
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const NFS_SUPER_MAGIC: i64 = 0x6969;
+const SMB2_MAGIC_NUMBER: i64 = 0xfe53_4d42;
+const CIFS_MAGIC_NUMBER: i64 = 0xff53_4d42;
+const CEPH_SUPER_MAGIC: i64 = 0x00c3_6400;
+
+/// What quell knows about a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FdInfo {
+    pub(crate) class: CancelClass,
+    /// Opened with `O_DIRECT`: transfers must be aligned.
+    pub(crate) direct: bool,
+    /// Required memory alignment for direct I/O (0: unknown or not direct).
+    pub(crate) dio_mem_align: u32,
+    /// Required offset/length alignment for direct I/O.
+    pub(crate) dio_offset_align: u32,
+}
+
+/// Looks a descriptor up in the kernel. `Err(errno)` when it is not open.
+pub(crate) fn probe_fd(fd: RawFd) -> Result<FdInfo, i32> {
+    if fd < 0 {
+        return Err(libc::EBADF);
+    }
+    // SAFETY: zeroed stat is valid; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(errno());
+    }
+    let fmt = st.st_mode & libc::S_IFMT;
+    let class = match fmt {
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR => CancelClass::Prompt,
+        // Anonymous inodes (eventfd, timerfd, signalfd, userfaultfd) have no type bits.
+        0 => CancelClass::Prompt,
+        libc::S_IFBLK => CancelClass::Bounded,
+        _ => {
+            // SAFETY: zeroed statfs is valid; fstatfs writes into it.
+            let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: sf is a valid out-pointer.
+            if unsafe { libc::fstatfs(fd, &mut sf) } == 0 {
+                match sf.f_type as i64 {
+                    FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB2_MAGIC_NUMBER | CIFS_MAGIC_NUMBER
+                    | CEPH_SUPER_MAGIC => CancelClass::Interruptible,
+                    _ => CancelClass::Bounded,
+                }
+            } else {
+                CancelClass::Bounded
+            }
+        }
+    };
+    // SAFETY: F_GETFL takes no pointer.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let direct = fl >= 0 && fl & libc::O_DIRECT != 0;
+    let (mut mem, mut off) = (0u32, 0u32);
+    if direct {
+        let (m, o) = dio_alignment(fd);
+        mem = m;
+        off = o;
+    }
+    Ok(FdInfo {
+        class,
+        direct,
+        dio_mem_align: mem,
+        dio_offset_align: off,
+    })
+}
+
+/// Direct-I/O alignment from `statx(STATX_DIOALIGN)`, 512 bytes where the kernel does not say.
+fn dio_alignment(fd: RawFd) -> (u32, u32) {
+    // SAFETY: zeroed statx is valid; statx writes into it.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    // SAFETY: valid path and out-pointer; AT_EMPTY_PATH stats fd itself.
+    let rc = unsafe {
+        libc::statx(
+            fd,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_mem_align != 0 {
+        (stx.stx_dio_mem_align, stx.stx_dio_offset_align)
+    } else {
+        (512, 512)
+    }
+}
+
+pub(crate) fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Per-ring cache of descriptor classifications, indexed by descriptor number.
+#[derive(Default)]
+pub(crate) struct FdCache {
+    entries: Vec<Option<FdInfo>>,
+}
+
+/// Descriptors above this are classified every time rather than cached.
+const CACHE_LIMIT: usize = 1 << 20;
+
+impl FdCache {
+    /// Classifies `fd`, from the cache when possible.
+    #[inline]
+    pub(crate) fn info(&mut self, fd: RawFd) -> Result<FdInfo, i32> {
+        if fd < 0 {
+            return Err(libc::EBADF);
+        }
+        let i = fd as usize;
+        if let Some(Some(info)) = self.entries.get(i) {
+            return Ok(*info);
+        }
+        let info = probe_fd(fd)?;
+        if i < CACHE_LIMIT {
+            if self.entries.len() <= i {
+                self.entries.resize(i + 1, None);
+            }
+            self.entries[i] = Some(info);
+        }
+        Ok(info)
+    }
+
+    /// Forgets what is known about `fd` (it was closed, or reused).
+    #[inline]
+    pub(crate) fn forget(&mut self, fd: RawFd) {
+        if let Some(e) = self.entries.get_mut(fd.max(0) as usize) {
+            *e = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn classifies_common_descriptors() {
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert_eq!(probe_fd(r.as_raw_fd()).unwrap().class, CancelClass::Prompt);
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(probe_fd(f.as_raw_fd()).unwrap().class, CancelClass::Bounded);
+        let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        assert_eq!(probe_fd(ev.as_raw_fd()).unwrap().class, CancelClass::Prompt);
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(probe_fd(s.as_raw_fd()).unwrap().class, CancelClass::Prompt);
+        assert_eq!(probe_fd(-1), Err(libc::EBADF));
+        assert_eq!(probe_fd(1_000_000), Err(libc::EBADF));
+    }
+}

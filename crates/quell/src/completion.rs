@@ -1,0 +1,112 @@
+//! The record an operation yields when it ends.
+
+use crate::buf::AlignedBuf;
+use crate::id::OpId;
+use crate::op::{OpKind, Payload};
+use crate::outcome::Outcome;
+use std::fmt;
+
+/// The one record an accepted operation yields (contract item I1): its id, user data,
+/// honest outcome, and the memory it owned, handed back.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = quell::Ring::new()?;
+/// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 64]))?;
+/// std::io::Write::write_all(&mut &w, b"hello")?;
+/// let c = ring.wait_for(id)?;
+/// assert_eq!(c.outcome, quell::Outcome::Done(5));
+/// assert_eq!(c.data(), b"hello");
+/// let buf: Vec<u8> = c.into_buf().unwrap();
+/// assert_eq!(buf.len(), 64);
+/// # Ok(()) }
+/// ```
+pub struct Completion {
+    /// The operation's id.
+    pub id: OpId,
+    /// The user data given at submission.
+    pub user_data: u64,
+    /// What happened.
+    pub outcome: Outcome,
+    pub(crate) kind: OpKind,
+    pub(crate) payload: Payload,
+}
+
+impl Completion {
+    /// The operation's kind.
+    pub fn kind(&self) -> OpKind {
+        self.kind
+    }
+
+    /// The whole single buffer (read, write, send, recv), if the op had one.
+    pub fn buf(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Buf(v) => Some(v),
+            Payload::Aligned(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The bytes actually transferred: the first `outcome.transferred()` bytes of the
+    /// buffer (empty when the op had no single buffer).
+    pub fn data(&self) -> &[u8] {
+        let n = self.outcome.transferred();
+        match self.buf() {
+            Some(b) => &b[..n.min(b.len())],
+            None => &[],
+        }
+    }
+
+    /// Takes the single buffer back.
+    pub fn into_buf(self) -> Option<Vec<u8>> {
+        match self.payload {
+            Payload::Buf(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Takes the aligned buffer back (ops built with `read_aligned`/`write_aligned`).
+    pub fn into_aligned(self) -> Option<AlignedBuf> {
+        match self.payload {
+            Payload::Aligned(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Takes the buffers of a vectored op back.
+    pub fn into_bufs(self) -> Option<Vec<Vec<u8>>> {
+        match self.payload {
+            Payload::Bufs(v) => Some(v.bufs),
+            _ => None,
+        }
+    }
+
+    /// The buffers of a vectored op.
+    pub fn bufs(&self) -> Option<&[Vec<u8>]> {
+        match &self.payload {
+            Payload::Bufs(v) => Some(&v.bufs),
+            _ => None,
+        }
+    }
+
+    /// The result of a `statx` op that finished.
+    pub fn statx(&self) -> Option<&libc::statx> {
+        match (&self.payload, self.outcome) {
+            (Payload::Statx(s), Outcome::Done(_)) => Some(&s.stx),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("id", &self.id)
+            .field("user_data", &self.user_data)
+            .field("kind", &self.kind)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}

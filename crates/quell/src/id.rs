@@ -1,0 +1,67 @@
+//! Operation identifiers.
+
+use std::fmt;
+
+/// Identifies one operation accepted by a [`Ring`](crate::Ring).
+///
+/// An `OpId` packs the ring it belongs to, the slot of the op table that holds the
+/// operation and the slot's generation. The generation changes every time a slot is
+/// reused, so an id kept after its operation completed can never reach a newer
+/// operation: it is simply not found. An id from another ring is recognised as such.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut ring = quell::Ring::new()?;
+/// let id = ring.submit(quell::Op::nop())?;
+/// let done = ring.wait_for(id)?;
+/// assert_eq!(done.id, id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId {
+    pub(crate) ring: u32,
+    pub(crate) gen: u32,
+    pub(crate) slot: u32,
+}
+
+impl OpId {
+    /// The slot index inside the ring's op table (useful in logs only).
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The slot generation (useful in logs only).
+    pub fn generation(&self) -> u32 {
+        self.gen
+    }
+
+    /// Packs slot and generation into the 64-bit key the backends carry as user data.
+    #[inline]
+    pub(crate) fn key(&self) -> u64 {
+        key_of(self.slot, self.gen)
+    }
+}
+
+/// Backend key of a slot/generation pair. Bit 63 is reserved for backend-internal tags.
+#[inline]
+pub(crate) fn key_of(slot: u32, gen: u32) -> u64 {
+    ((gen as u64 & 0x7fff_ffff) << 32) | slot as u64
+}
+
+/// Splits a backend key into slot index and (31-bit) generation.
+#[inline]
+pub(crate) fn split_key(key: u64) -> (u32, u32) {
+    (key as u32, ((key >> 32) & 0x7fff_ffff) as u32)
+}
+
+impl fmt::Debug for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpId({}:{}.{})", self.ring, self.slot, self.gen)
+    }
+}
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.slot, self.gen)
+    }
+}

@@ -1,0 +1,77 @@
+//! What a ring can tell about itself: the outstanding ops and counters.
+
+use crate::group::GroupId;
+use crate::id::OpId;
+use crate::op::OpKind;
+use crate::outcome::{CancelClass, OpState};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// One outstanding operation, as listed by [`Ring::ops`](crate::Ring::ops).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = quell::Ring::new()?;
+/// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+/// let ops = ring.ops();
+/// assert_eq!(ops.len(), 1);
+/// assert_eq!(ops[0].id, id);
+/// assert_eq!(ops[0].state, quell::OpState::Queued);
+/// assert_eq!(ops[0].class, quell::CancelClass::Queued);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpInfo {
+    /// The op's id.
+    pub id: OpId,
+    /// Its user data.
+    pub user_data: u64,
+    /// Its group.
+    pub group: GroupId,
+    /// What it does.
+    pub kind: OpKind,
+    /// The descriptor it works on (`-1` for none; the directory for path ops).
+    pub fd: RawFd,
+    /// Offset for positioned transfers.
+    pub offset: Option<u64>,
+    /// Bytes asked for (transfers, fallocate).
+    pub len: u64,
+    /// How it can be canceled now: `Queued` while still in quell's queue.
+    pub class: CancelClass,
+    /// How it will be canceled once dispatched.
+    pub dispatch_class: CancelClass,
+    /// Where it is in its life.
+    pub state: OpState,
+    /// Time since submission.
+    pub age: Duration,
+    /// Its deadline, if any.
+    pub deadline: Option<Instant>,
+    /// Bytes already moved by earlier parts (derived ops).
+    pub transferred: u64,
+}
+
+/// Counters of a ring since it was created.
+///
+/// ```
+/// let ring = quell::Ring::new().unwrap();
+/// assert_eq!(ring.stats().submitted, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Ops accepted.
+    pub submitted: u64,
+    /// Completions delivered to the ring's completion queue.
+    pub completed: u64,
+    /// Cancel requests that reached an outstanding op.
+    pub cancel_requests: u64,
+    /// Ops canceled while still queued in user space (no kernel involved).
+    pub canceled_queued: u64,
+    /// Ops delivered as `Detached` whose kernel completion had not arrived yet.
+    pub detached: u64,
+    /// Detached ops whose kernel completion has since arrived (memory released).
+    pub detached_finished: u64,
+    /// Ops in flight whose memory was leaked at teardown because they never finished.
+    pub leaked_at_teardown: u64,
+}

@@ -1,0 +1,72 @@
+//! # quell
+//!
+//! Asynchronous I/O on Linux in which cancellation is a first-class operation.
+//!
+//! quell runs system calls asynchronously (natively on io_uring; on a portable
+//! epoll + interruptible thread-pool backend where io_uring is unavailable) and makes
+//! canceling them honest and asynchronous:
+//!
+//! - every accepted op yields exactly one [`Completion`], whose [`Outcome`] says
+//!   truthfully what happened (done, failed, canceled with the bytes moved, timed out,
+//!   detached);
+//! - [`Ring::cancel`] never blocks; the truth arrives in the completion;
+//! - memory the kernel may still write is never freed or handed back before the
+//!   kernel's own completion, whatever is dropped or canceled;
+//! - every op is classified by how it can be stopped ([`CancelClass`]).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::os::fd::AsRawFd;
+//! use quell::{Op, Outcome, Ring};
+//!
+//! let (r, w) = std::os::unix::net::UnixStream::pair()?;
+//! let mut ring = Ring::new()?;
+//!
+//! // A read that will never get data, and one that will.
+//! let stuck = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 4096]).user_data(1))?;
+//! ring.cancel(stuck)?;
+//! let c = ring.wait_for(stuck)?;
+//! assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+//!
+//! let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 4096]))?;
+//! std::io::Write::write_all(&mut &w, b"ping")?;
+//! assert_eq!(ring.wait_for(id)?.data(), b"ping");
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod backend;
+mod buf;
+mod classify;
+mod completion;
+mod error;
+mod group;
+mod handle;
+mod id;
+mod info;
+mod op;
+mod outcome;
+mod ring;
+mod table;
+mod wake;
+
+pub use backend::BackendKind;
+pub use buf::AlignedBuf;
+pub use completion::Completion;
+pub use error::{Error, SubmitError};
+pub use group::GroupId;
+pub use handle::Handle;
+pub use id::OpId;
+pub use info::{OpInfo, Stats};
+pub use op::{Interest, Op, OpKind};
+pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
+pub use ring::{BackendChoice, Builder, Ring};
+pub use table::MAX_CAPACITY;
+
+/// Bytes of bookkeeping the op table keeps per live operation.
+///
+/// ```
+/// assert!(quell::SLOT_BYTES <= 128);
+/// ```
+pub const SLOT_BYTES: usize = table::Table::SLOT_BYTES;

@@ -1,0 +1,688 @@
+//! Operation descriptions: what to run, on which descriptor, with which owned memory.
+//!
+//! An [`Op`] owns everything the kernel may touch while it runs (buffers, paths,
+//! addresses). The ring keeps that memory in its op table until the kernel's own
+//! completion has been reaped, then hands it back in the [`Completion`](crate::Completion).
+
+use crate::buf::AlignedBuf;
+use crate::outcome::CancelClass;
+use std::ffi::CString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// The offset that means "the descriptor's current position" (stream I/O).
+pub(crate) const NO_OFFSET: u64 = u64::MAX;
+
+/// The kind of an operation.
+///
+/// ```
+/// assert_eq!(quell::Op::nop().kind(), quell::OpKind::Nop);
+/// assert_eq!(quell::OpKind::Read.name(), "read");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum OpKind {
+    /// Does nothing; completes with `Done(0)`.
+    Nop,
+    /// `read`/`pread` into one buffer.
+    Read,
+    /// `write`/`pwrite` from one buffer.
+    Write,
+    /// `preadv` into several buffers.
+    Readv,
+    /// `pwritev` from several buffers.
+    Writev,
+    /// `openat`; completes with the new descriptor.
+    OpenAt,
+    /// `close`.
+    Close,
+    /// `statx`.
+    Statx,
+    /// `fsync` (or `fdatasync`).
+    Fsync,
+    /// `fallocate`.
+    Fallocate,
+    /// Waits for readiness (`poll`); completes with the ready events.
+    Poll,
+    /// Sleeps for a duration; completes with `Done(0)` when it expires.
+    Timeout,
+    /// `accept4`; completes with the new connection's descriptor.
+    Accept,
+    /// `connect`.
+    Connect,
+    /// `send`.
+    Send,
+    /// `recv`.
+    Recv,
+    /// `splice` between two descriptors, one of them a pipe.
+    Splice,
+    /// `renameat2`.
+    RenameAt,
+    /// `unlinkat`.
+    UnlinkAt,
+    /// Any blocking call, run on quell's interruptible thread pool.
+    Blocking,
+}
+
+impl OpKind {
+    /// A short lowercase name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Nop => "nop",
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Readv => "readv",
+            OpKind::Writev => "writev",
+            OpKind::OpenAt => "openat",
+            OpKind::Close => "close",
+            OpKind::Statx => "statx",
+            OpKind::Fsync => "fsync",
+            OpKind::Fallocate => "fallocate",
+            OpKind::Poll => "poll",
+            OpKind::Timeout => "timeout",
+            OpKind::Accept => "accept",
+            OpKind::Connect => "connect",
+            OpKind::Send => "send",
+            OpKind::Recv => "recv",
+            OpKind::Splice => "splice",
+            OpKind::RenameAt => "renameat",
+            OpKind::UnlinkAt => "unlinkat",
+            OpKind::Blocking => "blocking",
+        }
+    }
+
+    /// Whether the op moves bytes between memory and the descriptor (so a partial
+    /// result is a partial transfer).
+    pub fn is_transfer(&self) -> bool {
+        matches!(
+            self,
+            OpKind::Read
+                | OpKind::Write
+                | OpKind::Readv
+                | OpKind::Writev
+                | OpKind::Send
+                | OpKind::Recv
+                | OpKind::Splice
+        )
+    }
+
+    /// Whether the op reads from its descriptor into memory.
+    pub fn is_read(&self) -> bool {
+        matches!(self, OpKind::Read | OpKind::Readv | OpKind::Recv)
+    }
+
+    /// Whether the op takes a descriptor (rather than a path relative to a directory, or nothing).
+    pub(crate) fn uses_fd(&self) -> bool {
+        !matches!(self, OpKind::Nop | OpKind::Timeout | OpKind::Blocking)
+    }
+
+    /// Path-based ops whose `fd` is a directory descriptor (which may be `AT_FDCWD`).
+    pub(crate) fn is_path_op(&self) -> bool {
+        matches!(
+            self,
+            OpKind::OpenAt | OpKind::Statx | OpKind::RenameAt | OpKind::UnlinkAt
+        )
+    }
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Readiness a [`Op::poll`] waits for.
+///
+/// ```
+/// let i = quell::Interest::READABLE | quell::Interest::WRITABLE;
+/// assert!(i.is_readable() && i.is_writable());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Interest(u32);
+
+impl Interest {
+    /// Readable (`POLLIN`).
+    pub const READABLE: Interest = Interest(libc::POLLIN as u32);
+    /// Writable (`POLLOUT`).
+    pub const WRITABLE: Interest = Interest(libc::POLLOUT as u32);
+
+    /// Whether readability is asked for.
+    pub fn is_readable(&self) -> bool {
+        self.0 & libc::POLLIN as u32 != 0
+    }
+
+    /// Whether writability is asked for.
+    pub fn is_writable(&self) -> bool {
+        self.0 & libc::POLLOUT as u32 != 0
+    }
+
+    /// The `poll(2)` event mask.
+    pub fn bits(&self) -> u32 {
+        self.0
+    }
+}
+
+impl std::ops::BitOr for Interest {
+    type Output = Interest;
+    fn bitor(self, rhs: Interest) -> Interest {
+        Interest(self.0 | rhs.0)
+    }
+}
+
+/// Buffers and iovecs of a vectored transfer. The iovec array points into `bufs`.
+pub(crate) struct Vectored {
+    pub(crate) bufs: Vec<Vec<u8>>,
+    pub(crate) iov: Vec<libc::iovec>,
+}
+
+/// Path and result buffer of a statx.
+pub(crate) struct StatxBuf {
+    pub(crate) path: CString,
+    pub(crate) stx: libc::statx,
+}
+
+/// A socket address in kernel form.
+pub(crate) struct SockAddr {
+    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) len: libc::socklen_t,
+}
+
+/// A job for the blocking pool.
+pub(crate) type BlockingFn = Box<dyn FnOnce() -> std::io::Result<usize> + Send + 'static>;
+
+/// The memory an operation owns while it runs. Every variant lives in the op table's
+/// slot (whose address is stable) or on the heap, so pointers given to the kernel stay
+/// valid until the op's completion is reaped.
+#[derive(Default)]
+pub(crate) enum Payload {
+    #[default]
+    None,
+    Buf(Vec<u8>),
+    Aligned(AlignedBuf),
+    Bufs(Box<Vectored>),
+    Path(CString),
+    Paths(Box<(CString, CString)>),
+    Statx(Box<StatxBuf>),
+    Addr(Box<SockAddr>),
+    Time(io_uring::types::Timespec),
+    Blocking(BlockingFn),
+}
+
+/// Everything about an operation except ring bookkeeping.
+pub(crate) struct OpDesc {
+    pub(crate) kind: OpKind,
+    pub(crate) fd: RawFd,
+    pub(crate) fd2: RawFd,
+    pub(crate) len: u32,
+    pub(crate) flags: u32,
+    pub(crate) offset: u64,
+    pub(crate) aux: u64,
+    pub(crate) payload: Payload,
+}
+
+impl OpDesc {
+    fn new(kind: OpKind, fd: RawFd) -> OpDesc {
+        OpDesc {
+            kind,
+            fd,
+            fd2: -1,
+            len: 0,
+            flags: 0,
+            offset: NO_OFFSET,
+            aux: 0,
+            payload: Payload::None,
+        }
+    }
+
+    /// The plain-data view a backend needs to start the op. Pointers are into memory
+    /// owned by `self.payload`, which the ring keeps in place until the completion.
+    pub(crate) fn raw(&mut self) -> RawOp {
+        let mut r = RawOp {
+            kind: self.kind,
+            fd: self.fd,
+            fd2: self.fd2,
+            len: self.len,
+            flags: self.flags,
+            offset: self.offset,
+            aux: self.aux,
+            ptr: std::ptr::null_mut(),
+            ptr2: std::ptr::null_mut(),
+        };
+        match &mut self.payload {
+            Payload::None | Payload::Blocking(_) => {}
+            Payload::Buf(v) => r.ptr = v.as_mut_ptr(),
+            Payload::Aligned(a) => r.ptr = a.as_mut_ptr(),
+            Payload::Bufs(v) => {
+                r.ptr = v.iov.as_mut_ptr().cast();
+                r.len = v.iov.len() as u32;
+            }
+            Payload::Path(p) => r.ptr = p.as_ptr() as *mut u8,
+            Payload::Paths(p) => {
+                r.ptr = p.0.as_ptr() as *mut u8;
+                r.ptr2 = p.1.as_ptr() as *mut u8;
+            }
+            Payload::Statx(s) => {
+                r.ptr = s.path.as_ptr() as *mut u8;
+                r.ptr2 = (&mut s.stx as *mut libc::statx).cast();
+            }
+            Payload::Addr(a) => {
+                r.ptr = (&mut a.storage as *mut libc::sockaddr_storage).cast();
+                r.aux = a.len as u64;
+            }
+            Payload::Time(t) => r.ptr = (t as *mut io_uring::types::Timespec).cast(),
+        }
+        r
+    }
+
+    /// Bytes a transfer asks to move (0 for non-transfers).
+    pub(crate) fn request_len(&self) -> u64 {
+        match &self.payload {
+            Payload::Bufs(v) => v.bufs.iter().map(|b| b.len() as u64).sum(),
+            _ if self.kind == OpKind::Fallocate => self.aux,
+            _ => self.len as u64,
+        }
+    }
+}
+
+/// A plain-data, `Copy` view of an op for the backends: what an SQE carries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawOp {
+    pub(crate) kind: OpKind,
+    pub(crate) fd: RawFd,
+    pub(crate) fd2: RawFd,
+    /// Buffer length, or iovec count for vectored ops, or splice length.
+    pub(crate) len: u32,
+    pub(crate) flags: u32,
+    pub(crate) offset: u64,
+    /// Mode (openat), statx mask, fallocate length, splice out-offset, timeout nanos, address length.
+    pub(crate) aux: u64,
+    /// Buffer, iovec array, path, socket address or timespec.
+    pub(crate) ptr: *mut u8,
+    /// Second path (rename) or statx result.
+    pub(crate) ptr2: *mut u8,
+}
+
+// SAFETY: a RawOp is a description of memory owned by the ring's op table; the ring
+// guarantees that memory outlives the op, and only the backend executing the op writes it.
+unsafe impl Send for RawOp {}
+
+/// One asynchronous operation, ready to submit to a [`Ring`](crate::Ring).
+///
+/// Build it with a constructor, optionally set user data, then submit. The op owns
+/// its buffer; the buffer comes back in the completion, or inside the error if the
+/// submission is refused.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let file = std::fs::File::open("/proc/self/exe")?;
+/// let mut ring = quell::Ring::new()?;
+/// let id = ring.submit(quell::Op::read_at(file.as_raw_fd(), 0, vec![0u8; 4]).user_data(42))?;
+/// let c = ring.wait_for(id)?;
+/// assert_eq!(c.user_data, 42);
+/// assert_eq!(c.data(), b"\x7fELF");
+/// # Ok(()) }
+/// ```
+pub struct Op {
+    pub(crate) desc: OpDesc,
+    pub(crate) user_data: u64,
+    pub(crate) class: Option<CancelClass>,
+    pub(crate) group: Option<crate::GroupId>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+fn cstring(path: impl AsRef<std::path::Path>) -> CString {
+    use std::os::unix::ffi::OsStrExt;
+    // An interior NUL is reported at submit time (InvalidArgument), so keep a marker.
+    CString::new(path.as_ref().as_os_str().as_bytes()).unwrap_or_default()
+}
+
+impl Op {
+    fn with(desc: OpDesc) -> Op {
+        Op {
+            desc,
+            user_data: 0,
+            class: None,
+            group: None,
+            deadline: None,
+        }
+    }
+
+    fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
+        let mut d = OpDesc::new(kind, fd);
+        d.offset = offset;
+        d.len = buf.len().min(u32::MAX as usize) as u32;
+        d.aux = buf.len() as u64;
+        d.payload = Payload::Buf(buf);
+        Op::with(d)
+    }
+
+    /// Does nothing; completes with `Done(0)`. Useful to measure the ring itself.
+    pub fn nop() -> Op {
+        Op::with(OpDesc::new(OpKind::Nop, -1))
+    }
+
+    /// Reads into `buf` (all of its `len()`) at the descriptor's current position (pipes, sockets, ...).
+    pub fn read(fd: RawFd, buf: Vec<u8>) -> Op {
+        Op::buf_op(OpKind::Read, fd, NO_OFFSET, buf)
+    }
+
+    /// Reads into `buf` (all of its `len()`) at `offset`.
+    pub fn read_at(fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
+        Op::buf_op(OpKind::Read, fd, offset, buf)
+    }
+
+    /// Writes all of `buf` at the descriptor's current position.
+    pub fn write(fd: RawFd, buf: Vec<u8>) -> Op {
+        Op::buf_op(OpKind::Write, fd, NO_OFFSET, buf)
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_at(fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
+        Op::buf_op(OpKind::Write, fd, offset, buf)
+    }
+
+    /// Reads at `offset` into an aligned buffer (for `O_DIRECT` descriptors).
+    pub fn read_aligned(fd: RawFd, offset: u64, buf: AlignedBuf) -> Op {
+        let mut d = OpDesc::new(OpKind::Read, fd);
+        d.offset = offset;
+        d.len = buf.len().min(u32::MAX as usize) as u32;
+        d.aux = buf.len() as u64;
+        d.payload = Payload::Aligned(buf);
+        Op::with(d)
+    }
+
+    /// Writes an aligned buffer at `offset` (for `O_DIRECT` descriptors).
+    pub fn write_aligned(fd: RawFd, offset: u64, buf: AlignedBuf) -> Op {
+        let mut op = Op::read_aligned(fd, offset, buf);
+        op.desc.kind = OpKind::Write;
+        op
+    }
+
+    fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
+        let iov = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut d = OpDesc::new(kind, fd);
+        d.offset = offset;
+        d.payload = Payload::Bufs(Box::new(Vectored { bufs, iov }));
+        Op::with(d)
+    }
+
+    /// Reads into several buffers at `offset` (`preadv`).
+    pub fn readv_at(fd: RawFd, offset: u64, bufs: Vec<Vec<u8>>) -> Op {
+        Op::vectored(OpKind::Readv, fd, offset, bufs)
+    }
+
+    /// Writes several buffers at `offset` (`pwritev`).
+    pub fn writev_at(fd: RawFd, offset: u64, bufs: Vec<Vec<u8>>) -> Op {
+        Op::vectored(OpKind::Writev, fd, offset, bufs)
+    }
+
+    /// Opens `path` relative to `dirfd` (`libc::AT_FDCWD` for the working directory);
+    /// completes with the new descriptor, which the caller then owns.
+    pub fn openat(dirfd: RawFd, path: impl AsRef<std::path::Path>, flags: i32, mode: u32) -> Op {
+        let mut d = OpDesc::new(OpKind::OpenAt, dirfd);
+        d.flags = (flags | libc::O_CLOEXEC) as u32;
+        d.aux = mode as u64;
+        d.payload = Payload::Path(cstring(path));
+        Op::with(d)
+    }
+
+    /// Closes `fd`.
+    pub fn close(fd: RawFd) -> Op {
+        Op::with(OpDesc::new(OpKind::Close, fd))
+    }
+
+    /// `statx` of `path` relative to `dirfd`; with an empty path and
+    /// `libc::AT_EMPTY_PATH`, of `dirfd` itself. The result is read with
+    /// [`Completion::statx`](crate::Completion::statx).
+    pub fn statx(dirfd: RawFd, path: impl AsRef<std::path::Path>, flags: i32, mask: u32) -> Op {
+        let mut d = OpDesc::new(OpKind::Statx, dirfd);
+        d.flags = flags as u32;
+        d.aux = mask as u64;
+        // SAFETY: statx is plain old data; all-zero is a valid value.
+        let stx: libc::statx = unsafe { std::mem::zeroed() };
+        d.payload = Payload::Statx(Box::new(StatxBuf {
+            path: cstring(path),
+            stx,
+        }));
+        Op::with(d)
+    }
+
+    /// `fsync(fd)`.
+    pub fn fsync(fd: RawFd) -> Op {
+        Op::with(OpDesc::new(OpKind::Fsync, fd))
+    }
+
+    /// `fdatasync(fd)`.
+    pub fn fdatasync(fd: RawFd) -> Op {
+        let mut d = OpDesc::new(OpKind::Fsync, fd);
+        d.flags = 1;
+        Op::with(d)
+    }
+
+    /// `fallocate(fd, mode, offset, len)`.
+    pub fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Op {
+        let mut d = OpDesc::new(OpKind::Fallocate, fd);
+        d.flags = mode as u32;
+        d.offset = offset;
+        d.aux = len;
+        Op::with(d)
+    }
+
+    /// Waits until `fd` is ready for `interest`; completes with the `poll(2)` events seen.
+    pub fn poll(fd: RawFd, interest: Interest) -> Op {
+        let mut d = OpDesc::new(OpKind::Poll, fd);
+        d.flags = interest.bits();
+        Op::with(d)
+    }
+
+    /// Sleeps for `dur`, then completes with `Done(0)`.
+    pub fn timeout(dur: Duration) -> Op {
+        let mut d = OpDesc::new(OpKind::Timeout, -1);
+        d.aux = dur.as_nanos().min(u64::MAX as u128) as u64;
+        d.payload = Payload::Time(
+            io_uring::types::Timespec::new()
+                .sec(dur.as_secs())
+                .nsec(dur.subsec_nanos()),
+        );
+        Op::with(d)
+    }
+
+    /// Accepts a connection on listening socket `fd`; completes with the new descriptor
+    /// (opened with `SOCK_CLOEXEC`), which the caller then owns.
+    pub fn accept(fd: RawFd) -> Op {
+        let mut d = OpDesc::new(OpKind::Accept, fd);
+        d.flags = libc::SOCK_CLOEXEC as u32;
+        Op::with(d)
+    }
+
+    /// Connects socket `fd` to `addr`.
+    pub fn connect(fd: RawFd, addr: SocketAddr) -> Op {
+        let mut d = OpDesc::new(OpKind::Connect, fd);
+        d.payload = Payload::Addr(Box::new(sockaddr(addr)));
+        Op::with(d)
+    }
+
+    /// Sends `buf` on socket `fd` with `MSG_*` `flags` (`MSG_NOSIGNAL` is always added).
+    pub fn send(fd: RawFd, buf: Vec<u8>, flags: i32) -> Op {
+        let mut op = Op::buf_op(OpKind::Send, fd, NO_OFFSET, buf);
+        op.desc.flags = (flags | libc::MSG_NOSIGNAL) as u32;
+        op
+    }
+
+    /// Receives into `buf` from socket `fd` with `MSG_*` `flags`.
+    pub fn recv(fd: RawFd, buf: Vec<u8>, flags: i32) -> Op {
+        let mut op = Op::buf_op(OpKind::Recv, fd, NO_OFFSET, buf);
+        op.desc.flags = flags as u32;
+        op
+    }
+
+    /// Moves up to `len` bytes from `fd_in` to `fd_out`, one of which must be a pipe.
+    /// `None` offsets use the descriptor's position.
+    pub fn splice(
+        fd_in: RawFd,
+        off_in: Option<u64>,
+        fd_out: RawFd,
+        off_out: Option<u64>,
+        len: u32,
+    ) -> Op {
+        let mut d = OpDesc::new(OpKind::Splice, fd_in);
+        d.fd2 = fd_out;
+        d.offset = off_in.unwrap_or(NO_OFFSET);
+        d.aux = off_out.unwrap_or(NO_OFFSET);
+        d.len = len;
+        Op::with(d)
+    }
+
+    /// Renames `old` (relative to `olddir`) to `new` (relative to `newdir`); `flags` as `renameat2`.
+    pub fn renameat(
+        olddir: RawFd,
+        old: impl AsRef<std::path::Path>,
+        newdir: RawFd,
+        new: impl AsRef<std::path::Path>,
+        flags: u32,
+    ) -> Op {
+        let mut d = OpDesc::new(OpKind::RenameAt, olddir);
+        d.fd2 = newdir;
+        d.flags = flags;
+        d.payload = Payload::Paths(Box::new((cstring(old), cstring(new))));
+        Op::with(d)
+    }
+
+    /// Removes `path` relative to `dirfd` (`libc::AT_REMOVEDIR` in `flags` for a directory).
+    pub fn unlinkat(dirfd: RawFd, path: impl AsRef<std::path::Path>, flags: i32) -> Op {
+        let mut d = OpDesc::new(OpKind::UnlinkAt, dirfd);
+        d.flags = flags as u32;
+        d.payload = Payload::Path(cstring(path));
+        Op::with(d)
+    }
+
+    /// Runs any blocking call on quell's thread pool, as an op with the same completion
+    /// and cancel semantics: canceling interrupts the worker thread with a signal, so a
+    /// blocking system call inside `f` returns `EINTR`. `Ok(n)` becomes `Done(n)`.
+    pub fn blocking<F>(f: F) -> Op
+    where
+        F: FnOnce() -> std::io::Result<usize> + Send + 'static,
+    {
+        let mut d = OpDesc::new(OpKind::Blocking, -1);
+        d.payload = Payload::Blocking(Box::new(f));
+        Op::with(d)
+    }
+
+    /// Sets the user data carried back in the completion.
+    pub fn user_data(mut self, user_data: u64) -> Op {
+        self.user_data = user_data;
+        self
+    }
+
+    /// Declares how this op can be canceled, instead of letting the ring classify its
+    /// descriptor (useful when the descriptor's kind is known and classification should
+    /// cost nothing).
+    pub fn class(mut self, class: CancelClass) -> Op {
+        self.class = Some(class);
+        self
+    }
+
+    /// Submits the op into `group` instead of the ring's root group.
+    pub fn group(mut self, group: crate::GroupId) -> Op {
+        self.group = Some(group);
+        self
+    }
+
+    /// Gives the op an absolute deadline (contract item I7).
+    pub fn deadline(mut self, deadline: Instant) -> Op {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The op's kind.
+    pub fn kind(&self) -> OpKind {
+        self.desc.kind
+    }
+
+    /// The op's name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.desc.kind.name()
+    }
+
+    /// Takes the single buffer back out of an op that was not submitted.
+    pub fn into_buf(self) -> Option<Vec<u8>> {
+        match self.desc.payload {
+            Payload::Buf(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Takes the buffers back out of a vectored op that was not submitted.
+    pub fn into_bufs(self) -> Option<Vec<Vec<u8>>> {
+        match self.desc.payload {
+            Payload::Bufs(v) => Some(v.bufs),
+            _ => None,
+        }
+    }
+
+    /// Takes the aligned buffer back out of an op that was not submitted.
+    pub fn into_aligned(self) -> Option<AlignedBuf> {
+        match self.desc.payload {
+            Payload::Aligned(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Op")
+            .field("kind", &self.desc.kind)
+            .field("fd", &self.desc.fd)
+            .field("user_data", &self.user_data)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn sockaddr(addr: SocketAddr) -> SockAddr {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    SockAddr {
+        storage,
+        len: len as libc::socklen_t,
+    }
+}

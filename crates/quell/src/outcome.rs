@@ -1,0 +1,197 @@
+//! What an operation ended with, and how it can be stopped.
+
+use std::fmt;
+
+pub use rustix::io::Errno;
+
+/// How an operation ended. Exactly one outcome is delivered per accepted operation.
+///
+/// The outcome is the truth as the kernel (or worker thread) reported it: a cancel that
+/// arrived too late leaves the outcome `Done`, and a transfer that stopped part-way
+/// says how many bytes moved.
+///
+/// ```
+/// use quell::Outcome;
+/// let o = Outcome::Canceled { transferred: 10 };
+/// assert_eq!(o.transferred(), 10);
+/// assert!(!o.is_done());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Outcome {
+    /// Finished; the value is the syscall result (bytes transferred, a new fd, poll events, ...).
+    Done(usize),
+    /// Failed with this error number.
+    #[serde(with = "errno_serde")]
+    Failed(Errno),
+    /// Stopped by a cancel request after moving `transferred` bytes.
+    Canceled {
+        /// Bytes read or written before the operation stopped.
+        transferred: usize,
+    },
+    /// Its deadline fired and it was canceled after moving `transferred` bytes.
+    TimedOut {
+        /// Bytes read or written before the operation stopped.
+        transferred: usize,
+    },
+    /// Its deadline passed while it could not be canceled (device I/O already queued).
+    /// The caller is released now; the ring keeps the buffer until the kernel finishes,
+    /// and for a write the effect may still happen.
+    Detached,
+}
+
+impl Outcome {
+    /// `true` for [`Outcome::Done`].
+    pub fn is_done(&self) -> bool {
+        matches!(self, Outcome::Done(_))
+    }
+
+    /// `true` for [`Outcome::Canceled`] and [`Outcome::TimedOut`].
+    pub fn is_canceled(&self) -> bool {
+        matches!(self, Outcome::Canceled { .. } | Outcome::TimedOut { .. })
+    }
+
+    /// Bytes known to have been transferred (the result of `Done`, 0 for failures).
+    pub fn transferred(&self) -> usize {
+        match *self {
+            Outcome::Done(n) => n,
+            Outcome::Canceled { transferred } | Outcome::TimedOut { transferred } => transferred,
+            Outcome::Failed(_) | Outcome::Detached => 0,
+        }
+    }
+
+    /// Converts to a `Result`: `Done(n)` is `Ok(n)`, everything else an `io::Error`
+    /// (`ECANCELED` for canceled, `ETIMEDOUT` for timed out or detached).
+    pub fn into_result(self) -> std::io::Result<usize> {
+        match self {
+            Outcome::Done(n) => Ok(n),
+            Outcome::Failed(e) => Err(std::io::Error::from_raw_os_error(e.raw_os_error())),
+            Outcome::Canceled { .. } => Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+            Outcome::TimedOut { .. } | Outcome::Detached => {
+                Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Done(n) => write!(f, "done({n})"),
+            Outcome::Failed(e) => write!(f, "failed({e})"),
+            Outcome::Canceled { transferred } => write!(f, "canceled(transferred={transferred})"),
+            Outcome::TimedOut { transferred } => write!(f, "timed-out(transferred={transferred})"),
+            Outcome::Detached => write!(f, "detached"),
+        }
+    }
+}
+
+mod errno_serde {
+    use super::Errno;
+    pub fn serialize<S: serde::Serializer>(e: &Errno, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(e.raw_os_error())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Errno, D::Error> {
+        let v = <i32 as serde::Deserialize>::deserialize(d)?;
+        Ok(Errno::from_raw_os_error(v))
+    }
+}
+
+/// How an operation can be stopped (contract item I5).
+///
+/// ```
+/// use quell::CancelClass;
+/// assert!(CancelClass::Prompt.is_cancelable());
+/// assert!(!CancelClass::Bounded.is_cancelable());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(u8)]
+pub enum CancelClass {
+    /// Still in quell's own queue, not given to the kernel: cancel is certain and immediate.
+    Queued = 0,
+    /// Waiting on a pollable object (pipe, socket, eventfd, timer): canceled within microseconds.
+    Prompt = 1,
+    /// A blocking call in a worker thread (FUSE, NFS, blocking syscalls): stopped by interrupting it.
+    Interruptible = 2,
+    /// Regular file or block device I/O already with the device: cannot be canceled, finishes in bounded time.
+    Bounded = 3,
+}
+
+impl CancelClass {
+    /// Whether a cancel request can stop an operation of this class before it finishes.
+    pub fn is_cancelable(&self) -> bool {
+        !matches!(self, CancelClass::Bounded)
+    }
+
+    /// The class that wins when an operation touches two descriptors (splice): the harder to stop.
+    pub(crate) fn weakest(a: CancelClass, b: CancelClass) -> CancelClass {
+        if (a as u8) >= (b as u8) {
+            a
+        } else {
+            b
+        }
+    }
+}
+
+impl fmt::Display for CancelClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CancelClass::Queued => "queued",
+            CancelClass::Prompt => "prompt",
+            CancelClass::Interruptible => "interruptible",
+            CancelClass::Bounded => "bounded",
+        })
+    }
+}
+
+/// Where an outstanding operation is in its life.
+///
+/// ```
+/// assert_eq!(quell::OpState::Queued.to_string(), "queued");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum OpState {
+    /// In quell's user-space queue, not yet given to the backend.
+    Queued,
+    /// Given to the kernel or a worker thread.
+    InFlight,
+    /// In flight, and a cancel has been requested; the completion will tell what happened.
+    CancelRequested,
+    /// Its completion was delivered as `Detached`; the ring still waits for the kernel.
+    Detached,
+    /// Finished; the completion waits to be taken from the ring.
+    Completed,
+}
+
+impl fmt::Display for OpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpState::Queued => "queued",
+            OpState::InFlight => "in-flight",
+            OpState::CancelRequested => "cancel-requested",
+            OpState::Detached => "detached",
+            OpState::Completed => "completed",
+        })
+    }
+}
+
+/// What a cancel request could tell at once (contract item I3). The truth arrives in
+/// the completion.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut ring = quell::Ring::new()?;
+/// let id = ring.submit(quell::Op::nop())?;
+/// let _ = ring.wait_for(id)?;
+/// assert_eq!(ring.cancel(id)?, quell::CancelStatus::NotFound);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CancelStatus {
+    /// The request was made (or, for a queued op, the op is already canceled); the
+    /// completion will say what happened.
+    Requested,
+    /// The op had already finished; its completion is waiting with its original outcome.
+    AlreadyDone,
+    /// No such op: the id is stale (its completion was already taken) or was never issued.
+    NotFound,
+}

@@ -1,0 +1,938 @@
+//! The ring: accepts ops, keeps them in its op table and user-space queue, gives them
+//! to the backend within the dispatch window, and turns backend results into honest
+//! completions.
+
+use crate::backend::{uring, Backend, BackendConfig, BackendKind, BackendParts};
+use crate::classify::FdCache;
+use crate::completion::Completion;
+use crate::error::{Error, SubmitError};
+use crate::group::GroupId;
+use crate::handle::{Handle, Request, Shared};
+use crate::id::{key_of, split_key, OpId};
+use crate::info::{OpInfo, Stats};
+use crate::op::{Op, OpKind, Payload, NO_OFFSET};
+use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
+use crate::table::{SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_TIMEOUT};
+use crate::wake::Doorbell;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Which backend to use.
+///
+/// ```
+/// let ring = quell::Ring::builder().backend(quell::BackendChoice::Auto).build().unwrap();
+/// # drop(ring);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring where it works, the portable backend otherwise. The environment
+    /// variable `QUELL_BACKEND=uring|portable` overrides this choice.
+    #[default]
+    Auto,
+    /// io_uring or an error.
+    Uring,
+    /// The portable backend (epoll + interruptible thread pool).
+    Portable,
+}
+
+/// Configures and builds a [`Ring`].
+///
+/// ```
+/// let ring = quell::Ring::builder()
+///     .capacity(4096)
+///     .max_in_flight(256)
+///     .build()
+///     .unwrap();
+/// assert_eq!(ring.capacity(), 4096);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    capacity: usize,
+    max_in_flight: u32,
+    sq_entries: u32,
+    backend: BackendChoice,
+    pool_threads: usize,
+    teardown_timeout: Duration,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            capacity: 16384,
+            max_in_flight: 4096,
+            sq_entries: 256,
+            backend: BackendChoice::Auto,
+            pool_threads: 16,
+            teardown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Builder {
+    /// Most live ops (1..=65,536; default 16,384). Slots are allocated lazily in pages.
+    pub fn capacity(mut self, n: usize) -> Builder {
+        self.capacity = n.clamp(1, crate::table::MAX_CAPACITY);
+        self
+    }
+
+    /// Most ops given to the backend at once (the dispatch window; default 4,096).
+    /// The rest wait in quell's own queue, where canceling them is certain.
+    pub fn max_in_flight(mut self, n: u32) -> Builder {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Submission queue size for io_uring (default 256).
+    pub fn sq_entries(mut self, n: u32) -> Builder {
+        self.sq_entries = n.max(1);
+        self
+    }
+
+    /// Chooses the backend.
+    pub fn backend(mut self, choice: BackendChoice) -> Builder {
+        self.backend = choice;
+        self
+    }
+
+    /// Worker threads of the blocking pool (default 16).
+    pub fn pool_threads(mut self, n: usize) -> Builder {
+        self.pool_threads = n.max(1);
+        self
+    }
+
+    /// How long dropping the ring waits for ops that cannot be canceled before it
+    /// leaks their memory rather than free it under the kernel (default 30 s).
+    pub fn teardown_timeout(mut self, d: Duration) -> Builder {
+        self.teardown_timeout = d;
+        self
+    }
+
+    /// Builds the ring.
+    pub fn build(self) -> Result<Ring, Error> {
+        Ring::with_builder(self)
+    }
+}
+
+/// One submission/completion context, owned by one thread (`Send`, not `Sync`).
+///
+/// Ops are submitted with [`submit`](Ring::submit), wait in quell's own queue until the
+/// backend has room, and each yields exactly one [`Completion`], taken with
+/// [`wait`](Ring::wait) + [`next_completion`](Ring::next_completion) or
+/// [`wait_for`](Ring::wait_for). Cancels return at once; the truth comes in the
+/// completion. Dropping the ring cancels what can be canceled and waits for the rest
+/// before any buffer is freed.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = quell::Ring::new()?;
+/// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 4096]))?;
+/// assert_eq!(ring.cancel(id)?, quell::CancelStatus::Requested);
+/// let c = ring.wait_for(id)?;
+/// assert_eq!(c.outcome, quell::Outcome::Canceled { transferred: 0 });
+/// assert_eq!(c.into_buf().unwrap().len(), 4096); // the buffer comes back
+/// # Ok(()) }
+/// ```
+pub struct Ring {
+    id: u32,
+    epoch: Instant,
+    table: Table,
+    queue: VecDeque<u64>,
+    completions: VecDeque<(u32, Outcome)>,
+    backend: Backend,
+    backend_reason: String,
+    fds: FdCache,
+    /// Ops given to the backend and not yet reaped (including detached ones).
+    in_flight: u32,
+    /// User ops queued or in flight whose completion is still to come.
+    outstanding: u32,
+    max_in_flight: u32,
+    reaped: Vec<(u64, i64)>,
+    requests: Vec<Request>,
+    shared: Arc<Shared>,
+    closed: bool,
+    teardown_timeout: Duration,
+    stats: Stats,
+}
+
+impl Ring {
+    /// A ring with default settings on the best available backend.
+    pub fn new() -> Result<Ring, Error> {
+        Builder::default().build()
+    }
+
+    /// A builder to configure a ring.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn with_builder(b: Builder) -> Result<Ring, Error> {
+        let doorbell = Arc::new(Doorbell::new().map_err(|e| Error::io("eventfd", e))?);
+        let parts = BackendParts {
+            config: BackendConfig {
+                sq_entries: b.sq_entries,
+                max_in_flight: b.max_in_flight,
+                pool_threads: b.pool_threads,
+            },
+            doorbell: doorbell.clone(),
+        };
+        let mut choice = b.backend;
+        if choice == BackendChoice::Auto {
+            match std::env::var("QUELL_BACKEND").as_deref() {
+                Ok("uring") => choice = BackendChoice::Uring,
+                Ok("portable") => choice = BackendChoice::Portable,
+                _ => {}
+            }
+        }
+        let (backend, reason) = match choice {
+            BackendChoice::Uring | BackendChoice::Auto => match uring::Uring::new(&parts) {
+                Ok(u) => (Backend::Uring(u), "io_uring available".to_string()),
+                Err(why) => {
+                    return Err(Error::Unsupported {
+                        op: "ring",
+                        backend: "uring",
+                        why: Box::leak(why.0.into_boxed_str()),
+                    })
+                }
+            },
+            BackendChoice::Portable => {
+                return Err(Error::Unsupported {
+                    op: "ring",
+                    backend: "portable",
+                    why: "not built yet",
+                })
+            }
+        };
+        let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Ring {
+            id,
+            epoch: Instant::now(),
+            table: Table::new(b.capacity),
+            queue: VecDeque::new(),
+            completions: VecDeque::new(),
+            backend,
+            backend_reason: reason,
+            fds: FdCache::default(),
+            in_flight: 0,
+            outstanding: 0,
+            max_in_flight: b.max_in_flight,
+            reaped: Vec::new(),
+            requests: Vec::new(),
+            shared: Arc::new(Shared {
+                ring_id: id,
+                pending: AtomicBool::new(false),
+                requests: Mutex::new(Vec::new()),
+                doorbell,
+                closed: AtomicBool::new(false),
+            }),
+            closed: false,
+            teardown_timeout: b.teardown_timeout,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// Why this backend was chosen (for example why io_uring could not be used).
+    pub fn backend_reason(&self) -> &str {
+        &self.backend_reason
+    }
+
+    /// Most live ops.
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    /// Ops whose completion has not been taken yet (queued, in flight, or completed
+    /// and waiting in the completion queue).
+    pub fn len(&self) -> usize {
+        self.outstanding as usize + self.completions.len()
+    }
+
+    /// Whether no op is outstanding and no completion is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Counters since the ring was created.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// A cross-thread handle to this ring.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Checks an op and classifies it. Nothing is allocated or changed on error.
+    fn admit(&mut self, op: &Op) -> Result<CancelClass, Error> {
+        let d = &op.desc;
+        match &d.payload {
+            Payload::Buf(v) if v.len() > i32::MAX as usize => {
+                return Err(Error::TooLong {
+                    len: v.len() as u64,
+                })
+            }
+            Payload::Bufs(v) => {
+                if v.bufs.is_empty() {
+                    return Err(Error::InvalidArgument("vectored op with no buffers"));
+                }
+                if v.bufs.len() > 1024 {
+                    return Err(Error::InvalidArgument("more than 1024 (IOV_MAX) buffers"));
+                }
+                let total: u64 = v.bufs.iter().map(|b| b.len() as u64).sum();
+                if total > i32::MAX as u64 {
+                    return Err(Error::TooLong { len: total });
+                }
+            }
+            Payload::Path(p) if p.as_bytes().is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "path is empty or contains a NUL byte",
+                ))
+            }
+            Payload::Paths(p) if p.0.as_bytes().is_empty() || p.1.as_bytes().is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "path is empty or contains a NUL byte",
+                ))
+            }
+            _ => {}
+        }
+        if d.kind == OpKind::Fallocate && d.aux > i64::MAX as u64 {
+            return Err(Error::TooLong { len: d.aux });
+        }
+        if d.kind.is_path_op() {
+            if d.fd < 0 && d.fd != libc::AT_FDCWD {
+                return Err(Error::InvalidFd { fd: d.fd });
+            }
+            if d.kind == OpKind::RenameAt && d.fd2 < 0 && d.fd2 != libc::AT_FDCWD {
+                return Err(Error::InvalidFd { fd: d.fd2 });
+            }
+        } else if d.kind.uses_fd() {
+            if d.fd < 0 {
+                return Err(Error::InvalidFd { fd: d.fd });
+            }
+            if d.kind == OpKind::Splice && d.fd2 < 0 {
+                return Err(Error::InvalidFd { fd: d.fd2 });
+            }
+        }
+        if let Some(c) = op.class {
+            return Ok(c);
+        }
+        Ok(match d.kind {
+            OpKind::Nop | OpKind::Timeout => CancelClass::Prompt,
+            OpKind::Blocking => CancelClass::Interruptible,
+            k if k.is_path_op() => {
+                if d.fd == libc::AT_FDCWD {
+                    CancelClass::Bounded
+                } else {
+                    self.fd_class(d.fd)?
+                }
+            }
+            OpKind::Splice => {
+                let a = self.fd_class(d.fd)?;
+                let b = self.fd_class(d.fd2)?;
+                CancelClass::weakest(a, b)
+            }
+            OpKind::Close => {
+                let c = self.fd_class(d.fd)?;
+                self.fds.forget(d.fd);
+                c
+            }
+            _ => {
+                let info = self
+                    .fds
+                    .info(d.fd)
+                    .map_err(|_| Error::InvalidFd { fd: d.fd })?;
+                if info.direct && matches!(d.kind, OpKind::Read | OpKind::Write) {
+                    check_direct(op, info.dio_mem_align, info.dio_offset_align)?;
+                }
+                info.class
+            }
+        })
+    }
+
+    fn fd_class(&mut self, fd: RawFd) -> Result<CancelClass, Error> {
+        self.fds
+            .info(fd)
+            .map(|i| i.class)
+            .map_err(|_| Error::InvalidFd { fd })
+    }
+
+    /// Accepts an op. It waits in quell's queue until the next [`flush`](Ring::flush),
+    /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
+    /// op comes back whole inside the error (contract items I1, I10).
+    pub fn submit(&mut self, op: Op) -> Result<OpId, SubmitError> {
+        if self.closed {
+            return Err(SubmitError::new(Error::Closed, op));
+        }
+        if op.group.is_some_and(|g| g != GroupId::ROOT) {
+            return Err(SubmitError::new(Error::NoSuchGroup, op));
+        }
+        let class = match self.admit(&op) {
+            Ok(c) => c,
+            Err(e) => return Err(SubmitError::new(e, op)),
+        };
+        let Some((idx, gen)) = self.table.alloc() else {
+            let capacity = self.table.capacity();
+            return Err(SubmitError::new(Error::TableFull { capacity }, op));
+        };
+        let now = self.now_ns();
+        let deadline = op.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
+        let s = self.table.slot_mut(idx);
+        s.state = SlotState::Queued;
+        s.class = class;
+        s.user_data = op.user_data;
+        s.submitted = now;
+        s.deadline = deadline;
+        s.desc = op.desc;
+        self.queue.push_back(key_of(idx, gen));
+        self.outstanding += 1;
+        self.stats.submitted += 1;
+        Ok(OpId {
+            ring: self.id,
+            gen,
+            slot: idx,
+        })
+    }
+
+    fn instant_ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Gives queued ops to the backend while the dispatch window has room.
+    fn dispatch(&mut self) {
+        while self.in_flight < self.max_in_flight {
+            let Some(key) = self.queue.pop_front() else {
+                break;
+            };
+            let (idx, gen) = split_key(key);
+            let s = self.table.slot_mut(idx);
+            if s.gen != gen || s.state != SlotState::Queued {
+                continue; // canceled while queued
+            }
+            let class = s.class;
+            if s.desc.kind == OpKind::Blocking {
+                let Payload::Blocking(f) = std::mem::take(&mut s.desc.payload) else {
+                    unreachable!("blocking ops carry a closure")
+                };
+                s.state = SlotState::InFlight;
+                self.in_flight += 1;
+                self.backend.start_blocking(key, f);
+                continue;
+            }
+            let raw = s.desc.raw();
+            if !self.backend.start(key, raw, class) {
+                self.queue.push_front(key);
+                break;
+            }
+            self.table.slot_mut(idx).state = SlotState::InFlight;
+            self.in_flight += 1;
+        }
+    }
+
+    /// Turns backend results into completions.
+    fn reap(&mut self) {
+        self.backend.reap(&mut self.reaped);
+        if self.reaped.is_empty() {
+            return;
+        }
+        let mut reaped = std::mem::take(&mut self.reaped);
+        for &(key, res) in &reaped {
+            self.finish(key, res);
+        }
+        reaped.clear();
+        self.reaped = reaped;
+    }
+
+    fn finish(&mut self, key: u64, res: i64) {
+        let (idx, gen) = split_key(key);
+        let s = self.table.slot_mut(idx);
+        if s.gen != gen {
+            tracing::error!(key, "completion for a slot that moved on; ignored");
+            return;
+        }
+        match s.state {
+            SlotState::InFlight => {}
+            SlotState::Detached => {
+                self.in_flight -= 1;
+                self.stats.detached_finished += 1;
+                self.table.free(idx);
+                return;
+            }
+            state => {
+                tracing::error!(key, ?state, "completion for an op not in flight; ignored");
+                return;
+            }
+        }
+        let outcome = outcome_of(
+            s.desc.kind,
+            s.flags,
+            s.transferred,
+            s.desc.request_len(),
+            res,
+        );
+        let kind = s.desc.kind;
+        s.state = SlotState::Completed;
+        self.in_flight -= 1;
+        self.outstanding -= 1;
+        if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
+            self.fds.forget(res as RawFd);
+        }
+        self.completions.push_back((idx, outcome));
+        self.stats.completed += 1;
+    }
+
+    /// Handles requests left by handles. Returns whether a wake-up was asked for.
+    fn take_requests(&mut self) -> bool {
+        if !self.shared.pending.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut reqs = std::mem::take(&mut self.requests);
+        self.shared.take(&mut reqs);
+        let mut woken = false;
+        for r in reqs.drain(..) {
+            match r {
+                Request::Cancel(id) => {
+                    let _ = self.cancel(id);
+                }
+                Request::CancelFd(fd) => {
+                    self.cancel_fd(fd);
+                }
+                Request::CancelAll => {
+                    self.cancel_all();
+                }
+                Request::Wake => woken = true,
+            }
+        }
+        self.requests = reqs;
+        woken
+    }
+
+    /// Dispatches queued ops and hands them to the kernel, without waiting.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.take_requests();
+        self.dispatch();
+        self.backend
+            .flush()
+            .map_err(|e| Error::io("submitting to the backend", e))
+    }
+
+    /// Makes progress without blocking: dispatches, submits, and collects finished ops.
+    /// Returns the number of completions ready to take.
+    pub fn poll(&mut self) -> Result<usize, Error> {
+        self.flush()?;
+        self.reap();
+        self.dispatch();
+        Ok(self.completions.len())
+    }
+
+    /// Dispatches, submits and waits until at least `min` completions are ready, the
+    /// `timeout` passes, a [`Handle::wake`] arrives, or nothing outstanding could add
+    /// more. Returns the number of completions ready to take.
+    pub fn wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize, Error> {
+        let start = Instant::now();
+        loop {
+            let woken = self.take_requests();
+            self.dispatch();
+            self.reap();
+            self.dispatch();
+            if self.completions.len() >= min || self.outstanding == 0 || woken {
+                self.backend
+                    .flush()
+                    .map_err(|e| Error::io("submitting to the backend", e))?;
+                return Ok(self.completions.len());
+            }
+            let remaining = match timeout {
+                Some(t) => match t.checked_sub(start.elapsed()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => {
+                        self.backend
+                            .flush()
+                            .map_err(|e| Error::io("submitting to the backend", e))?;
+                        return Ok(self.completions.len());
+                    }
+                },
+                None => None,
+            };
+            self.backend
+                .wait(remaining)
+                .map_err(|e| Error::io("waiting for completions", e))?;
+        }
+    }
+
+    /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
+    pub fn next_completion(&mut self) -> Option<Completion> {
+        let (idx, outcome) = self.completions.pop_front()?;
+        Some(self.deliver(idx, outcome))
+    }
+
+    /// Takes every ready completion.
+    pub fn completions(&mut self) -> impl Iterator<Item = Completion> + '_ {
+        std::iter::from_fn(move || self.next_completion())
+    }
+
+    fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
+        let s = self.table.slot_mut(idx);
+        let c = Completion {
+            id: OpId {
+                ring: self.id,
+                gen: s.gen,
+                slot: idx,
+            },
+            user_data: s.user_data,
+            outcome,
+            kind: s.desc.kind,
+            payload: std::mem::take(&mut s.desc.payload),
+        };
+        self.table.free(idx);
+        c
+    }
+
+    /// Waits for the completion of one op and takes it; other completions stay queued.
+    pub fn wait_for(&mut self, id: OpId) -> Result<Completion, Error> {
+        if id.ring != self.id {
+            return Err(Error::ForeignId);
+        }
+        loop {
+            match self.table.get(id.slot, id.gen) {
+                None => return Err(Error::UnknownOp),
+                Some(s) if s.state == SlotState::Detached => return Err(Error::UnknownOp),
+                Some(_) => {}
+            }
+            if let Some(pos) = self.completions.iter().position(|&(i, _)| i == id.slot) {
+                let (idx, outcome) = self.completions.remove(pos).expect("position is valid");
+                return Ok(self.deliver(idx, outcome));
+            }
+            let need = self.completions.len() + 1;
+            self.wait(need, None)?;
+        }
+    }
+
+    /// Requests cancellation of `id`; returns at once with what is known now (I3).
+    ///
+    /// A queued op is canceled on the spot and its `Canceled` completion is ready
+    /// immediately. An op in flight gets a cancel request; its completion will say
+    /// whether it stopped (`Canceled`) or finished anyway (`Done`).
+    pub fn cancel(&mut self, id: OpId) -> Result<CancelStatus, Error> {
+        if id.ring != self.id {
+            return Err(Error::ForeignId);
+        }
+        let Some(s) = self.table.get(id.slot, id.gen) else {
+            return Ok(CancelStatus::NotFound);
+        };
+        Ok(match s.state {
+            SlotState::Completed => CancelStatus::AlreadyDone,
+            SlotState::Detached | SlotState::Free => CancelStatus::NotFound,
+            SlotState::Queued | SlotState::InFlight => {
+                self.cancel_slot(id.slot, false);
+                CancelStatus::Requested
+            }
+        })
+    }
+
+    /// Cancels the live slot `idx` (queued or in flight).
+    fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
+        let s = self.table.slot_mut(idx);
+        match s.state {
+            SlotState::Queued => {
+                s.state = SlotState::Completed;
+                let outcome = if timed_out {
+                    Outcome::TimedOut { transferred: 0 }
+                } else {
+                    Outcome::Canceled { transferred: 0 }
+                };
+                self.outstanding -= 1;
+                self.completions.push_back((idx, outcome));
+                self.stats.completed += 1;
+                self.stats.canceled_queued += 1;
+                self.stats.cancel_requests += 1;
+            }
+            SlotState::InFlight => {
+                if s.flags & F_CANCEL_SENT != 0 {
+                    return;
+                }
+                s.flags |= F_CANCEL | F_CANCEL_SENT;
+                if timed_out {
+                    s.flags |= F_TIMEOUT;
+                }
+                let key = key_of(idx, s.gen);
+                let (kind, class) = (s.desc.kind, s.class);
+                self.backend.cancel(key, kind, class);
+                self.stats.cancel_requests += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Requests cancellation of every outstanding op on `fd` (as either descriptor of a
+    /// splice). Returns how many ops were reached. Uses quell's own table, one cancel
+    /// per op: the kernel's match-by-fd is quadratic.
+    pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
+        self.cancel_where(|kind, f1, f2| kind.uses_fd() && (f1 == fd || f2 == fd))
+    }
+
+    /// Requests cancellation of every outstanding op. Returns how many were reached.
+    pub fn cancel_all(&mut self) -> usize {
+        self.cancel_where(|_, _, _| true)
+    }
+
+    fn cancel_where(&mut self, pred: impl Fn(OpKind, RawFd, RawFd) -> bool) -> usize {
+        let mut hits = Vec::new();
+        for &idx in self.table.live() {
+            let s = self.table.slot(idx);
+            if matches!(s.state, SlotState::Queued | SlotState::InFlight)
+                && pred(s.desc.kind, s.desc.fd, s.desc.fd2)
+            {
+                hits.push(idx);
+            }
+        }
+        for &idx in &hits {
+            self.cancel_slot(idx, false);
+        }
+        hits.len()
+    }
+
+    /// Forgets what the ring knows about descriptor `fd`. Call it after closing a
+    /// descriptor behind the ring's back whose number may be reused for a different
+    /// kind of file (pipe vs FUSE file), so the next op on it is classified afresh.
+    pub fn forget_fd(&mut self, fd: RawFd) {
+        self.fds.forget(fd);
+    }
+
+    /// Every outstanding op (queued, in flight, detached), in O(outstanding).
+    pub fn ops(&self) -> Vec<OpInfo> {
+        let now = self.now_ns();
+        let mut v = Vec::with_capacity(self.table.len());
+        for &idx in self.table.live() {
+            let s = self.table.slot(idx);
+            let state = match s.state {
+                SlotState::Queued => OpState::Queued,
+                SlotState::InFlight if s.flags & F_CANCEL != 0 => OpState::CancelRequested,
+                SlotState::InFlight => OpState::InFlight,
+                SlotState::Detached => OpState::Detached,
+                SlotState::Completed | SlotState::Free => continue,
+            };
+            v.push(OpInfo {
+                id: OpId {
+                    ring: self.id,
+                    gen: s.gen,
+                    slot: idx,
+                },
+                user_data: s.user_data,
+                group: GroupId::ROOT,
+                kind: s.desc.kind,
+                fd: s.desc.fd,
+                offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
+                    .then_some(s.desc.offset)
+                    .filter(|&o| o != NO_OFFSET),
+                len: s.desc.request_len(),
+                class: if state == OpState::Queued {
+                    CancelClass::Queued
+                } else {
+                    s.class
+                },
+                dispatch_class: s.class,
+                state,
+                age: Duration::from_nanos(now.saturating_sub(s.submitted)),
+                deadline: (s.deadline != u64::MAX)
+                    .then(|| self.epoch + Duration::from_nanos(s.deadline)),
+                transferred: s.transferred,
+            });
+        }
+        v
+    }
+
+    /// Cancels everything, waits for every op to end, and refuses further submissions.
+    /// Returns the completions that were not taken yet. Ops that cannot be canceled are
+    /// waited for up to the teardown timeout; past it their memory is leaked rather
+    /// than freed under the kernel (counted in [`Stats::leaked_at_teardown`]).
+    pub fn shutdown(&mut self) -> Vec<Completion> {
+        self.closed = true;
+        self.shared.closed.store(true, Ordering::Release);
+        self.cancel_all();
+        let start = Instant::now();
+        while self.in_flight > 0 {
+            self.take_requests();
+            self.reap();
+            if self.in_flight == 0 {
+                break;
+            }
+            let Some(left) = self.teardown_timeout.checked_sub(start.elapsed()) else {
+                self.leak_in_flight();
+                break;
+            };
+            // Keep re-asking: a cancel can find a worker op before its syscall started.
+            if let Err(e) = self
+                .backend
+                .wait(Some(left.min(Duration::from_millis(100))))
+            {
+                tracing::error!(error = %e, "waiting during teardown failed; leaking in-flight memory");
+                self.leak_in_flight();
+                break;
+            }
+        }
+        self.completions().collect()
+    }
+
+    /// Leaks the memory of ops the kernel may still use (never frees it under the kernel).
+    fn leak_in_flight(&mut self) {
+        let live: Vec<u32> = self.table.live().to_vec();
+        for idx in live {
+            let s = self.table.slot_mut(idx);
+            if matches!(s.state, SlotState::InFlight | SlotState::Detached) {
+                std::mem::forget(std::mem::take(&mut s.desc.payload));
+                self.stats.leaked_at_teardown += 1;
+                tracing::warn!(slot = idx, kind = %s.desc.kind, "op still in flight at teardown; its memory is leaked");
+            }
+        }
+        self.in_flight = 0;
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if !self.closed || self.in_flight > 0 {
+            drop(self.shutdown());
+        }
+    }
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("id", &self.id)
+            .field("backend", &self.backend.kind())
+            .field("outstanding", &self.outstanding)
+            .field("in_flight", &self.in_flight)
+            .field("ready", &self.completions.len())
+            .finish()
+    }
+}
+
+/// The honest outcome of a finished op (contract item I4).
+#[inline]
+fn outcome_of(kind: OpKind, flags: u8, prior: u64, asked: u64, res: i64) -> Outcome {
+    let canceled = flags & F_CANCEL != 0;
+    let stopped = |t: u64| {
+        if flags & F_TIMEOUT != 0 {
+            Outcome::TimedOut {
+                transferred: t as usize,
+            }
+        } else {
+            Outcome::Canceled {
+                transferred: t as usize,
+            }
+        }
+    };
+    if res >= 0 {
+        let n = res as u64;
+        if canceled && kind.is_transfer() && n < asked {
+            return stopped(prior + n);
+        }
+        return Outcome::Done((prior + n) as usize);
+    }
+    let errno = (-res) as i32;
+    if kind == OpKind::Timeout && errno == libc::ETIME {
+        return Outcome::Done(0);
+    }
+    if errno == libc::ECANCELED || (canceled && errno == libc::EINTR) {
+        return stopped(prior);
+    }
+    Outcome::Failed(crate::outcome::Errno::from_raw_os_error(errno))
+}
+
+/// O_DIRECT alignment rules for one buffer.
+fn check_direct(op: &Op, mem_align: u32, off_align: u32) -> Result<(), Error> {
+    let fd = op.desc.fd;
+    let (ptr, len) = match &op.desc.payload {
+        Payload::Buf(v) => (v.as_ptr() as usize, v.len()),
+        Payload::Aligned(a) => (a.as_ptr() as usize, a.len()),
+        _ => return Ok(()),
+    };
+    let m = mem_align.max(1) as usize;
+    let o = off_align.max(1) as u64;
+    if ptr % m != 0 {
+        return Err(Error::Misaligned {
+            fd,
+            what: "buffer address",
+            align: mem_align,
+        });
+    }
+    if op.desc.offset != NO_OFFSET && op.desc.offset % o != 0 {
+        return Err(Error::Misaligned {
+            fd,
+            what: "offset",
+            align: off_align,
+        });
+    }
+    if len as u64 % o != 0 {
+        return Err(Error::Misaligned {
+            fd,
+            what: "length",
+            align: off_align,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_honest() {
+        assert_eq!(outcome_of(OpKind::Read, 0, 0, 10, 10), Outcome::Done(10));
+        assert_eq!(outcome_of(OpKind::Read, 0, 0, 10, 3), Outcome::Done(3));
+        assert_eq!(
+            outcome_of(OpKind::Read, F_CANCEL, 0, 10, 3),
+            Outcome::Canceled { transferred: 3 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::Read, F_CANCEL, 0, 10, 10),
+            Outcome::Done(10)
+        );
+        assert_eq!(
+            outcome_of(OpKind::Read, F_CANCEL, 0, 10, -(libc::EINTR as i64)),
+            Outcome::Canceled { transferred: 0 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::Read, 0, 0, 10, -(libc::EINTR as i64)),
+            Outcome::Failed(crate::outcome::Errno::INTR)
+        );
+        assert_eq!(
+            outcome_of(
+                OpKind::Write,
+                F_CANCEL | F_TIMEOUT,
+                0,
+                10,
+                -(libc::ECANCELED as i64)
+            ),
+            Outcome::TimedOut { transferred: 0 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::Timeout, 0, 0, 0, -(libc::ETIME as i64)),
+            Outcome::Done(0)
+        );
+        assert_eq!(
+            outcome_of(OpKind::Poll, F_CANCEL, 0, 0, 1),
+            Outcome::Done(1),
+            "a poll that fired is done even if canceled late"
+        );
+    }
+}

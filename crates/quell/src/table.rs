@@ -1,0 +1,304 @@
+//! The op table: one slot per outstanding operation.
+//!
+//! Slots live in pages of [`PAGE_SLOTS`] that are allocated the first time they are
+//! needed and never move afterwards, so memory inside a slot (a timespec, the `Vec`
+//! header of a buffer) may be handed to the kernel by address. A slot index is 16 bits
+//! wide at most (65,536 live ops); each slot carries a generation so a stale [`OpId`]
+//! is detected. Live slots are also kept in a dense array, which makes listing the
+//! outstanding ops O(outstanding) and freeing O(1).
+//!
+//! [`OpId`]: crate::OpId
+
+use crate::op::{OpDesc, OpKind, Payload, NO_OFFSET};
+use crate::outcome::CancelClass;
+
+/// Slots per lazily allocated page.
+pub(crate) const PAGE_SLOTS: usize = 256;
+/// Largest capacity a ring may have (16-bit slot index).
+pub const MAX_CAPACITY: usize = 1 << 16;
+/// Generations wrap inside 31 bits (bit 63 of a backend key is reserved).
+const GEN_MASK: u32 = 0x7fff_ffff;
+const NONE: u32 = u32::MAX;
+
+/// Where a slot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SlotState {
+    Free,
+    /// In the user-space queue.
+    Queued,
+    /// Given to the backend.
+    InFlight,
+    /// The user got a `Detached` completion; the backend still owns the memory.
+    Detached,
+    /// Finished; the completion waits in the ring's completion queue.
+    Completed,
+}
+
+/// Slot flag: a cancel was requested while the op was in flight.
+pub(crate) const F_CANCEL: u8 = 1;
+/// Slot flag: the cancel came from a deadline (outcome `TimedOut`).
+pub(crate) const F_TIMEOUT: u8 = 2;
+/// Slot flag: the op is internal to the ring (wake-up poll), never reported.
+pub(crate) const F_INTERNAL: u8 = 4;
+/// Slot flag: the backend has been asked to cancel (ASYNC_CANCEL sent or queued).
+pub(crate) const F_CANCEL_SENT: u8 = 8;
+
+/// Bookkeeping for one operation.
+pub(crate) struct Slot {
+    pub(crate) gen: u32,
+    pub(crate) state: SlotState,
+    pub(crate) class: CancelClass,
+    pub(crate) flags: u8,
+    /// Free-list link while free; position in the live array while live.
+    pub(crate) link: u32,
+    pub(crate) group: u32,
+    pub(crate) user_data: u64,
+    /// Nanoseconds since the ring's epoch at submission.
+    pub(crate) submitted: u64,
+    /// Deadline in nanoseconds since the ring's epoch (`u64::MAX`: none).
+    pub(crate) deadline: u64,
+    /// Bytes moved by earlier parts of a derived op.
+    pub(crate) transferred: u64,
+    pub(crate) desc: OpDesc,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            gen: 0,
+            state: SlotState::Free,
+            class: CancelClass::Queued,
+            flags: 0,
+            link: NONE,
+            group: 0,
+            user_data: 0,
+            submitted: 0,
+            deadline: u64::MAX,
+            transferred: 0,
+            desc: OpDesc {
+                kind: OpKind::Nop,
+                fd: -1,
+                fd2: -1,
+                len: 0,
+                flags: 0,
+                offset: NO_OFFSET,
+                aux: 0,
+                payload: Payload::None,
+            },
+        }
+    }
+}
+
+/// Fixed-capacity slab of slots with lazily allocated pages.
+pub(crate) struct Table {
+    pages: Vec<Option<Box<[Slot]>>>,
+    capacity: u32,
+    /// Slots ever handed out: indices below this are initialised.
+    fresh: u32,
+    free_head: u32,
+    live: Vec<u32>,
+}
+
+impl Table {
+    /// A table for at most `capacity` live ops (clamped to 1..=65,536). Allocates no slots yet.
+    pub(crate) fn new(capacity: usize) -> Table {
+        let capacity = capacity.clamp(1, MAX_CAPACITY) as u32;
+        let npages = (capacity as usize).div_ceil(PAGE_SLOTS);
+        let mut pages = Vec::with_capacity(npages);
+        pages.resize_with(npages, || None);
+        Table {
+            pages,
+            capacity,
+            fresh: 0,
+            free_head: NONE,
+            live: Vec::new(),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Number of live (non-free) slots.
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Takes a free slot; `None` when the table is full. Returns (index, generation).
+    pub(crate) fn alloc(&mut self) -> Option<(u32, u32)> {
+        let idx = if self.free_head != NONE {
+            let idx = self.free_head;
+            self.free_head = self.slot(idx).link;
+            idx
+        } else if self.fresh < self.capacity {
+            let idx = self.fresh;
+            let page = idx as usize / PAGE_SLOTS;
+            if self.pages[page].is_none() {
+                let mut v = Vec::with_capacity(PAGE_SLOTS);
+                v.resize_with(PAGE_SLOTS, Slot::default);
+                self.pages[page] = Some(v.into_boxed_slice());
+            }
+            self.fresh += 1;
+            idx
+        } else {
+            return None;
+        };
+        let pos = self.live.len() as u32;
+        self.live.push(idx);
+        let s = self.slot_mut(idx);
+        s.link = pos;
+        s.flags = 0;
+        s.transferred = 0;
+        s.deadline = u64::MAX;
+        s.group = 0;
+        Some((idx, s.gen))
+    }
+
+    /// Returns a slot to the free list, bumping its generation so old ids go stale.
+    /// The caller has already taken what it needs out of the payload.
+    pub(crate) fn free(&mut self, idx: u32) {
+        let pos = self.slot(idx).link as usize;
+        let last = self.live.len() - 1;
+        self.live.swap(pos, last);
+        self.live.pop();
+        if pos != last {
+            let moved = self.live[pos];
+            self.slot_mut(moved).link = pos as u32;
+        }
+        let head = self.free_head;
+        let s = self.slot_mut(idx);
+        s.gen = (s.gen + 1) & GEN_MASK;
+        s.state = SlotState::Free;
+        s.desc.payload = Payload::None;
+        s.link = head;
+        self.free_head = idx;
+    }
+
+    /// The slot at `idx`, whatever its generation. `idx` must have been handed out.
+    #[inline]
+    pub(crate) fn slot(&self, idx: u32) -> &Slot {
+        let page = self.pages[idx as usize / PAGE_SLOTS]
+            .as_ref()
+            .expect("slot index was handed out by this table");
+        &page[idx as usize % PAGE_SLOTS]
+    }
+
+    /// Mutable access to the slot at `idx`, whatever its generation.
+    #[inline]
+    pub(crate) fn slot_mut(&mut self, idx: u32) -> &mut Slot {
+        let page = self.pages[idx as usize / PAGE_SLOTS]
+            .as_mut()
+            .expect("slot index was handed out by this table");
+        &mut page[idx as usize % PAGE_SLOTS]
+    }
+
+    /// The live slot `idx` if its generation is `gen`.
+    #[inline]
+    pub(crate) fn get(&self, idx: u32, gen: u32) -> Option<&Slot> {
+        if idx >= self.fresh {
+            return None;
+        }
+        let s = self.slot(idx);
+        (s.gen == gen && s.state != SlotState::Free).then_some(s)
+    }
+
+    /// Mutable access to the live slot `idx` if its generation is `gen`.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Slot> {
+        if idx >= self.fresh {
+            return None;
+        }
+        let s = self.slot_mut(idx);
+        (s.gen == gen && s.state != SlotState::Free).then_some(s)
+    }
+
+    /// Indices of the live slots, in no particular order. O(live).
+    pub(crate) fn live(&self) -> &[u32] {
+        &self.live
+    }
+
+    /// Test hook: force a slot's generation (to exercise wrap-around).
+    #[cfg(test)]
+    pub(crate) fn set_gen(&mut self, idx: u32, gen: u32) {
+        self.slot_mut(idx).gen = gen & GEN_MASK;
+    }
+
+    /// Bytes of bookkeeping per slot.
+    pub(crate) const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_is_at_most_128_bytes() {
+        assert!(
+            Table::SLOT_BYTES <= 128,
+            "slot is {} bytes",
+            Table::SLOT_BYTES
+        );
+    }
+
+    #[test]
+    fn pages_are_lazy_and_capacity_is_enforced() {
+        let mut t = Table::new(1000);
+        assert!(t.pages.iter().all(|p| p.is_none()));
+        let mut ids = Vec::new();
+        for _ in 0..1000 {
+            ids.push(t.alloc().expect("room"));
+        }
+        assert!(t.alloc().is_none());
+        assert_eq!(t.len(), 1000);
+        for (i, _) in &ids {
+            t.slot_mut(*i).state = SlotState::Queued;
+        }
+        t.free(ids[500].0);
+        let (again, gen) = t.alloc().unwrap();
+        assert_eq!(again, ids[500].0);
+        assert_eq!(gen, ids[500].1 + 1);
+        assert!(t.get(ids[500].0, ids[500].1).is_none());
+    }
+
+    #[test]
+    fn live_list_stays_consistent() {
+        let mut t = Table::new(64);
+        let mut held = Vec::new();
+        for round in 0..200u32 {
+            if round % 3 != 2 {
+                if let Some((i, _)) = t.alloc() {
+                    t.slot_mut(i).state = SlotState::Queued;
+                    held.push(i);
+                }
+            } else if !held.is_empty() {
+                let i = held.remove((round as usize * 7) % held.len());
+                t.free(i);
+            }
+            let mut live: Vec<u32> = t.live().to_vec();
+            live.sort();
+            let mut want = held.clone();
+            want.sort();
+            assert_eq!(live, want);
+            for (pos, &i) in t.live().iter().enumerate() {
+                assert_eq!(t.slot(i).link as usize, pos);
+            }
+        }
+    }
+
+    #[test]
+    fn generation_wraps_and_stale_ids_stay_stale() {
+        let mut t = Table::new(4);
+        let (i, _) = t.alloc().unwrap();
+        t.set_gen(i, GEN_MASK);
+        t.slot_mut(i).state = SlotState::Queued;
+        let old = t.slot(i).gen;
+        t.free(i);
+        let (j, gen) = t.alloc().unwrap();
+        assert_eq!(i, j);
+        assert_eq!(gen, 0, "generation wraps to zero");
+        t.slot_mut(j).state = SlotState::Queued;
+        assert!(t.get(i, old).is_none());
+        assert!(t.get(j, 0).is_some());
+    }
+}
