@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README): the whole suite on both backends, then the memory-safety
+# runs (AddressSanitizer) of the tests that drop rings with I/O in flight.
+# Needs: Linux with io_uring allowed (the portable backend is tested either way), root or
+# access to /dev/fuse for the fault-injection filesystem tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test (workspace, both backends)"
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+
+echo "== AddressSanitizer: teardown and cancellation paths"
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test conformance -- \
+  drop_ring cancel_races ten_thousand cancel_survives
