@@ -303,7 +303,17 @@ impl Shared {
         st.counters.interrupts
     }
 
-    /// Wake the timer (shutdown).
+    /// Enter shutdown: no request is parked from now on. The flag is set under the lock, so
+    /// the timer either sees it or is already waiting when woken (no lost wake-up).
+    pub(crate) fn begin_shutdown(&self) {
+        {
+            let _st = self.lock();
+            self.shutdown.store(true, Ordering::SeqCst);
+        }
+        self.wake_all();
+    }
+
+    /// Wake the timer and every waiter.
     pub(crate) fn wake_all(&self) {
         self.timer.notify_all();
         self.changed.notify_all();
@@ -400,8 +410,9 @@ pub(crate) fn serve(shared: Arc<Shared>, session: Arc<Session>) {
     loop {
         match session.next_request() {
             Ok(Some(req)) => handle(&shared, req),
-            // ENODEV: the connection was aborted or unmounted.
+            // ENODEV: the connection was unmounted; ECONNABORTED: aborted through fusectl.
             Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => break,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => {
                 tracing::warn!("faultfs: reading /dev/fuse failed: {e}");
@@ -869,7 +880,7 @@ fn handle_interrupt(shared: &Shared, unique: u64) {
                 f.parked = f.parked.saturating_sub(1);
             }
             drop(st);
-            std::mem::forget(p.pending); // MUTATION
+            p.pending.answer(Answer::Err(libc::EINTR));
         }
         None => {
             // Either the request already got its real result (nothing to do), or another

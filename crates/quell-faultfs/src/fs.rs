@@ -409,9 +409,8 @@ impl FaultFs {
         let mut problems = Vec::new();
 
         // 1. No new parking; answer everything parked (hung and delayed) with EIO.
-        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.begin_shutdown();
         self.shared.fail_parked(libc::EIO, true);
-        self.shared.wake_all();
 
         // 2. Abort: ends anything still in flight and wakes the loop threads (ENODEV). The
         //    loop threads cannot be woken any other way while a file is open.

@@ -42,6 +42,7 @@ mod daemon;
 mod error;
 mod fs;
 mod mount;
+mod signals;
 mod spec;
 mod stats;
 mod store;
@@ -58,10 +59,11 @@ pub use crate::stats::{FileStats, Stats};
 
 /// Mount `spec` at `dir` and serve until SIGINT or SIGTERM, then unmount cleanly.
 ///
-/// This is what `quell faultfs mount DIR --spec FILE` runs. SIGINT and SIGTERM are blocked in
-/// the calling thread (and the daemon threads) and waited for with `sigtimedwait`; call this
-/// from the main thread before starting other threads, or block those signals in them. Returns
-/// [`Error::DaemonDied`] if the mount disappears from outside (e.g. `umount -l DIR`).
+/// This is what `quell faultfs mount DIR --spec FILE` runs. While it runs, SIGINT and SIGTERM
+/// handlers are installed process-wide (they only write to a self-pipe, so any thread may
+/// receive the signal); the previous dispositions are restored before it returns. Only one
+/// `run_foreground` may run at a time in a process. Returns [`Error::DaemonDied`] if the mount
+/// disappears from outside (e.g. `umount -l DIR`).
 ///
 /// ```no_run
 /// use quell_faultfs::{run_foreground, Spec};
@@ -71,13 +73,13 @@ pub use crate::stats::{FileStats, Stats};
 /// # Ok::<(), quell_faultfs::Error>(())
 /// ```
 pub fn run_foreground(dir: &Path, spec: Spec) -> Result<(), Error> {
-    let mask = SignalMask::block(&[libc::SIGINT, libc::SIGTERM])?;
+    let stop = signals::StopSignals::install()?;
     let fs = FaultFs::mount(dir, spec)?;
     tracing::info!("faultfs mounted at {}", fs.mountpoint().display());
     loop {
-        match mask.wait(Duration::from_millis(200)) {
+        match stop.wait(Duration::from_millis(200)) {
             Some(sig) => {
-                tracing::info!("faultfs: signal {sig}, unmounting");
+                tracing::info!("faultfs: got signal {sig}, unmounting");
                 break;
             }
             None if !fs.is_alive() => {
@@ -89,52 +91,4 @@ pub fn run_foreground(dir: &Path, spec: Spec) -> Result<(), Error> {
         }
     }
     fs.unmount()
-}
-
-/// Blocks a set of signals in the calling thread; restores the previous mask on drop.
-struct SignalMask {
-    set: libc::sigset_t,
-    old: libc::sigset_t,
-}
-
-impl SignalMask {
-    fn block(signals: &[i32]) -> Result<SignalMask, Error> {
-        // SAFETY: both sigset_t values are initialised by sigemptyset before any other use;
-        // pthread_sigmask reads `set` and writes `old`, affecting only the calling thread.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigemptyset(&mut old);
-            for &s in signals {
-                libc::sigaddset(&mut set, s);
-            }
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            if rc != 0 {
-                return Err(Error::Signal(std::io::Error::from_raw_os_error(rc)));
-            }
-            Ok(SignalMask { set, old })
-        }
-    }
-
-    /// Wait up to `timeout` for one of the blocked signals.
-    fn wait(&self, timeout: Duration) -> Option<i32> {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        // SAFETY: `self.set` is an initialised sigset_t, `ts` a valid timespec, and a null
-        // siginfo pointer is allowed.
-        let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
-        (sig > 0).then_some(sig)
-    }
-}
-
-impl Drop for SignalMask {
-    fn drop(&mut self) {
-        // SAFETY: `self.old` was filled by pthread_sigmask in `block`.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
-        }
-    }
 }

@@ -128,8 +128,8 @@ fn mountinfo() -> Vec<MountEntry> {
 pub(crate) fn find_fuse_mount(mountpoint: &Path) -> Option<MountEntry> {
     mountinfo()
         .into_iter()
-        .filter(|e| e.mountpoint == mountpoint && e.fstype.starts_with("fuse"))
-        .last()
+        .rev()
+        .find(|e| e.mountpoint == mountpoint && e.fstype.starts_with("fuse"))
 }
 
 /// Whether anything at all is mounted at `mountpoint` (canonical path).
@@ -215,14 +215,14 @@ mod tests {
 
     #[test]
     fn mountinfo_parsing() {
-        let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - fuse.faultfs quell-faultfs rw\n\
+        let text = "36 35 98:36 /mnt1 /mnt/with\\040space rw,noatime master:1 - fuse.faultfs quell-faultfs rw\n\
                     37 35 0:61 / /tmp/x rw - fuse quell-faultfs rw,user_id=0\n\
                     garbage\n";
         let v = parse_mountinfo(text);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].mountpoint, PathBuf::from("/mnt/with space"));
         assert_eq!(v[0].fstype, "fuse.faultfs");
-        assert_eq!(v[0].fuse_conn_id(), (98 << 20) | 0);
+        assert_eq!(v[0].fuse_conn_id(), (98 << 20) | 36);
         assert_eq!(v[1].fuse_conn_id(), 61);
     }
 }

@@ -105,6 +105,13 @@ fn mount(spec: Spec) -> FaultFs {
 }
 
 #[test]
+fn guard_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<FaultFs>();
+    check::<Spec>();
+}
+
+#[test]
 fn read_pattern_and_list_directory() {
     let fs = mount(
         Spec::new()
@@ -422,7 +429,13 @@ fn set_rules_at_runtime() {
         Err(Error::NoSuchFile(_))
     ));
     assert!(fs
-        .set_rules("f", vec![Rule::read(5..1, Behavior::Eio)])
+        .set_rules(
+            "f",
+            vec![Rule::read(
+                std::ops::Range { start: 5, end: 1 },
+                Behavior::Eio
+            )]
+        )
         .is_err());
 }
 
@@ -578,4 +591,62 @@ fn example_spec_parses() {
     // And it mounts.
     let fs = mount(spec);
     assert!(fs.is_alive());
+}
+
+/// Not a test on its own: the body of the child process of `run_foreground_until_sigterm`.
+#[test]
+fn run_foreground_child() {
+    let Some(dir) = std::env::var_os("QUELL_FAULTFS_FG_DIR") else {
+        return;
+    };
+    let spec = Spec::from_toml_str("[[file]]\nname = \"p\"\nsize = 10000\ncontent = \"pattern\"\n")
+        .unwrap();
+    quell_faultfs::run_foreground(Path::new(&dir), spec).unwrap();
+}
+
+#[test]
+fn run_foreground_until_sigterm() {
+    let dir = std::env::temp_dir().join(format!("quell-faultfs-fg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "run_foreground_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("QUELL_FAULTFS_FG_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !is_mounted(&dir) {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("run_foreground never mounted {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let data = std::fs::read(dir.join("p")).unwrap();
+    check_pattern(&data, 0);
+    assert_eq!(data.len(), 10000);
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline + WAIT {
+            let _ = child.kill();
+            panic!("run_foreground did not exit on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!is_mounted(&dir));
+    std::fs::remove_dir(&dir).unwrap();
 }
