@@ -48,20 +48,23 @@ mod info;
 mod op;
 mod outcome;
 mod ring;
+mod signal;
 mod table;
+mod timer;
 mod wake;
 
 pub use backend::BackendKind;
 pub use buf::AlignedBuf;
 pub use completion::Completion;
 pub use error::{Error, SubmitError};
-pub use group::GroupId;
+pub use group::{GroupId, GroupOptions, GroupStats};
 pub use handle::Handle;
 pub use id::OpId;
 pub use info::{OpInfo, Stats};
 pub use op::{Interest, Op, OpKind};
 pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
 pub use ring::{BackendChoice, Builder, Ring};
+pub use signal::SignalAction;
 pub use table::MAX_CAPACITY;
 
 /// Bytes of bookkeeping the op table keeps per live operation.
