@@ -22,7 +22,12 @@ struct Collector {
 
 impl Collector {
     /// Waits until every id has completed; returns the completions in id order.
-    fn wait_all(&mut self, ring: &mut Ring, ids: &[OpId], limit: Duration) -> Vec<quell::Completion> {
+    fn wait_all(
+        &mut self,
+        ring: &mut Ring,
+        ids: &[OpId],
+        limit: Duration,
+    ) -> Vec<quell::Completion> {
         let start = Instant::now();
         while !ids.iter().all(|id| self.got.contains_key(id)) {
             assert!(
@@ -321,7 +326,10 @@ fn cancel_storm(b: BackendChoice, by_fd: bool) {
     let (r, _w) = pipe();
     let (r2, w2) = pipe();
     let ids: Vec<OpId> = (0..10_000)
-        .map(|i| ring.submit(Op::read(raw(&r), vec![0u8; 16]).user_data(i)).unwrap())
+        .map(|i| {
+            ring.submit(Op::read(raw(&r), vec![0u8; 16]).user_data(i))
+                .unwrap()
+        })
         .collect();
     // A bystander on another pipe (only cancel_all reaches it).
     let other = ring.submit(Op::read(raw(&r2), vec![0u8; 16])).unwrap();

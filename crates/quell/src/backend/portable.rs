@@ -320,7 +320,7 @@ impl Portable {
             OpKind::Timeout => self.start_timer(key, raw.aux),
             OpKind::Poll => self.start_poll(key, raw),
             OpKind::Blocking => self.ready.push((key, -(libc::EOPNOTSUPP as i64))),
-            _ if class == CancelClass::Interruptible => self.to_pool(key, raw, 0, None),
+            _ if class == CancelClass::Interruptible => self.on_pool(key, raw, 0, None),
             OpKind::Read
             | OpKind::Write
             | OpKind::Readv
@@ -344,10 +344,10 @@ impl Portable {
                     self.ready
                         .push((key, if r < 0 { sys::neg_errno() } else { 0 }));
                 } else {
-                    self.to_pool(key, raw, 0, None);
+                    self.on_pool(key, raw, 0, None);
                 }
             }
-            _ => self.to_pool(key, raw, 0, None),
+            _ => self.on_pool(key, raw, 0, None),
         }
         true
     }
@@ -356,7 +356,7 @@ impl Portable {
         self.pool.submit_fn(key, f);
     }
 
-    fn to_pool(&mut self, key: u64, raw: RawOp, prefix: u64, iov: Option<Vec<libc::iovec>>) {
+    fn on_pool(&mut self, key: u64, raw: RawOp, prefix: u64, iov: Option<Vec<libc::iovec>>) {
         self.pool.submit_raw(key, raw, prefix, iov);
     }
 
@@ -428,7 +428,7 @@ impl Portable {
             OpKind::Accept | OpKind::Connect => {
                 if !sys::is_nonblocking(fd) {
                     // accept/connect on a blocking socket cannot be tried without blocking.
-                    return self.to_pool(key, raw, 0, None);
+                    return self.on_pool(key, raw, 0, None);
                 }
                 if raw.kind == OpKind::Accept {
                     let res = if ahead.is_some() {
@@ -456,7 +456,7 @@ impl Portable {
                         let r = attempt(&raw, Via::SockMsg);
                         if r == -(libc::ENOTSOCK as i64) {
                             // No way to try it without blocking (a blocking timerfd, tty...).
-                            return self.to_pool(key, raw, 0, None);
+                            return self.on_pool(key, raw, 0, None);
                         }
                         (Via::SockMsg, r)
                     }
@@ -474,15 +474,15 @@ impl Portable {
     fn start_file(&mut self, key: u64, raw: RawOp) {
         let write = is_write(raw.kind);
         if self.no_nowait.contains(&(raw.fd, write)) {
-            return self.to_pool(key, raw, 0, None);
+            return self.on_pool(key, raw, 0, None);
         }
         let res = attempt(&raw, Via::NoWait);
         if res == EAGAIN {
-            return self.to_pool(key, raw, 0, None);
+            return self.on_pool(key, raw, 0, None);
         }
         if res == -(libc::EOPNOTSUPP as i64) {
             self.no_nowait.insert((raw.fd, write));
-            return self.to_pool(key, raw, 0, None);
+            return self.on_pool(key, raw, 0, None);
         }
         if res <= 0 {
             self.ready.push((key, res));
@@ -497,7 +497,7 @@ impl Portable {
         }
         // Part of it was cached: the rest is read (or written) on the pool.
         let (r, iov) = rest(&raw, done);
-        self.to_pool(key, r, done, iov);
+        self.on_pool(key, r, done, iov);
     }
 
     fn enqueue(&mut self, key: u64, raw: RawOp, via: Via, dir: Dir) {
@@ -526,7 +526,7 @@ impl Portable {
             st.unlink(&w);
             if errno == libc::EPERM {
                 // Not pollable after all (a regular file declared Prompt): block on the pool.
-                self.to_pool(key, raw, 0, None);
+                self.on_pool(key, raw, 0, None);
             } else {
                 self.ready.push((key, -(errno as i64)));
             }
