@@ -5,13 +5,30 @@
 #[macro_use]
 mod common;
 
-use common::{blocking_read, pipe, raw, read_available, ring, write_all};
+use common::{drain_nonblocking as read_available, pipe, raw, write_all};
 use quell::{BackendChoice, CancelClass, Op, OpId, Outcome, Ring};
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A ring on backend `b` with every op in flight at once (no user-space queueing).
+fn ring(b: BackendChoice) -> Ring {
+    common::ring(b, 16384)
+}
+
+/// A blocking `read(2)` into a fresh buffer, as an `io::Result`.
+fn blocking_read(fd: std::os::fd::RawFd, len: usize) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: valid buffer and length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), len) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
 
 /// Collects completions; those not asked for yet are kept for a later call.
 #[derive(Default)]
@@ -172,7 +189,11 @@ both_backends! {
     }
 
     fn pool_exhaustion_queues_and_cancels_with_certainty(b: BackendChoice) {
-        let mut ring = Ring::builder().backend(b).pool_threads(2).build().unwrap();
+        let mut ring = Ring::builder()
+            .backend(b)
+            .pool_threads(2)
+            .build()
+            .unwrap();
         let (r, w) = pipe();
         let fd = raw(&r);
         let blockers: Vec<OpId> = (0..2)
