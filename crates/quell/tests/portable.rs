@@ -300,6 +300,37 @@ both_backends! {
         }
     }
 
+    fn partly_cached_reads_continue_on_the_pool(b: BackendChoice) {
+        // The first 64 KiB are cached, the rest evicted: an RWF_NOWAIT read stops short
+        // and the portable backend finishes it on the pool.
+        let path = std::env::temp_dir().join(format!("quell-partial-{}-{b:?}", std::process::id()));
+        let data: Vec<u8> = (0..1_048_576u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.sync_all().unwrap();
+        let mut ring = ring(b);
+        for vectored in [false, true] {
+            // SAFETY: plain advice on an open descriptor.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM); // no readahead
+            }
+            let mut head = vec![0u8; 65536];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
+            let id = if vectored {
+                ring.submit(Op::readv_at(f.as_raw_fd(), 0, vec![vec![0u8; 100_000], vec![0u8; 162_144]]))
+                    .unwrap()
+            } else {
+                ring.submit(Op::read_at(f.as_raw_fd(), 0, vec![0u8; 262_144])).unwrap()
+            };
+            let c = ring.wait_for(id).unwrap();
+            assert_eq!(c.outcome, Outcome::Done(262_144));
+            let got = if vectored { c.bufs().unwrap().concat() } else { c.data().to_vec() };
+            assert!(got == data[..262_144], "wrong bytes (vectored: {vectored})");
+        }
+    }
+
     fn file_reads_inline_and_on_the_pool(b: BackendChoice) {
         let dir = std::env::temp_dir().join(format!("quell-portable-{}-{b:?}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -591,6 +591,7 @@ impl Portable {
     /// Makes progress without blocking (one epoll pass if anything waits on a descriptor).
     #[inline]
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.pool.tick();
         if !std::mem::take(&mut self.polled) && !self.waiting.is_empty() {
             self.epoll_pass(Some(Duration::ZERO))?;
             self.polled = false;

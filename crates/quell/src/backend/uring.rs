@@ -219,6 +219,7 @@ impl Uring {
 
     #[inline]
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.pool.tick(); // pool hook: due interrupt re-sends (a Vec length check when none)
         if !self.pending_cancels.is_empty() {
             self.push_pending_cancels();
         }
