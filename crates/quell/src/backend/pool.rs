@@ -196,15 +196,20 @@ impl Pool {
             }),
         });
         self.jobs.insert(key, job.clone());
-        let spawn = {
+        let (spawn, idle) = {
             let mut q = self.shared.queue();
             q.jobs.push_back((job, work));
-            q.jobs.len() > q.idle && self.threads < self.max_threads
+            (
+                q.jobs.len() > q.idle && self.threads < self.max_threads,
+                q.idle > 0,
+            )
         };
+        if idle {
+            self.shared.cv.notify_one();
+        }
         if spawn {
             self.spawn();
         }
-        self.shared.cv.notify_one();
     }
 
     fn spawn(&mut self) {
