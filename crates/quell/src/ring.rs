@@ -11,8 +11,8 @@ use crate::handle::{Handle, Request, Shared};
 use crate::id::{key_of, split_key, OpId};
 use crate::info::{OpInfo, Stats};
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
-use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
+use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::table::{
     SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_TIMEOUT,
 };
@@ -1011,10 +1011,7 @@ impl Ring {
                 "a shielded group needs a deadline of its own",
             ));
         }
-        let deadline = opts
-            .deadline
-            .map(|d| self.instant_ns(d))
-            .unwrap_or(u64::MAX);
+        let deadline = opts.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
         let id = self.groups.create(p, opts.name, opts.shielded, deadline);
         if deadline != u64::MAX {
             self.timers.push(deadline, group_target(id));
@@ -1154,12 +1151,7 @@ impl Ring {
         if !grp.children.is_empty() || grp.busy() > 0 || grp.stats.detached > 0 {
             return Err(Error::InvalidArgument("group still has children or ops"));
         }
-        if self
-            .table
-            .live()
-            .iter()
-            .any(|&s| self.table.slot(s).group == idx)
-        {
+        if self.table.live().iter().any(|&s| self.table.slot(s).group == idx) {
             return Err(Error::InvalidArgument(
                 "group still has completions not taken",
             ));
