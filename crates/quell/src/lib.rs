@@ -37,6 +37,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod backend;
+pub mod blocking;
 mod buf;
 mod classify;
 mod completion;
@@ -47,6 +48,7 @@ mod id;
 mod info;
 mod op;
 mod outcome;
+mod probe;
 mod ring;
 mod signal;
 mod table;
@@ -63,6 +65,7 @@ pub use id::OpId;
 pub use info::{OpInfo, Stats};
 pub use op::{Interest, Op, OpKind};
 pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
+pub use probe::{probe, ProbeReport};
 pub use ring::{BackendChoice, Builder, Ring};
 pub use signal::SignalAction;
 pub use table::MAX_CAPACITY;

@@ -2,7 +2,7 @@
 //! to the backend within the dispatch window, and turns backend results into honest
 //! completions.
 
-use crate::backend::{uring, Backend, BackendConfig, BackendKind, BackendParts};
+use crate::backend::{portable, uring, Backend, BackendConfig, BackendKind, BackendParts};
 use crate::classify::FdCache;
 use crate::completion::Completion;
 use crate::error::{Error, SubmitError};
@@ -201,33 +201,7 @@ impl Ring {
             },
             doorbell: doorbell.clone(),
         };
-        let mut choice = b.backend;
-        if choice == BackendChoice::Auto {
-            match std::env::var("QUELL_BACKEND").as_deref() {
-                Ok("uring") => choice = BackendChoice::Uring,
-                Ok("portable") => choice = BackendChoice::Portable,
-                _ => {}
-            }
-        }
-        let (backend, reason) = match choice {
-            BackendChoice::Uring | BackendChoice::Auto => match uring::Uring::new(&parts) {
-                Ok(u) => (Backend::Uring(u), "io_uring available".to_string()),
-                Err(why) => {
-                    return Err(Error::Unsupported {
-                        op: "ring",
-                        backend: "uring",
-                        why: Box::leak(why.0.into_boxed_str()),
-                    })
-                }
-            },
-            BackendChoice::Portable => {
-                return Err(Error::Unsupported {
-                    op: "ring",
-                    backend: "portable",
-                    why: "not built yet",
-                })
-            }
-        };
+        let (backend, reason) = choose_backend(b.backend, &parts)?;
         let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Ring {
             id,
@@ -1301,6 +1275,44 @@ fn timer_live(table: &Table, groups: &Groups, at: u64, target: u64) -> bool {
     table.get(idx, gen).is_some_and(|s| {
         s.deadline == at && matches!(s.state, SlotState::Queued | SlotState::InFlight)
     })
+}
+
+/// Picks the backend (see [`BackendChoice`]) and says why.
+fn choose_backend(choice: BackendChoice, parts: &BackendParts) -> Result<(Backend, String), Error> {
+    let mut choice = choice;
+    let mut forced_by = "BackendChoice";
+    if choice == BackendChoice::Auto {
+        match std::env::var("QUELL_BACKEND").as_deref() {
+            Ok("uring") => choice = BackendChoice::Uring,
+            Ok("portable") => choice = BackendChoice::Portable,
+            _ => {}
+        }
+        forced_by = "QUELL_BACKEND";
+    }
+    let portable = |reason: String| match portable::Portable::new(parts) {
+        Ok(p) => Ok((Backend::Portable(p), reason)),
+        Err(e) => Err(Error::io("setting up the portable backend", e)),
+    };
+    match choice {
+        BackendChoice::Uring => match uring::Uring::new(parts) {
+            Ok(u) => Ok((
+                Backend::Uring(u),
+                format!("io_uring available (forced by {forced_by})"),
+            )),
+            Err(why) => Err(Error::Unsupported {
+                op: "ring",
+                backend: "uring",
+                why: Box::leak(why.0.into_boxed_str()),
+            }),
+        },
+        BackendChoice::Portable => portable(format!("portable forced by {forced_by}")),
+        BackendChoice::Auto => match uring::Uring::new(parts) {
+            Ok(u) => Ok((Backend::Uring(u), "io_uring available".to_string())),
+            // EPERM (seccomp, io_uring_disabled), ENOSYS, EOPNOTSUPP, missing opcodes, and
+            // any other setup failure: the portable backend keeps the same contract.
+            Err(why) => portable(format!("{} → portable", why.0)),
+        },
+    }
 }
 
 /// The honest outcome of a finished op (contract item I4).

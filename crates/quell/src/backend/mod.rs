@@ -9,6 +9,9 @@
 //! Keys with bit 63 set are the backend's own (cancel requests, the doorbell poll) and
 //! never reach the ring.
 
+pub(crate) mod pool;
+pub(crate) mod portable;
+pub(crate) mod sys;
 pub(crate) mod uring;
 
 use crate::op::{BlockingFn, OpKind, RawOp};
@@ -64,12 +67,14 @@ pub(crate) struct BackendConfig {
 /// The backend in use, dispatched statically.
 pub(crate) enum Backend {
     Uring(uring::Uring),
+    Portable(portable::Portable),
 }
 
 impl Backend {
     pub(crate) fn kind(&self) -> BackendKind {
         match self {
             Backend::Uring(_) => BackendKind::Uring,
+            Backend::Portable(_) => BackendKind::Portable,
         }
     }
 
@@ -79,6 +84,7 @@ impl Backend {
     pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
         match self {
             Backend::Uring(b) => b.start(key, raw, class),
+            Backend::Portable(b) => b.start(key, raw, class),
         }
     }
 
@@ -86,6 +92,7 @@ impl Backend {
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
         match self {
             Backend::Uring(b) => b.start_blocking(key, f),
+            Backend::Portable(b) => b.start_blocking(key, f),
         }
     }
 
@@ -94,6 +101,7 @@ impl Backend {
     pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, class: CancelClass) {
         match self {
             Backend::Uring(b) => b.cancel(key, kind, class),
+            Backend::Portable(b) => b.cancel(key, kind, class),
         }
     }
 
@@ -102,6 +110,7 @@ impl Backend {
     pub(crate) fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Backend::Uring(b) => b.flush(),
+            Backend::Portable(b) => b.flush(),
         }
     }
 
@@ -109,6 +118,7 @@ impl Backend {
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Backend::Uring(b) => b.wait(timeout),
+            Backend::Portable(b) => b.wait(timeout),
         }
     }
 
@@ -117,6 +127,7 @@ impl Backend {
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
         match self {
             Backend::Uring(b) => b.reap(out),
+            Backend::Portable(b) => b.reap(out),
         }
     }
 }
