@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// Bytes per read.
 pub const BLOCK: u32 = 4096;
-const SEED: u64 = 0x5eed_0f_9e11;
+const SEED: u64 = 0x5eed_f00d_9e11;
 
 /// A small, fast pseudo-random generator (splitmix64), the same for every contender.
 #[derive(Clone, Debug)]
