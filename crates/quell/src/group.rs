@@ -176,7 +176,13 @@ impl Groups {
     }
 
     /// Creates a child of `parent`, inheriting its effective state unless shielded.
-    pub(crate) fn create(&mut self, parent: u32, name: Option<String>, shielded: bool, deadline: u64) -> GroupId {
+    pub(crate) fn create(
+        &mut self,
+        parent: u32,
+        name: Option<String>,
+        shielded: bool,
+        deadline: u64,
+    ) -> GroupId {
         let idx = match self.free.pop() {
             Some(i) => {
                 let gen = self.v[i as usize].gen.wrapping_add(1);

@@ -11,8 +11,8 @@ use crate::handle::{Handle, Request, Shared};
 use crate::id::{key_of, split_key, OpId};
 use crate::info::{OpInfo, Stats};
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
-use crate::signal::{Binding, SignalAction};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
+use crate::signal::{Binding, SignalAction};
 use crate::table::{
     SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_TIMEOUT,
 };
@@ -178,6 +178,7 @@ pub struct Ring {
     scratch: Vec<u32>,
     signals: Vec<Binding>,
     part_size: u32,
+    coarse_now: u64,
 }
 
 impl Ring {
@@ -232,6 +233,7 @@ impl Ring {
             scratch: Vec::new(),
             signals: Vec::new(),
             part_size: b.part_size,
+            coarse_now: 0,
         })
     }
 
@@ -276,6 +278,13 @@ impl Ring {
     #[inline]
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The clock as of the last time the ring ran (refreshed by every wait, poll and
+    /// flush): submission timestamps need no clock read per op.
+    #[inline]
+    fn coarse_now(&self) -> u64 {
+        self.coarse_now
     }
 
     /// Checks an op and classifies it. Nothing is allocated or changed on error.
@@ -401,7 +410,7 @@ impl Ring {
             let capacity = self.table.capacity();
             return Err(SubmitError::new(Error::TableFull { capacity }, op));
         };
-        let now = self.now_ns();
+        let now = self.coarse_now();
         let deadline = op.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
         let s = self.table.slot_mut(idx);
         s.state = SlotState::Queued;
@@ -428,10 +437,18 @@ impl Ring {
         } else if deadline.min(g_deadline) <= now {
             self.cancel_slot(idx, true);
         } else {
+            let key = key_of(idx, gen);
             if deadline != u64::MAX {
-                self.timers.push(deadline, key_of(idx, gen));
+                self.timers.push(deadline, key);
             }
-            self.queue.push_back(key_of(idx, gen));
+            // With room in the dispatch window and nobody ahead, go straight to the
+            // backend (for io_uring: into the SQ; the kernel sees it at the next enter).
+            if !(self.queue.is_empty()
+                && self.in_flight < self.max_in_flight
+                && self.start_slot(idx, key))
+            {
+                self.queue.push_back(key);
+            }
         }
         Ok(id)
     }
@@ -447,40 +464,50 @@ impl Ring {
                 break;
             };
             let (idx, gen) = split_key(key);
-            let s = self.table.slot_mut(idx);
+            let s = self.table.slot(idx);
             if s.gen != gen || s.state != SlotState::Queued {
                 continue; // canceled while queued
             }
-            let class = s.class;
-            if s.desc.kind == OpKind::Blocking {
-                let Payload::Blocking(f) = std::mem::take(&mut s.desc.payload) else {
-                    unreachable!("blocking ops carry a closure")
-                };
-                s.state = SlotState::InFlight;
-                let g = s.group;
-                self.in_flight += 1;
-                self.groups.at(g).stats.queued -= 1;
-                self.groups.at(g).stats.in_flight += 1;
-                self.backend.start_blocking(key, f);
-                continue;
-            }
-            let mut raw = s.desc.raw();
-            if matches!(raw.kind, OpKind::Read | OpKind::Write)
-                && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET))
-            {
-                continue_part(&mut raw, s.transferred, self.part_size);
-            }
-            if !self.backend.start(key, raw, class) {
+            if !self.start_slot(idx, key) {
                 self.queue.push_front(key);
                 break;
             }
-            let s = self.table.slot_mut(idx);
-            s.state = SlotState::InFlight;
-            let g = self.groups.at(s.group);
-            g.stats.queued -= 1;
-            g.stats.in_flight += 1;
-            self.in_flight += 1;
         }
+    }
+
+    /// Gives one queued slot to the backend. `false`: the backend has no room now.
+    #[inline]
+    fn start_slot(&mut self, idx: u32, key: u64) -> bool {
+        let s = self.table.slot_mut(idx);
+        let class = s.class;
+        if s.desc.kind == OpKind::Blocking {
+            let Payload::Blocking(f) = std::mem::take(&mut s.desc.payload) else {
+                unreachable!("blocking ops carry a closure")
+            };
+            s.state = SlotState::InFlight;
+            let g = s.group;
+            self.in_flight += 1;
+            self.groups.at(g).stats.queued -= 1;
+            self.groups.at(g).stats.in_flight += 1;
+            self.backend.start_blocking(key, f);
+            return true;
+        }
+        let mut raw = s.desc.raw();
+        if matches!(raw.kind, OpKind::Read | OpKind::Write)
+            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET))
+        {
+            continue_part(&mut raw, s.transferred, self.part_size);
+        }
+        if !self.backend.start(key, raw, class) {
+            return false;
+        }
+        let s = self.table.slot_mut(idx);
+        s.state = SlotState::InFlight;
+        let g = self.groups.at(s.group);
+        g.stats.queued -= 1;
+        g.stats.in_flight += 1;
+        self.in_flight += 1;
+        true
     }
 
     /// Turns backend results into completions.
@@ -961,10 +988,11 @@ impl Ring {
 
     /// Fires every deadline that has passed.
     fn fire_timers(&mut self) {
+        let now = self.now_ns();
+        self.coarse_now = now;
         let Some(next) = self.timers.next() else {
             return;
         };
-        let now = self.now_ns();
         if next > now {
             return;
         }
@@ -1011,7 +1039,10 @@ impl Ring {
                 "a shielded group needs a deadline of its own",
             ));
         }
-        let deadline = opts.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
+        let deadline = opts
+            .deadline
+            .map(|d| self.instant_ns(d))
+            .unwrap_or(u64::MAX);
         let id = self.groups.create(p, opts.name, opts.shielded, deadline);
         if deadline != u64::MAX {
             self.timers.push(deadline, group_target(id));
@@ -1151,7 +1182,12 @@ impl Ring {
         if !grp.children.is_empty() || grp.busy() > 0 || grp.stats.detached > 0 {
             return Err(Error::InvalidArgument("group still has children or ops"));
         }
-        if self.table.live().iter().any(|&s| self.table.slot(s).group == idx) {
+        if self
+            .table
+            .live()
+            .iter()
+            .any(|&s| self.table.slot(s).group == idx)
+        {
             return Err(Error::InvalidArgument(
                 "group still has completions not taken",
             ));

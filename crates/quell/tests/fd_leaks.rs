@@ -41,7 +41,11 @@ fn dropping_rings_with_ops_in_flight_leaks_no_descriptor() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let now = fd_names();
-    assert_eq!(now.len(), before, "descriptors leaked by dropped rings: {now:?}");
+    assert_eq!(
+        now.len(),
+        before,
+        "descriptors leaked by dropped rings: {now:?}"
+    );
 }
 
 fn fd_names() -> Vec<String> {

@@ -193,10 +193,8 @@ impl Uring {
 
     fn push_pending_cancels(&mut self) {
         while let Some(&key) = self.pending_cancels.front() {
-            if !self.push_cancel(key) {
-                if self.submit(0).is_err() || !self.push_cancel(key) {
-                    return;
-                }
+            if !self.push_cancel(key) && (self.submit(0).is_err() || !self.push_cancel(key)) {
+                return;
             }
             self.pending_cancels.pop_front();
         }
