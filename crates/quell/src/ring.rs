@@ -434,7 +434,8 @@ impl Ring {
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
             self.cancel_slot(idx, g_timed_out);
-        } else if deadline.min(g_deadline) <= now {
+        } else if deadline.min(g_deadline) != u64::MAX && deadline.min(g_deadline) <= self.now_ns()
+        {
             self.cancel_slot(idx, true);
         } else {
             let key = key_of(idx, gen);
