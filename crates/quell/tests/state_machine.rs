@@ -48,10 +48,9 @@ struct Model {
 impl Model {
     fn take(&mut self) {
         while let Some(c) = self.ring.next_completion() {
-            let (pipe, len, canceled) = self
-                .live
-                .remove(&c.id)
-                .unwrap_or_else(|| panic!("completion for unknown or already-completed op {:?}", c.id));
+            let (pipe, len, canceled) = self.live.remove(&c.id).unwrap_or_else(|| {
+                panic!("completion for unknown or already-completed op {:?}", c.id)
+            });
             match c.outcome {
                 Outcome::Done(n) => assert!(n >= 1 && n <= len, "done({n}) for a read of {len}"),
                 Outcome::Canceled { transferred } => {
@@ -92,7 +91,14 @@ impl Model {
 }
 
 fn run(b: BackendChoice, actions: Vec<Action>) {
-    let mk = || Ring::builder().backend(b).capacity(64).max_in_flight(16).build().unwrap();
+    let mk = || {
+        Ring::builder()
+            .backend(b)
+            .capacity(64)
+            .max_in_flight(16)
+            .build()
+            .unwrap()
+    };
     let mut m = Model {
         ring: mk(),
         pipes: (0..PIPES).map(|_| pipe()).collect(),

@@ -55,7 +55,12 @@ fn rounds(ring: &mut Ring, fd: i32, bufs: &mut Vec<Vec<u8>>, n: usize) {
 }
 
 fn steady_state_allocates_nothing(b: BackendChoice) {
-    let Ok(mut ring) = Ring::builder().backend(b).capacity(1024).max_in_flight(64).build() else {
+    let Ok(mut ring) = Ring::builder()
+        .backend(b)
+        .capacity(1024)
+        .max_in_flight(64)
+        .build()
+    else {
         eprintln!("backend {b:?} unavailable here");
         return;
     };
@@ -65,7 +70,12 @@ fn steady_state_allocates_nothing(b: BackendChoice) {
     let before = ALLOCS.load(Ordering::Relaxed);
     rounds(&mut ring, file.as_raw_fd(), &mut bufs, 2000);
     let after = ALLOCS.load(Ordering::Relaxed);
-    assert_eq!(after - before, 0, "{b:?}: {} allocations in 48,000 ops", after - before);
+    assert_eq!(
+        after - before,
+        0,
+        "{b:?}: {} allocations in 48,000 ops",
+        after - before
+    );
 }
 
 #[test]
