@@ -191,6 +191,11 @@ impl Ring {
             }
         }
         let (backend, reason) = match choice {
+            #[cfg(feature = "fuzzing")]
+            _ if crate::backend::fake::armed() => (
+                Backend::Fake(crate::backend::fake::take_armed().expect("armed")),
+                "fake (fuzzing)".to_string(),
+            ),
             BackendChoice::Uring | BackendChoice::Auto => match uring::Uring::new(&parts) {
                 Ok(u) => (Backend::Uring(u), "io_uring available".to_string()),
                 Err(why) => {

@@ -9,6 +9,8 @@
 //! Keys with bit 63 set are the backend's own (cancel requests, the doorbell poll) and
 //! never reach the ring.
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fake;
 pub(crate) mod uring;
 
 use crate::op::{BlockingFn, OpKind, RawOp};
@@ -32,6 +34,10 @@ pub enum BackendKind {
     Uring,
     /// epoll for pollable descriptors plus an interruptible thread pool for the rest.
     Portable,
+    /// The fuzzing fake (feature `fuzzing`).
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    Fake,
 }
 
 impl BackendKind {
@@ -40,6 +46,8 @@ impl BackendKind {
         match self {
             BackendKind::Uring => "uring",
             BackendKind::Portable => "portable",
+            #[cfg(feature = "fuzzing")]
+            BackendKind::Fake => "fake",
         }
     }
 }
@@ -62,14 +70,19 @@ pub(crate) struct BackendConfig {
 }
 
 /// The backend in use, dispatched statically.
+#[cfg_attr(feature = "fuzzing", allow(clippy::large_enum_variant))]
 pub(crate) enum Backend {
     Uring(uring::Uring),
+    #[cfg(feature = "fuzzing")]
+    Fake(fake::Fake),
 }
 
 impl Backend {
     pub(crate) fn kind(&self) -> BackendKind {
         match self {
             Backend::Uring(_) => BackendKind::Uring,
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(_) => BackendKind::Fake,
         }
     }
 
@@ -79,6 +92,8 @@ impl Backend {
     pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
         match self {
             Backend::Uring(b) => b.start(key, raw, class),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.start(key, raw, class),
         }
     }
 
@@ -86,6 +101,8 @@ impl Backend {
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
         match self {
             Backend::Uring(b) => b.start_blocking(key, f),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.start_blocking(key, f),
         }
     }
 
@@ -94,6 +111,8 @@ impl Backend {
     pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, class: CancelClass) {
         match self {
             Backend::Uring(b) => b.cancel(key, kind, class),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.cancel(key, kind, class),
         }
     }
 
@@ -102,6 +121,8 @@ impl Backend {
     pub(crate) fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Backend::Uring(b) => b.flush(),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.flush(),
         }
     }
 
@@ -109,6 +130,8 @@ impl Backend {
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Backend::Uring(b) => b.wait(timeout),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.wait(timeout),
         }
     }
 
@@ -117,6 +140,8 @@ impl Backend {
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
         match self {
             Backend::Uring(b) => b.reap(out),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.reap(out),
         }
     }
 }
