@@ -1,2 +1,57 @@
-//! The `quell` command.
-fn main() {}
+//! The `quell` command: what this machine offers for asynchronous I/O (`quell info`),
+//! and benchmarks of quell against its anchors (`quell bench`): a raw `io-uring` crate
+//! loop written in the same program, and `fio` with its io_uring engine.
+//!
+//! Exit codes: 0 success, 2 bad usage (clap's convention), 1 a runtime error, whose
+//! message goes to standard error.
+#![warn(missing_docs)]
+
+mod bench;
+mod info;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Command-line interface of `quell`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "quell",
+    version,
+    about = "Async I/O on Linux with first-class cancellation: machine info and benchmarks",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the backend quell would use and why, and what the kernel supports
+    /// (io_uring opcodes, userfaultfd, FUSE).
+    Info(info::InfoArgs),
+    /// Benchmark quell against a raw io_uring loop (and fio) in the same run.
+    Bench(bench::BenchArgs),
+}
+
+/// The error type of the command: a message for standard error.
+pub type CliError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => info::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quell: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -115,54 +115,57 @@ impl From<Error> for std::io::Error {
 /// # Ok(()) }
 /// ```
 pub struct SubmitError {
-    error: Error,
-    op: Op,
+    // Boxed: the refusal path is cold, and a small `Result` keeps `submit` fast.
+    inner: Box<(Error, Op)>,
 }
 
 impl SubmitError {
     pub(crate) fn new(error: Error, op: Op) -> Self {
-        SubmitError { error, op }
+        SubmitError {
+            inner: Box::new((error, op)),
+        }
     }
 
     /// Why the submission was refused.
     pub fn error(&self) -> &Error {
-        &self.error
+        &self.inner.0
     }
 
     /// The operation, with its buffer, as it was given.
     pub fn into_op(self) -> Op {
-        self.op
+        self.inner.1
     }
 
     /// Splits into the reason and the operation.
     pub fn into_parts(self) -> (Error, Op) {
-        (self.error, self.op)
+        let (e, op) = *self.inner;
+        (e, op)
     }
 }
 
 impl fmt::Debug for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubmitError")
-            .field("error", &self.error)
-            .field("op", &self.op.name())
+            .field("error", &self.inner.0)
+            .field("op", &self.inner.1.name())
             .finish()
     }
 }
 
 impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} refused: {}", self.op.name(), self.error)
+        write!(f, "{} refused: {}", self.inner.1.name(), self.inner.0)
     }
 }
 
 impl std::error::Error for SubmitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
+        Some(&self.inner.0)
     }
 }
 
 impl From<SubmitError> for std::io::Error {
     fn from(e: SubmitError) -> Self {
-        e.error.into()
+        e.into_parts().0.into()
     }
 }

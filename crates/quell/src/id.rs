@@ -34,12 +34,6 @@ impl OpId {
     pub fn generation(&self) -> u32 {
         self.gen
     }
-
-    /// Packs slot and generation into the 64-bit key the backends carry as user data.
-    #[inline]
-    pub(crate) fn key(&self) -> u64 {
-        key_of(self.slot, self.gen)
-    }
 }
 
 /// Backend key of a slot/generation pair. Bit 63 is reserved for backend-internal tags.

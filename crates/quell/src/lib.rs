@@ -37,6 +37,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod backend;
+pub mod blocking;
 mod buf;
 mod classify;
 mod completion;
@@ -50,21 +51,26 @@ mod id;
 mod info;
 mod op;
 mod outcome;
+mod probe;
 mod ring;
+mod signal;
 mod table;
+mod timer;
 mod wake;
 
 pub use backend::BackendKind;
 pub use buf::AlignedBuf;
 pub use completion::Completion;
 pub use error::{Error, SubmitError};
-pub use group::GroupId;
+pub use group::{GroupId, GroupOptions, GroupStats};
 pub use handle::Handle;
 pub use id::OpId;
 pub use info::{OpInfo, Stats};
 pub use op::{Interest, Op, OpKind};
 pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
+pub use probe::{probe, ProbeReport};
 pub use ring::{BackendChoice, Builder, Ring};
+pub use signal::SignalAction;
 pub use table::MAX_CAPACITY;
 
 /// Bytes of bookkeeping the op table keeps per live operation.

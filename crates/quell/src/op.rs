@@ -332,6 +332,7 @@ pub struct Op {
     pub(crate) class: Option<CancelClass>,
     pub(crate) group: Option<crate::GroupId>,
     pub(crate) deadline: Option<Instant>,
+    pub(crate) exact: bool,
 }
 
 fn cstring(path: impl AsRef<std::path::Path>) -> CString {
@@ -348,6 +349,7 @@ impl Op {
             class: None,
             group: None,
             deadline: None,
+            exact: false,
         }
     }
 
@@ -576,6 +578,28 @@ impl Op {
         let mut d = OpDesc::new(OpKind::Blocking, -1);
         d.payload = Payload::Blocking(Box::new(f));
         Op::with(d)
+    }
+
+    /// Makes a read or write retry short transfers until its whole buffer has moved
+    /// (`read_exact` / `write_all`). The retries are parts of one op: they share its
+    /// cancel flag, deadline and group, and the op yields one completion with the total
+    /// (I6). A read that meets end of file completes `Done(n)` with `n` short.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0; 6]).exact())?;
+    /// std::io::Write::write_all(&mut &w, b"abc")?;
+    /// ring.poll()?;
+    /// std::io::Write::write_all(&mut &w, b"def")?;
+    /// assert_eq!(ring.wait_for(id)?.data(), b"abcdef");
+    /// # Ok(()) }
+    /// ```
+    pub fn exact(mut self) -> Op {
+        self.exact = matches!(self.desc.kind, OpKind::Read | OpKind::Write);
+        self
     }
 
     /// Sets the user data carried back in the completion.

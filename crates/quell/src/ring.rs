@@ -2,17 +2,21 @@
 //! to the backend within the dispatch window, and turns backend results into honest
 //! completions.
 
-use crate::backend::{uring, Backend, BackendConfig, BackendKind, BackendParts};
+use crate::backend::{portable, uring, Backend, BackendConfig, BackendKind, BackendParts};
 use crate::classify::FdCache;
 use crate::completion::Completion;
 use crate::error::{Error, SubmitError};
-use crate::group::GroupId;
+use crate::group::{GroupId, GroupOptions, GroupStats, Groups};
 use crate::handle::{Handle, Request, Shared};
 use crate::id::{key_of, split_key, OpId};
 use crate::info::{OpInfo, Stats};
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
-use crate::table::{SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_TIMEOUT};
+use crate::signal::{Binding, SignalAction};
+use crate::table::{
+    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_TIMEOUT,
+};
+use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -58,6 +62,7 @@ pub struct Builder {
     backend: BackendChoice,
     pool_threads: usize,
     teardown_timeout: Duration,
+    part_size: u32,
 }
 
 impl Default for Builder {
@@ -69,6 +74,7 @@ impl Default for Builder {
             backend: BackendChoice::Auto,
             pool_threads: 16,
             teardown_timeout: Duration::from_secs(30),
+            part_size: 8 << 20,
         }
     }
 }
@@ -109,6 +115,14 @@ impl Builder {
     /// leaks their memory rather than free it under the kernel (default 30 s).
     pub fn teardown_timeout(mut self, d: Duration) -> Builder {
         self.teardown_timeout = d;
+        self
+    }
+
+    /// Positioned reads and writes longer than this are issued in parts of this size
+    /// (default 8 MiB), one after the other, all sharing the op's cancel flag: a cancel
+    /// or deadline stops the parts not yet dispatched (I6). Rounded down to 4 KiB.
+    pub fn part_size(mut self, bytes: u32) -> Builder {
+        self.part_size = (bytes & !4095).max(4096);
         self
     }
 
@@ -159,6 +173,12 @@ pub struct Ring {
     closed: bool,
     teardown_timeout: Duration,
     stats: Stats,
+    groups: Groups,
+    timers: Timers,
+    scratch: Vec<u32>,
+    signals: Vec<Binding>,
+    part_size: u32,
+    coarse_now: u64,
 }
 
 impl Ring {
@@ -182,38 +202,7 @@ impl Ring {
             },
             doorbell: doorbell.clone(),
         };
-        let mut choice = b.backend;
-        if choice == BackendChoice::Auto {
-            match std::env::var("QUELL_BACKEND").as_deref() {
-                Ok("uring") => choice = BackendChoice::Uring,
-                Ok("portable") => choice = BackendChoice::Portable,
-                _ => {}
-            }
-        }
-        let (backend, reason) = match choice {
-            #[cfg(feature = "fuzzing")]
-            _ if crate::backend::fake::armed() => (
-                Backend::Fake(crate::backend::fake::take_armed().expect("armed")),
-                "fake (fuzzing)".to_string(),
-            ),
-            BackendChoice::Uring | BackendChoice::Auto => match uring::Uring::new(&parts) {
-                Ok(u) => (Backend::Uring(u), "io_uring available".to_string()),
-                Err(why) => {
-                    return Err(Error::Unsupported {
-                        op: "ring",
-                        backend: "uring",
-                        why: Box::leak(why.0.into_boxed_str()),
-                    })
-                }
-            },
-            BackendChoice::Portable => {
-                return Err(Error::Unsupported {
-                    op: "ring",
-                    backend: "portable",
-                    why: "not built yet",
-                })
-            }
-        };
+        let (backend, reason) = choose_backend(b.backend, &parts)?;
         let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Ring {
             id,
@@ -239,6 +228,12 @@ impl Ring {
             closed: false,
             teardown_timeout: b.teardown_timeout,
             stats: Stats::default(),
+            groups: Groups::new(),
+            timers: Timers::default(),
+            scratch: Vec::new(),
+            signals: Vec::new(),
+            part_size: b.part_size,
+            coarse_now: 0,
         })
     }
 
@@ -283,6 +278,13 @@ impl Ring {
     #[inline]
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The clock as of the last time the ring ran (refreshed by every wait, poll and
+    /// flush): submission timestamps need no clock read per op.
+    #[inline]
+    fn coarse_now(&self) -> u64 {
+        self.coarse_now
     }
 
     /// Checks an op and classifies it. Nothing is allocated or changed on error.
@@ -386,8 +388,19 @@ impl Ring {
         if self.closed {
             return Err(SubmitError::new(Error::Closed, op));
         }
-        if op.group.is_some_and(|g| g != GroupId::ROOT) {
-            return Err(SubmitError::new(Error::NoSuchGroup, op));
+        let gidx = match op.group {
+            None => 0,
+            Some(g) => match self.groups.get(g) {
+                Some(_) => g.idx,
+                None => return Err(SubmitError::new(Error::NoSuchGroup, op)),
+            },
+        };
+        let (g_canceled, g_timed_out, g_draining, g_deadline) = {
+            let g = &self.groups.v[gidx as usize];
+            (g.canceled, g.timed_out, g.draining, g.deadline)
+        };
+        if g_draining && !g_canceled {
+            return Err(SubmitError::new(Error::Draining, op));
         }
         let class = match self.admit(&op) {
             Ok(c) => c,
@@ -397,7 +410,7 @@ impl Ring {
             let capacity = self.table.capacity();
             return Err(SubmitError::new(Error::TableFull { capacity }, op));
         };
-        let now = self.now_ns();
+        let now = self.coarse_now();
         let deadline = op.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
         let s = self.table.slot_mut(idx);
         s.state = SlotState::Queued;
@@ -405,15 +418,39 @@ impl Ring {
         s.user_data = op.user_data;
         s.submitted = now;
         s.deadline = deadline;
+        s.group = gidx;
+        if op.exact {
+            s.flags |= F_EXACT;
+        }
         s.desc = op.desc;
-        self.queue.push_back(key_of(idx, gen));
         self.outstanding += 1;
         self.stats.submitted += 1;
-        Ok(OpId {
+        let id = OpId {
             ring: self.id,
             gen,
             slot: idx,
-        })
+        };
+        self.groups.at(gidx).stats.queued += 1;
+        // A canceled scope stays canceled; a deadline already past fires at once.
+        if g_canceled {
+            self.cancel_slot(idx, g_timed_out);
+        } else if deadline.min(g_deadline) <= now {
+            self.cancel_slot(idx, true);
+        } else {
+            let key = key_of(idx, gen);
+            if deadline != u64::MAX {
+                self.timers.push(deadline, key);
+            }
+            // With room in the dispatch window and nobody ahead, go straight to the
+            // backend (for io_uring: into the SQ; the kernel sees it at the next enter).
+            if !(self.queue.is_empty()
+                && self.in_flight < self.max_in_flight
+                && self.start_slot(idx, key))
+            {
+                self.queue.push_back(key);
+            }
+        }
+        Ok(id)
     }
 
     fn instant_ns(&self, t: Instant) -> u64 {
@@ -427,28 +464,50 @@ impl Ring {
                 break;
             };
             let (idx, gen) = split_key(key);
-            let s = self.table.slot_mut(idx);
+            let s = self.table.slot(idx);
             if s.gen != gen || s.state != SlotState::Queued {
                 continue; // canceled while queued
             }
-            let class = s.class;
-            if s.desc.kind == OpKind::Blocking {
-                let Payload::Blocking(f) = std::mem::take(&mut s.desc.payload) else {
-                    unreachable!("blocking ops carry a closure")
-                };
-                s.state = SlotState::InFlight;
-                self.in_flight += 1;
-                self.backend.start_blocking(key, f);
-                continue;
-            }
-            let raw = s.desc.raw();
-            if !self.backend.start(key, raw, class) {
+            if !self.start_slot(idx, key) {
                 self.queue.push_front(key);
                 break;
             }
-            self.table.slot_mut(idx).state = SlotState::InFlight;
-            self.in_flight += 1;
         }
+    }
+
+    /// Gives one queued slot to the backend. `false`: the backend has no room now.
+    #[inline]
+    fn start_slot(&mut self, idx: u32, key: u64) -> bool {
+        let s = self.table.slot_mut(idx);
+        let class = s.class;
+        if s.desc.kind == OpKind::Blocking {
+            let Payload::Blocking(f) = std::mem::take(&mut s.desc.payload) else {
+                unreachable!("blocking ops carry a closure")
+            };
+            s.state = SlotState::InFlight;
+            let g = s.group;
+            self.in_flight += 1;
+            self.groups.at(g).stats.queued -= 1;
+            self.groups.at(g).stats.in_flight += 1;
+            self.backend.start_blocking(key, f);
+            return true;
+        }
+        let mut raw = s.desc.raw();
+        if matches!(raw.kind, OpKind::Read | OpKind::Write)
+            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET))
+        {
+            continue_part(&mut raw, s.transferred, self.part_size);
+        }
+        if !self.backend.start(key, raw, class) {
+            return false;
+        }
+        let s = self.table.slot_mut(idx);
+        s.state = SlotState::InFlight;
+        let g = self.groups.at(s.group);
+        g.stats.queued -= 1;
+        g.stats.in_flight += 1;
+        self.in_flight += 1;
+        true
     }
 
     /// Turns backend results into completions.
@@ -477,7 +536,14 @@ impl Ring {
             SlotState::Detached => {
                 self.in_flight -= 1;
                 self.stats.detached_finished += 1;
-                self.table.free(idx);
+                self.groups.at(s.group).stats.detached -= 1;
+                let s = self.table.slot_mut(idx);
+                if s.flags & F_DELIVERED != 0 {
+                    self.table.free(idx);
+                } else {
+                    // The user has not taken the Detached completion yet; it frees the slot.
+                    s.flags |= F_KERNEL_DONE;
+                }
                 return;
             }
             state => {
@@ -485,15 +551,37 @@ impl Ring {
                 return;
             }
         }
-        let outcome = outcome_of(
-            s.desc.kind,
-            s.flags,
-            s.transferred,
-            s.desc.request_len(),
-            res,
-        );
+        let asked = s.desc.request_len();
+        if res > 0 && s.flags & F_CANCEL == 0 && matches!(s.desc.kind, OpKind::Read | OpKind::Write)
+        {
+            let done = s.transferred + res as u64;
+            let part = (asked - s.transferred).min(self.part_size as u64);
+            let split = s.desc.offset != NO_OFFSET && asked > self.part_size as u64;
+            // Derived op: the next part, or the retry of a short transfer, shares this
+            // slot and so its cancel flag and deadline (I6).
+            if done < asked && ((split && res as u64 == part) || s.flags & F_EXACT != 0) {
+                s.transferred = done;
+                s.state = SlotState::Queued;
+                let g = self.groups.at(s.group);
+                g.stats.in_flight -= 1;
+                g.stats.queued += 1;
+                self.in_flight -= 1;
+                self.queue.push_front(key);
+                return;
+            }
+        }
+        let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);
         let kind = s.desc.kind;
         s.state = SlotState::Completed;
+        let (gidx, flags, had_deadline) = (s.group, s.flags, s.deadline != u64::MAX);
+        let g = self.groups.at(gidx);
+        g.stats.in_flight -= 1;
+        if flags & F_CANCEL != 0 {
+            g.stats.cancel_requested -= 1;
+        }
+        if had_deadline {
+            self.note_timer_stale();
+        }
         self.in_flight -= 1;
         self.outstanding -= 1;
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
@@ -508,6 +596,7 @@ impl Ring {
         if !self.shared.pending.load(Ordering::Acquire) {
             return false;
         }
+        self.take_signals();
         let mut reqs = std::mem::take(&mut self.requests);
         self.shared.take(&mut reqs);
         let mut woken = false;
@@ -529,6 +618,72 @@ impl Ring {
         woken
     }
 
+    fn take_signals(&mut self) {
+        for i in 0..self.signals.len() {
+            let Some((first, n)) = self.signals[i].take_new() else {
+                continue;
+            };
+            let (group, action) = (self.signals[i].group, self.signals[i].action);
+            for k in first..first + n {
+                let cancel = match action {
+                    SignalAction::Drain => false,
+                    SignalAction::Cancel => true,
+                    SignalAction::DrainThenCancel => k > 0,
+                };
+                let r = if cancel {
+                    self.cancel_group(group).map(|_| ())
+                } else {
+                    self.drain(group).map(|_| ())
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "signal binding for a group that is gone");
+                }
+            }
+        }
+    }
+
+    /// Binds `signal` (e.g. `libc::SIGINT`) to `group`: each delivery drains or cancels
+    /// it, as `action` says. The handler is async-signal-safe (an atomic counter and an
+    /// eventfd write); the work happens on the ring's thread, which a delivery wakes.
+    /// The binding lasts as long as the ring. While bound, the signal's default action
+    /// (terminating the process, for SIGINT) does not run.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let work = ring.group(quell::GroupId::ROOT, quell::GroupOptions::default())?;
+    /// ring.bind_signal(libc::SIGINT, work, quell::SignalAction::DrainThenCancel)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bind_signal(
+        &mut self,
+        signal: i32,
+        group: GroupId,
+        action: SignalAction,
+    ) -> Result<(), Error> {
+        self.group_idx(group)?;
+        let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let shared = self.shared.clone();
+        let c = count.clone();
+        let handler = move || {
+            c.fetch_add(1, Ordering::AcqRel);
+            shared.pending.store(true, Ordering::Release);
+            shared.doorbell.ring();
+        };
+        // SAFETY: the handler only touches atomics and write(2)s an eventfd, all
+        // async-signal-safe; it allocates nothing and takes no lock.
+        let id = unsafe { signal_hook::low_level::register(signal, handler) }
+            .map_err(|e| Error::io("installing a signal handler", e))?;
+        self.signals.push(Binding {
+            id,
+            count,
+            seen: 0,
+            group,
+            action,
+        });
+        Ok(())
+    }
+
     /// Dispatches queued ops and hands them to the kernel, without waiting.
     pub fn flush(&mut self) -> Result<(), Error> {
         self.take_requests();
@@ -541,6 +696,7 @@ impl Ring {
     /// Makes progress without blocking: dispatches, submits, and collects finished ops.
     /// Returns the number of completions ready to take.
     pub fn poll(&mut self) -> Result<usize, Error> {
+        self.fire_timers();
         self.flush()?;
         self.reap();
         self.dispatch();
@@ -554,6 +710,7 @@ impl Ring {
         let start = Instant::now();
         loop {
             let woken = self.take_requests();
+            self.fire_timers();
             self.dispatch();
             self.reap();
             self.dispatch();
@@ -575,6 +732,16 @@ impl Ring {
                 },
                 None => None,
             };
+            let remaining = match self.timers.next() {
+                Some(at) => {
+                    let until = Duration::from_nanos(at.saturating_sub(self.now_ns()));
+                    Some(remaining.map_or(until, |r| r.min(until)))
+                }
+                None => remaining,
+            };
+            if remaining.is_some_and(|r| r.is_zero()) {
+                continue;
+            }
             self.backend
                 .wait(remaining)
                 .map_err(|e| Error::io("waiting for completions", e))?;
@@ -594,6 +761,21 @@ impl Ring {
 
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
+        if s.state == SlotState::Detached && s.flags & F_KERNEL_DONE == 0 {
+            // The kernel still owns the memory: release the user, keep the buffer.
+            s.flags |= F_DELIVERED;
+            return Completion {
+                id: OpId {
+                    ring: self.id,
+                    gen: s.gen,
+                    slot: idx,
+                },
+                user_data: s.user_data,
+                outcome,
+                kind: s.desc.kind,
+                payload: Payload::None,
+            };
+        }
         let c = Completion {
             id: OpId {
                 ring: self.id,
@@ -617,12 +799,17 @@ impl Ring {
         loop {
             match self.table.get(id.slot, id.gen) {
                 None => return Err(Error::UnknownOp),
-                Some(s) if s.state == SlotState::Detached => return Err(Error::UnknownOp),
+                Some(s) if s.state == SlotState::Completed || s.state == SlotState::Detached => {
+                    if let Some(pos) = self.completions.iter().position(|&(i, _)| i == id.slot) {
+                        let (idx, outcome) =
+                            self.completions.remove(pos).expect("position is valid");
+                        return Ok(self.deliver(idx, outcome));
+                    }
+                    if s.state == SlotState::Detached {
+                        return Err(Error::UnknownOp);
+                    }
+                }
                 Some(_) => {}
-            }
-            if let Some(pos) = self.completions.iter().position(|&(i, _)| i == id.slot) {
-                let (idx, outcome) = self.completions.remove(pos).expect("position is valid");
-                return Ok(self.deliver(idx, outcome));
             }
             let need = self.completions.len() + 1;
             self.wait(need, None)?;
@@ -643,6 +830,7 @@ impl Ring {
         };
         Ok(match s.state {
             SlotState::Completed => CancelStatus::AlreadyDone,
+            SlotState::Detached if s.flags & F_DELIVERED == 0 => CancelStatus::AlreadyDone,
             SlotState::Detached | SlotState::Free => CancelStatus::NotFound,
             SlotState::Queued | SlotState::InFlight => {
                 self.cancel_slot(id.slot, false);
@@ -657,11 +845,17 @@ impl Ring {
         match s.state {
             SlotState::Queued => {
                 s.state = SlotState::Completed;
+                let transferred = s.transferred as usize;
                 let outcome = if timed_out {
-                    Outcome::TimedOut { transferred: 0 }
+                    Outcome::TimedOut { transferred }
                 } else {
-                    Outcome::Canceled { transferred: 0 }
+                    Outcome::Canceled { transferred }
                 };
+                let had_deadline = s.deadline != u64::MAX;
+                self.groups.at(s.group).stats.queued -= 1;
+                if had_deadline {
+                    self.note_timer_stale();
+                }
                 self.outstanding -= 1;
                 self.completions.push_back((idx, outcome));
                 self.stats.completed += 1;
@@ -669,6 +863,25 @@ impl Ring {
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
+                if timed_out && s.class == CancelClass::Bounded {
+                    // Device I/O cannot be stopped: release the user now, keep the
+                    // memory until the kernel's own completion (I2, I4).
+                    let gidx = s.group;
+                    let was_canceled = s.flags & F_CANCEL != 0;
+                    s.state = SlotState::Detached;
+                    s.flags |= F_TIMEOUT;
+                    let g = self.groups.at(gidx);
+                    g.stats.in_flight -= 1;
+                    if was_canceled {
+                        g.stats.cancel_requested -= 1;
+                    }
+                    g.stats.detached += 1;
+                    self.outstanding -= 1;
+                    self.completions.push_back((idx, Outcome::Detached));
+                    self.stats.completed += 1;
+                    self.stats.detached += 1;
+                    return;
+                }
                 if s.flags & F_CANCEL_SENT != 0 {
                     return;
                 }
@@ -677,7 +890,8 @@ impl Ring {
                     s.flags |= F_TIMEOUT;
                 }
                 let key = key_of(idx, s.gen);
-                let (kind, class) = (s.desc.kind, s.class);
+                let (kind, class, gidx) = (s.desc.kind, s.class, s.group);
+                self.groups.at(gidx).stats.cancel_requested += 1;
                 self.backend.cancel(key, kind, class);
                 self.stats.cancel_requests += 1;
             }
@@ -740,7 +954,7 @@ impl Ring {
                     slot: idx,
                 },
                 user_data: s.user_data,
-                group: GroupId::ROOT,
+                group: self.groups.id_of(s.group),
                 kind: s.desc.kind,
                 fd: s.desc.fd,
                 offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
@@ -755,12 +969,246 @@ impl Ring {
                 dispatch_class: s.class,
                 state,
                 age: Duration::from_nanos(now.saturating_sub(s.submitted)),
-                deadline: (s.deadline != u64::MAX)
-                    .then(|| self.epoch + Duration::from_nanos(s.deadline)),
+                deadline: {
+                    let d = s.deadline.min(self.groups.v[s.group as usize].deadline);
+                    (d != u64::MAX).then(|| self.epoch + Duration::from_nanos(d))
+                },
                 transferred: s.transferred,
             });
         }
         v
+    }
+
+    fn note_timer_stale(&mut self) {
+        let table = &self.table;
+        let groups = &self.groups;
+        self.timers
+            .note_stale(|at, target| timer_live(table, groups, at, target));
+    }
+
+    /// Fires every deadline that has passed.
+    fn fire_timers(&mut self) {
+        let now = self.now_ns();
+        self.coarse_now = now;
+        let Some(next) = self.timers.next() else {
+            return;
+        };
+        if next > now {
+            return;
+        }
+        while let Some((at, target)) = self.timers.pop_due(now) {
+            if !timer_live(&self.table, &self.groups, at, target) {
+                self.timers.popped_stale();
+                continue;
+            }
+            if target & GROUP_TARGET != 0 {
+                self.cancel_group_idx(target as u32, true);
+            } else {
+                let (idx, _) = split_key(target);
+                self.cancel_slot(idx, true);
+            }
+        }
+    }
+
+    fn group_idx(&self, g: GroupId) -> Result<u32, Error> {
+        self.groups.get(g).map(|_| g.idx).ok_or(Error::NoSuchGroup)
+    }
+
+    /// Creates a group (a cancellation scope) under `parent`.
+    ///
+    /// A child of a canceled or draining group starts canceled or draining; a shielded
+    /// group does not inherit its parent's state and must have its own deadline.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let parent = ring.group(GroupId::ROOT, GroupOptions::default().name("requests"))?;
+    /// let child = ring.group(parent, GroupOptions::default())?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0; 8]).group(child))?;
+    /// ring.cancel_group(parent)?; // reaches the grandchild op
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::Canceled { transferred: 0 });
+    /// # Ok(()) }
+    /// ```
+    pub fn group(&mut self, parent: GroupId, opts: GroupOptions) -> Result<GroupId, Error> {
+        let p = self.group_idx(parent)?;
+        if opts.shielded && opts.deadline.is_none() {
+            return Err(Error::InvalidArgument(
+                "a shielded group needs a deadline of its own",
+            ));
+        }
+        let deadline = opts
+            .deadline
+            .map(|d| self.instant_ns(d))
+            .unwrap_or(u64::MAX);
+        let id = self.groups.create(p, opts.name, opts.shielded, deadline);
+        if deadline != u64::MAX {
+            self.timers.push(deadline, group_target(id));
+        }
+        Ok(id)
+    }
+
+    /// Sets (or moves earlier) a group's own deadline. Its unshielded descendants inherit it.
+    pub fn set_group_deadline(&mut self, g: GroupId, at: Instant) -> Result<(), Error> {
+        let idx = self.group_idx(g)?;
+        let ns = self.instant_ns(at);
+        let grp = self.groups.at(idx);
+        grp.own_deadline = grp.own_deadline.min(ns);
+        let parent_deadline = if grp.shielded || idx == 0 {
+            u64::MAX
+        } else {
+            let p = grp.parent;
+            self.groups.v[p as usize].deadline
+        };
+        let grp = self.groups.at(idx);
+        grp.deadline = grp.own_deadline.min(parent_deadline);
+        let own = grp.own_deadline;
+        self.groups.push_deadline(idx);
+        self.timers.push(own, group_target(g));
+        Ok(())
+    }
+
+    /// Cancels every op of group `g` and of its descendants (shielded ones excepted);
+    /// ops submitted to it later complete at once as `Canceled`. Returns how many
+    /// outstanding ops were reached. Never blocks (I3, I7).
+    pub fn cancel_group(&mut self, g: GroupId) -> Result<usize, Error> {
+        let idx = self.group_idx(g)?;
+        Ok(self.cancel_group_idx(idx, false))
+    }
+
+    fn cancel_group_idx(&mut self, idx: u32, timed_out: bool) -> usize {
+        let mut reach = std::mem::take(&mut self.scratch);
+        self.groups.reach(idx, &mut reach);
+        let mut hit = vec![false; self.groups.v.len()];
+        for &i in &reach {
+            let g = self.groups.at(i);
+            if !g.canceled {
+                g.canceled = true;
+                g.timed_out = timed_out;
+            }
+            hit[i as usize] = true;
+        }
+        self.scratch = reach;
+        self.cancel_where_slot(|s| hit[s as usize], timed_out)
+    }
+
+    /// Drains group `g` and its descendants (shielded ones excepted): new submissions
+    /// are refused with [`Error::Draining`] (the op handed back), ops still in quell's
+    /// queue are canceled, ops in flight run to their end. Returns how many queued ops
+    /// were canceled. Resolve with [`is_drained`](Ring::is_drained) /
+    /// [`wait_drained`](Ring::wait_drained).
+    pub fn drain(&mut self, g: GroupId) -> Result<usize, Error> {
+        let idx = self.group_idx(g)?;
+        let mut reach = std::mem::take(&mut self.scratch);
+        self.groups.reach(idx, &mut reach);
+        let mut hit = vec![false; self.groups.v.len()];
+        for &i in &reach {
+            self.groups.at(i).draining = true;
+            hit[i as usize] = true;
+        }
+        self.scratch = reach;
+        let mut queued = Vec::new();
+        for &slot in self.table.live() {
+            let s = self.table.slot(slot);
+            if s.state == SlotState::Queued && hit[s.group as usize] {
+                queued.push(slot);
+            }
+        }
+        for &slot in &queued {
+            self.cancel_slot(slot, false);
+        }
+        Ok(queued.len())
+    }
+
+    /// [`drain`](Ring::drain), then after `grace` cancel whatever is still running
+    /// (it completes `TimedOut`, or `Detached` for device I/O).
+    pub fn drain_with_grace(&mut self, g: GroupId, grace: Duration) -> Result<usize, Error> {
+        let n = self.drain(g)?;
+        self.set_group_deadline(g, Instant::now() + grace)?;
+        Ok(n)
+    }
+
+    /// Whether group `g` and all its descendants have no op queued or in flight.
+    pub fn is_drained(&self, g: GroupId) -> Result<bool, Error> {
+        let idx = self.group_idx(g)?;
+        let mut sub = Vec::new();
+        self.groups.subtree(idx, &mut sub);
+        Ok(sub.iter().all(|&i| self.groups.v[i as usize].busy() == 0))
+    }
+
+    /// Drives the ring until group `g` is drained or `timeout` passes; returns whether it
+    /// is drained. Completions accumulate in the ring for the caller to take.
+    pub fn wait_drained(&mut self, g: GroupId, timeout: Option<Duration>) -> Result<bool, Error> {
+        let start = Instant::now();
+        loop {
+            if self.is_drained(g)? {
+                return Ok(true);
+            }
+            let left = match timeout {
+                Some(t) => match t.checked_sub(start.elapsed()) {
+                    Some(l) if !l.is_zero() => Some(l),
+                    _ => return Ok(false),
+                },
+                None => None,
+            };
+            let want = self.completions.len() + 1;
+            self.wait(want, left)?;
+        }
+    }
+
+    /// Counters of group `g` alone (not its descendants).
+    pub fn group_stats(&self, g: GroupId) -> Result<GroupStats, Error> {
+        let grp = self.groups.get(g).ok_or(Error::NoSuchGroup)?;
+        let mut st = grp.stats;
+        st.canceled = grp.canceled;
+        st.draining = grp.draining;
+        Ok(st)
+    }
+
+    /// The group's path of names, such as `"root/requests/g3"`.
+    pub fn group_path(&self, g: GroupId) -> Option<String> {
+        self.groups.get(g).map(|_| self.groups.path(g.idx))
+    }
+
+    /// Removes a group that has no children and no op queued, in flight or detached.
+    pub fn remove_group(&mut self, g: GroupId) -> Result<(), Error> {
+        let idx = self.group_idx(g)?;
+        if idx == 0 {
+            return Err(Error::InvalidArgument("the root group cannot be removed"));
+        }
+        let grp = &self.groups.v[idx as usize];
+        if !grp.children.is_empty() || grp.busy() > 0 || grp.stats.detached > 0 {
+            return Err(Error::InvalidArgument("group still has children or ops"));
+        }
+        if self
+            .table
+            .live()
+            .iter()
+            .any(|&s| self.table.slot(s).group == idx)
+        {
+            return Err(Error::InvalidArgument(
+                "group still has completions not taken",
+            ));
+        }
+        self.groups.remove(idx);
+        Ok(())
+    }
+
+    /// Cancels every outstanding slot for which `pred(group index)` holds.
+    fn cancel_where_slot(&mut self, pred: impl Fn(u32) -> bool, timed_out: bool) -> usize {
+        let mut hits = Vec::new();
+        for &idx in self.table.live() {
+            let s = self.table.slot(idx);
+            if matches!(s.state, SlotState::Queued | SlotState::InFlight) && pred(s.group) {
+                hits.push(idx);
+            }
+        }
+        for &idx in &hits {
+            self.cancel_slot(idx, timed_out);
+        }
+        hits.len()
     }
 
     /// Cancels everything, waits for every op to end, and refuses further submissions.
@@ -812,6 +1260,9 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
+        for b in self.signals.drain(..) {
+            signal_hook::low_level::unregister(b.id);
+        }
         if !self.closed || self.in_flight > 0 {
             drop(self.shutdown());
         }
@@ -827,6 +1278,80 @@ impl std::fmt::Debug for Ring {
             .field("in_flight", &self.in_flight)
             .field("ready", &self.completions.len())
             .finish()
+    }
+}
+
+/// Narrows a RawOp to the next part of a derived transfer: skip what is done, cap at
+/// the part size.
+#[inline]
+fn continue_part(raw: &mut crate::op::RawOp, done: u64, part: u32) {
+    // SAFETY: `done` < the buffer's length, so the pointer stays inside the buffer.
+    raw.ptr = unsafe { raw.ptr.add(done as usize) };
+    raw.len = (raw.len - done as u32).min(part);
+    if raw.offset != NO_OFFSET {
+        raw.offset += done;
+    }
+}
+
+fn group_target(g: GroupId) -> u64 {
+    GROUP_TARGET | ((g.gen as u64 & 0x7fff_ffff) << 32) | g.idx as u64
+}
+
+/// Whether a timer entry still refers to a live deadline.
+fn timer_live(table: &Table, groups: &Groups, at: u64, target: u64) -> bool {
+    if target & GROUP_TARGET != 0 {
+        let idx = target as u32;
+        let gen = ((target >> 32) & 0x7fff_ffff) as u32;
+        return groups
+            .v
+            .get(idx as usize)
+            .is_some_and(|g| g.live && (g.gen & 0x7fff_ffff) == gen && g.own_deadline == at);
+    }
+    let (idx, gen) = split_key(target);
+    table.get(idx, gen).is_some_and(|s| {
+        s.deadline == at && matches!(s.state, SlotState::Queued | SlotState::InFlight)
+    })
+}
+
+/// Picks the backend (see [`BackendChoice`]) and says why.
+fn choose_backend(choice: BackendChoice, parts: &BackendParts) -> Result<(Backend, String), Error> {
+    #[cfg(feature = "fuzzing")]
+    if let Some(f) = crate::backend::fake::take_armed() {
+        return Ok((Backend::Fake(f), "fake (fuzzing)".to_string()));
+    }
+    let mut choice = choice;
+    let mut forced_by = "BackendChoice";
+    if choice == BackendChoice::Auto {
+        match std::env::var("QUELL_BACKEND").as_deref() {
+            Ok("uring") => choice = BackendChoice::Uring,
+            Ok("portable") => choice = BackendChoice::Portable,
+            _ => {}
+        }
+        forced_by = "QUELL_BACKEND";
+    }
+    let portable = |reason: String| match portable::Portable::new(parts) {
+        Ok(p) => Ok((Backend::Portable(p), reason)),
+        Err(e) => Err(Error::io("setting up the portable backend", e)),
+    };
+    match choice {
+        BackendChoice::Uring => match uring::Uring::new(parts) {
+            Ok(u) => Ok((
+                Backend::Uring(u),
+                format!("io_uring available (forced by {forced_by})"),
+            )),
+            Err(why) => Err(Error::Unsupported {
+                op: "ring",
+                backend: "uring",
+                why: Box::leak(why.0.into_boxed_str()),
+            }),
+        },
+        BackendChoice::Portable => portable(format!("portable forced by {forced_by}")),
+        BackendChoice::Auto => match uring::Uring::new(parts) {
+            Ok(u) => Ok((Backend::Uring(u), "io_uring available".to_string())),
+            // EPERM (seccomp, io_uring_disabled), ENOSYS, EOPNOTSUPP, missing opcodes, and
+            // any other setup failure: the portable backend keeps the same contract.
+            Err(why) => portable(format!("{} → portable", why.0)),
+        },
     }
 }
 
@@ -847,7 +1372,7 @@ fn outcome_of(kind: OpKind, flags: u8, prior: u64, asked: u64, res: i64) -> Outc
     };
     if res >= 0 {
         let n = res as u64;
-        if canceled && kind.is_transfer() && n < asked {
+        if canceled && kind.is_transfer() && prior + n < asked {
             return stopped(prior + n);
         }
         return Outcome::Done((prior + n) as usize);

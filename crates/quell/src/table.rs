@@ -39,10 +39,14 @@ pub(crate) enum SlotState {
 pub(crate) const F_CANCEL: u8 = 1;
 /// Slot flag: the cancel came from a deadline (outcome `TimedOut`).
 pub(crate) const F_TIMEOUT: u8 = 2;
-/// Slot flag: the op is internal to the ring (wake-up poll), never reported.
-pub(crate) const F_INTERNAL: u8 = 4;
 /// Slot flag: the backend has been asked to cancel (ASYNC_CANCEL sent or queued).
 pub(crate) const F_CANCEL_SENT: u8 = 8;
+/// Slot flag: retry short transfers until the whole buffer moved (`read_exact`/`write_all`).
+pub(crate) const F_EXACT: u8 = 4;
+/// Slot flag (detached ops): the user has been given the `Detached` completion.
+pub(crate) const F_DELIVERED: u8 = 16;
+/// Slot flag (detached ops): the kernel's own completion has arrived.
+pub(crate) const F_KERNEL_DONE: u8 = 32;
 
 /// Bookkeeping for one operation.
 pub(crate) struct Slot {
@@ -203,16 +207,6 @@ impl Table {
         (s.gen == gen && s.state != SlotState::Free).then_some(s)
     }
 
-    /// Mutable access to the live slot `idx` if its generation is `gen`.
-    #[inline]
-    pub(crate) fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Slot> {
-        if idx >= self.fresh {
-            return None;
-        }
-        let s = self.slot_mut(idx);
-        (s.gen == gen && s.state != SlotState::Free).then_some(s)
-    }
-
     /// Indices of the live slots, in no particular order. O(live).
     pub(crate) fn live(&self) -> &[u32] {
         &self.live
@@ -228,17 +222,19 @@ impl Table {
     pub(crate) const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 }
 
+// The op table's budget (DESIGN §3): at most 128 bytes of bookkeeping per live op.
+const _: () = assert!(std::mem::size_of::<Slot>() <= 128);
+
+impl Table {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn slot_is_at_most_128_bytes() {
-        assert!(
-            Table::SLOT_BYTES <= 128,
-            "slot is {} bytes",
-            Table::SLOT_BYTES
-        );
+        let bytes = std::hint::black_box(Table::SLOT_BYTES);
+        assert!(bytes <= 128, "slot is {bytes} bytes");
     }
 
     #[test]

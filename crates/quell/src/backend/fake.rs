@@ -189,11 +189,6 @@ pub(crate) fn arm(ctl: FakeControl) {
     PENDING.with(|p| *p.borrow_mut() = Some(ctl));
 }
 
-/// Whether a fake is armed for the next ring built on this thread.
-pub(crate) fn armed() -> bool {
-    PENDING.with(|p| p.borrow().is_some())
-}
-
 /// The fake armed for the ring being built, if any.
 pub(crate) fn take_armed() -> Option<Fake> {
     PENDING

@@ -11,6 +11,9 @@
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fake;
+pub(crate) mod pool;
+pub(crate) mod portable;
+pub(crate) mod sys;
 pub(crate) mod uring;
 
 use crate::op::{BlockingFn, OpKind, RawOp};
@@ -75,6 +78,7 @@ pub(crate) enum Backend {
     Uring(uring::Uring),
     #[cfg(feature = "fuzzing")]
     Fake(fake::Fake),
+    Portable(portable::Portable),
 }
 
 impl Backend {
@@ -83,6 +87,7 @@ impl Backend {
             Backend::Uring(_) => BackendKind::Uring,
             #[cfg(feature = "fuzzing")]
             Backend::Fake(_) => BackendKind::Fake,
+            Backend::Portable(_) => BackendKind::Portable,
         }
     }
 
@@ -94,6 +99,7 @@ impl Backend {
             Backend::Uring(b) => b.start(key, raw, class),
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.start(key, raw, class),
+            Backend::Portable(b) => b.start(key, raw, class),
         }
     }
 
@@ -103,6 +109,7 @@ impl Backend {
             Backend::Uring(b) => b.start_blocking(key, f),
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.start_blocking(key, f),
+            Backend::Portable(b) => b.start_blocking(key, f),
         }
     }
 
@@ -113,6 +120,7 @@ impl Backend {
             Backend::Uring(b) => b.cancel(key, kind, class),
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.cancel(key, kind, class),
+            Backend::Portable(b) => b.cancel(key, kind, class),
         }
     }
 
@@ -123,6 +131,7 @@ impl Backend {
             Backend::Uring(b) => b.flush(),
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.flush(),
+            Backend::Portable(b) => b.flush(),
         }
     }
 
@@ -132,6 +141,7 @@ impl Backend {
             Backend::Uring(b) => b.wait(timeout),
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.wait(timeout),
+            Backend::Portable(b) => b.wait(timeout),
         }
     }
 
@@ -142,6 +152,7 @@ impl Backend {
             Backend::Uring(b) => b.reap(out),
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.reap(out),
+            Backend::Portable(b) => b.reap(out),
         }
     }
 }

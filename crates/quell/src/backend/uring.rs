@@ -7,6 +7,7 @@
 //! before anything else. Interruptible ops (FUSE, NFS) carry `IOSQE_ASYNC`: a direct-I/O
 //! FUSE read would otherwise block inside `io_uring_enter` and stall the whole ring.
 
+use super::pool::Pool;
 use super::{BackendParts, INTERNAL};
 use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
 use crate::outcome::CancelClass;
@@ -48,7 +49,7 @@ pub(crate) const REQUIRED: &[(u8, &str)] = &[
 
 /// Why io_uring cannot be used here.
 #[derive(Debug)]
-pub(crate) struct Unavailable(pub(crate) String);
+pub(crate) struct Unavailable(pub(crate) String, pub(crate) Vec<&'static str>);
 
 pub(crate) struct Uring {
     ring: IoUring,
@@ -60,6 +61,8 @@ pub(crate) struct Uring {
     ready: Vec<(u64, i64)>,
     /// SQEs pushed since the last submit.
     unsubmitted: u32,
+    /// The thread pool for `Op::blocking` closures (threads start on first use).
+    pool: Pool,
 }
 
 impl Uring {
@@ -76,25 +79,26 @@ impl Uring {
             .setup_taskrun_flag()
             .build(sq)
             .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
-            .map_err(|e| Unavailable(describe_setup_error(&e)))?;
+            .map_err(|e| Unavailable(describe_setup_error(&e), Vec::new()))?;
         let mut probe = io_uring::Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
-            .map_err(|e| Unavailable(format!("io_uring probe failed: {e}")))?;
+            .map_err(|e| Unavailable(format!("io_uring probe failed: {e}"), Vec::new()))?;
         let missing: Vec<&str> = REQUIRED
             .iter()
             .filter(|(code, _)| !probe.is_supported(*code))
             .map(|(_, name)| *name)
             .collect();
         if !missing.is_empty() {
-            return Err(Unavailable(format!(
-                "io_uring lacks opcodes: {}",
-                missing.join(", ")
-            )));
+            return Err(Unavailable(
+                format!("io_uring lacks opcodes: {}", missing.join(", ")),
+                missing,
+            ));
         }
         if !ring.params().is_feature_ext_arg() {
             return Err(Unavailable(
                 "io_uring lacks IORING_FEAT_EXT_ARG (timeouts on wait), kernel < 5.11".into(),
+                Vec::new(),
             ));
         }
         let mut u = Uring {
@@ -104,6 +108,7 @@ impl Uring {
             pending_cancels: VecDeque::new(),
             ready: Vec::new(),
             unsubmitted: 0,
+            pool: Pool::new(parts.config.pool_threads, parts.doorbell.clone()),
         };
         u.arm_doorbell();
         Ok(u)
@@ -158,12 +163,15 @@ impl Uring {
     }
 
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
-        drop(f);
-        self.ready.push((key, -(libc::EOPNOTSUPP as i64)));
+        self.pool.submit_fn(key, f);
     }
 
     #[inline]
-    pub(crate) fn cancel(&mut self, key: u64, _kind: OpKind, _class: CancelClass) {
+    pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, _class: CancelClass) {
+        if kind == OpKind::Blocking {
+            self.pool.cancel(key);
+            return;
+        }
         if self.pending_cancels.is_empty() && self.push_cancel(key) {
             return;
         }
@@ -185,10 +193,8 @@ impl Uring {
 
     fn push_pending_cancels(&mut self) {
         while let Some(&key) = self.pending_cancels.front() {
-            if !self.push_cancel(key) {
-                if self.submit(0).is_err() || !self.push_cancel(key) {
-                    return;
-                }
+            if !self.push_cancel(key) && (self.submit(0).is_err() || !self.push_cancel(key)) {
+                return;
             }
             self.pending_cancels.pop_front();
         }
@@ -211,6 +217,7 @@ impl Uring {
 
     #[inline]
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.pool.tick(); // pool hook: due interrupt re-sends (a Vec length check when none)
         if !self.pending_cancels.is_empty() {
             self.push_pending_cancels();
         }
@@ -221,6 +228,11 @@ impl Uring {
     }
 
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        // Pool hook: re-send due interrupt signals, and wake in time for the next one.
+        let timeout = self.pool.cap(timeout);
+        if self.pool.has_results() {
+            return self.flush();
+        }
         if !self.wake_armed {
             self.arm_doorbell();
         }
@@ -285,6 +297,8 @@ impl Uring {
         if freed && !self.pending_cancels.is_empty() {
             self.push_pending_cancels();
         }
+        // After the doorbell was cleared above, so no pool wake-up is lost.
+        self.pool.reap(out);
     }
 }
 

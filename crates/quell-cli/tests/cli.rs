@@ -1,0 +1,195 @@
+//! End-to-end tests of the `quell` binary.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn quell(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quell"))
+        .args(args)
+        .output()
+        .expect("the quell binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The one JSON line a `--json` command prints.
+fn json_line(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    let text = stdout(o);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one JSON object per line: {text}");
+    serde_json::from_str(lines[0]).expect("valid JSON")
+}
+
+fn io_uring_usable() -> bool {
+    quell::Ring::builder()
+        .backend(quell::BackendChoice::Uring)
+        .build()
+        .is_ok()
+}
+
+/// Checks the fields DESIGN.md §7 requires of a bench line.
+fn check_bench(v: &Value, workload: &str) {
+    assert_eq!(v["workload"], workload);
+    assert!(v["backend"].is_string());
+    for k in ["ops_per_sec", "p50_us", "p99_us"] {
+        assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k} in {v}");
+    }
+    assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0);
+    let raw = &v["peers"]["raw-io-uring"];
+    for k in ["ops_per_sec", "p50_us", "p99_us"] {
+        assert!(raw[k].as_f64().is_some(), "peer {k} in {v}");
+    }
+    let ratio = v["ratio"]["raw-io-uring"].as_f64().expect("ratio to raw");
+    assert!(ratio > 0.0 && ratio.is_finite());
+    let expect = v["ops_per_sec"].as_f64().unwrap() / raw["ops_per_sec"].as_f64().unwrap();
+    assert!(
+        (ratio - expect).abs() < 0.01,
+        "ratio is quell/peer: {ratio} vs {expect}"
+    );
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let o = quell(&["--help"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(s.contains("info") && s.contains("bench"), "{s}");
+    let o = quell(&["bench", "--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("--seconds"));
+}
+
+#[test]
+fn info_json_has_the_backend() {
+    let v = json_line(&quell(&["info", "--json"]));
+    assert!(v.get("backend").is_some(), "{v}");
+    assert!(v["kernel"]["release"].is_string());
+    assert!(v["backends"]["portable"]["available"].is_boolean());
+    if io_uring_usable() {
+        assert_eq!(v["backend"], "uring");
+        assert_eq!(v["io_uring"]["missing_required"], serde_json::json!([]));
+    }
+}
+
+#[test]
+fn info_text_mentions_every_section() {
+    let o = quell(&["info"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    for word in ["backend", "kernel", "io_uring", "userfaultfd", "fuse"] {
+        assert!(s.contains(word), "{word} missing from:\n{s}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    for args in [
+        &["bench", "nope"][..],
+        &["bench", "nop", "--seconds", "-1"],
+        &["bench", "nop", "--seconds", "abc"],
+        &["bench", "read", "--size", "12XB"],
+        &["bench", "nop", "--depth", "0"],
+        &["bench", "nop", "--batch", "64", "--depth", "32"],
+        &["bench", "nop", "--backend", "magic"],
+        &["frobnicate"],
+    ] {
+        let o = quell(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("error"), "{args:?}: {e}");
+    }
+    let e = stderr(&quell(&["bench", "read", "--size", "12XB"]));
+    assert!(e.contains("suffix"), "{e}");
+}
+
+#[test]
+fn an_unavailable_backend_is_reported_not_a_crash() {
+    let o = quell(&["bench", "nop", "--seconds", "0.1", "--backend", "portable"]);
+    if o.status.success() {
+        return; // the portable backend exists now
+    }
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("portable") && e.contains("error"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn bench_nop_json() {
+    if !io_uring_usable() {
+        return;
+    }
+    let v = json_line(&quell(&["bench", "nop", "--seconds", "0.2", "--json"]));
+    check_bench(&v, "nop");
+    assert_eq!(v["batch"], 32);
+}
+
+#[test]
+fn bench_read_json_on_a_small_file() {
+    if !io_uring_usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("quell-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_quell"))
+        .args([
+            "bench",
+            "read",
+            "--seconds",
+            "0.3",
+            "--size",
+            "64MiB",
+            "--json",
+        ])
+        .env("QUELL_BENCH_DIR", &dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = json_line(&o);
+    check_bench(&v, "read");
+    assert_eq!(v["file_size"], 64 << 20);
+    assert!(v["cache"] == "mlock" || v["cache"] == "rewarm");
+    assert_eq!(v["depth"], 32);
+    if v["peers"].get("fio-io_uring").is_some() {
+        assert!(v["ratio"]["fio-io_uring"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn bench_read_markdown_on_an_explicit_file() {
+    if !io_uring_usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("quell-cli-md-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("f.dat");
+    std::fs::write(&file, vec![7u8; 1 << 20]).unwrap();
+    let o = quell(&[
+        "bench",
+        "read",
+        "--seconds",
+        "0.1",
+        "--rounds",
+        "1",
+        "--no-fio",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("| read |") && s.contains("raw-io-uring"), "{s}");
+}

@@ -1,0 +1,794 @@
+//! The portable backend: epoll for pollable descriptors, quell's interruptible thread
+//! pool for everything else. Used where io_uring is missing or forbidden (seccomp in
+//! containers, `kernel.io_uring_disabled`), or when asked for.
+//!
+//! # How each op runs
+//! - **Pollable descriptors** (class `Prompt`: pipes, sockets, eventfd, character
+//!   devices): the call is tried at once on the ring's thread without blocking
+//!   (`preadv2`/`pwritev2` with `RWF_NOWAIT`, `MSG_DONTWAIT` for sockets, a plain call if
+//!   the descriptor is already `O_NONBLOCK`; the descriptor's flags are never changed).
+//!   If it would block, the op waits in a FIFO per descriptor and direction; the
+//!   descriptor has one epoll registration (`EPOLLONESHOT`, re-armed with the union of
+//!   what its waiters need), and when it is ready the waiters are served in order, inline,
+//!   until one would block again. No thread, no context switch per op. A descriptor
+//!   that supports none of these (a blocking timerfd, a blocking listening socket) goes
+//!   to the pool.
+//! - **Regular files** (class `Bounded`): a positioned read or write is tried inline with
+//!   `RWF_NOWAIT` (a page-cache hit costs one system call); only a miss (`EAGAIN`, or
+//!   `EOPNOTSUPP` where the file system cannot) goes to the pool. A short inline read that
+//!   is not at end of file continues on the pool from where it stopped.
+//! - **Timeouts**: a binary heap serviced through `epoll_wait`'s timeout.
+//! - **Everything else** (class `Interruptible`, i.e. FUSE/NFS; open, statx, fsync,
+//!   fallocate, rename, unlink, splice, close of a non-pollable descriptor;
+//!   `Op::blocking` closures): the pool, with plain blocking calls.
+//!
+//! # Cancel
+//! A waiting op (FIFO or timer) is canceled on the spot, with certainty and without a
+//! system call: it is dropped from its index (the FIFO entry is skipped lazily) and
+//! completes `-ECANCELED` at the next reap, in O(1). A pool op is canceled as the pool
+//! says (certain while queued, interrupted by a signal while running).
+
+use super::pool::Pool;
+use super::{sys, BackendParts};
+use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
+use crate::outcome::CancelClass;
+use crate::wake::Doorbell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// epoll data of the doorbell (descriptors use their number).
+const DOORBELL: u64 = u64::MAX;
+const EAGAIN: i64 = -(libc::EAGAIN as i64);
+const ECANCELED: i64 = -(libc::ECANCELED as i64);
+const EV_IN: u32 = libc::EPOLLIN as u32;
+const EV_OUT: u32 = libc::EPOLLOUT as u32;
+const EV_READ_READY: u32 =
+    (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32;
+const EV_WRITE_READY: u32 = (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+
+/// Which queue of its descriptor a waiting op is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Read,
+    Write,
+    Poll,
+}
+
+/// How a waiting op is retried when its descriptor is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// `preadv2`/`pwritev2` with `RWF_NOWAIT`.
+    NoWait,
+    /// A plain `preadv2`/`pwritev2` on an `O_NONBLOCK` descriptor.
+    Plain,
+    /// `recvmsg`/`sendmsg` with `MSG_DONTWAIT` (read/write on a socket).
+    SockMsg,
+    /// `recv`/`send` with `MSG_DONTWAIT`.
+    DontWait,
+    /// `accept4` on an `O_NONBLOCK` listener.
+    Accept,
+    /// `connect` on an `O_NONBLOCK` socket (retried after `EAGAIN`).
+    Connect,
+    /// A `connect` in progress: its result is `SO_ERROR` once writable.
+    ConnectWait,
+    /// A poll: completes with the events seen.
+    Poll,
+}
+
+struct Waiter {
+    raw: RawOp,
+    via: Via,
+    dir: Dir,
+}
+
+/// The waiters of one descriptor and its epoll registration.
+struct FdState {
+    reads: VecDeque<u64>,
+    writes: VecDeque<u64>,
+    polls: Vec<u64>,
+    live_reads: u32,
+    live_writes: u32,
+    live_polls: u32,
+    poll_in: u32,
+    poll_out: u32,
+    /// How read/write ops on this descriptor are retried (set by the first waiter).
+    rw_via: Via,
+    /// Whether the descriptor is (believed to be) in the epoll set.
+    registered: bool,
+    /// The events the one-shot registration is armed for (0: disarmed).
+    armed: u32,
+}
+
+impl Default for FdState {
+    fn default() -> Self {
+        FdState {
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+            polls: Vec::new(),
+            live_reads: 0,
+            live_writes: 0,
+            live_polls: 0,
+            poll_in: 0,
+            poll_out: 0,
+            rw_via: Via::NoWait,
+            registered: false,
+            armed: 0,
+        }
+    }
+}
+
+impl FdState {
+    fn live(&self, dir: Dir) -> u32 {
+        match dir {
+            Dir::Read => self.live_reads,
+            Dir::Write => self.live_writes,
+            Dir::Poll => self.live_polls,
+        }
+    }
+
+    fn want(&self) -> u32 {
+        let mut m = 0;
+        if self.live_reads > 0 || self.poll_in > 0 {
+            m |= EV_IN;
+        }
+        if self.live_writes > 0 || self.poll_out > 0 {
+            m |= EV_OUT;
+        }
+        m
+    }
+
+    fn is_idle(&self) -> bool {
+        self.live_reads == 0 && self.live_writes == 0 && self.live_polls == 0
+    }
+
+    /// Forgets one waiter that left other than by being served.
+    fn unlink(&mut self, w: &Waiter) {
+        match w.dir {
+            Dir::Read => {
+                self.live_reads -= 1;
+                if self.live_reads == 0 {
+                    self.reads.clear();
+                }
+            }
+            Dir::Write => {
+                self.live_writes -= 1;
+                if self.live_writes == 0 {
+                    self.writes.clear();
+                }
+            }
+            Dir::Poll => {
+                self.live_polls -= 1;
+                self.poll_counts(w.raw.flags, false);
+                if self.live_polls == 0 {
+                    self.polls.clear();
+                }
+            }
+        }
+    }
+
+    fn poll_counts(&mut self, interest: u32, add: bool) {
+        let d = |c: &mut u32| {
+            if add {
+                *c += 1
+            } else {
+                *c -= 1
+            }
+        };
+        if interest & libc::POLLIN as u32 != 0 {
+            d(&mut self.poll_in);
+        }
+        if interest & libc::POLLOUT as u32 != 0 {
+            d(&mut self.poll_out);
+        }
+    }
+}
+
+pub(crate) struct Portable {
+    epoll: OwnedFd,
+    doorbell: Arc<Doorbell>,
+    pool: Pool,
+    waiting: HashMap<u64, Waiter>,
+    fds: HashMap<RawFd, FdState>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_keys: HashMap<u64, Instant>,
+    ready: Vec<(u64, i64)>,
+    events: Vec<libc::epoll_event>,
+    /// Set by `wait` after an epoll pass; `flush` then needs none.
+    polled: bool,
+    /// Descriptors on which `RWF_NOWAIT` is not supported for reads / writes.
+    no_nowait: HashSet<(RawFd, bool)>,
+}
+
+fn is_write(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Write | OpKind::Writev | OpKind::Send | OpKind::Connect
+    )
+}
+
+/// Retries a waiting op without blocking. `EAGAIN`: still not ready.
+fn attempt(raw: &RawOp, via: Via) -> i64 {
+    // SAFETY: the op is live: the ring keeps its memory until its result is reaped, and
+    // only this backend touches it meanwhile.
+    unsafe {
+        match via {
+            Via::NoWait => sys::rw(raw, None, libc::RWF_NOWAIT),
+            Via::Plain => sys::rw(raw, None, 0),
+            Via::SockMsg => sys::sockmsg(raw, libc::MSG_DONTWAIT),
+            Via::DontWait => sys::sendrecv(raw, libc::MSG_DONTWAIT),
+            Via::Accept | Via::Connect => sys::blocking(raw, None),
+            Via::ConnectWait => sys::connect_result(raw.fd),
+            Via::Poll => match sys::poll_once(raw.fd, raw.flags, 0) {
+                0 => EAGAIN,
+                r => r,
+            },
+        }
+    }
+}
+
+/// Total bytes a transfer asks for.
+fn asked(raw: &RawOp) -> u64 {
+    match raw.kind {
+        OpKind::Readv | OpKind::Writev => {
+            // SAFETY: ptr/len describe the op's live iovec array.
+            let iov = unsafe {
+                std::slice::from_raw_parts(raw.ptr as *const libc::iovec, raw.len as usize)
+            };
+            iov.iter().map(|v| v.iov_len as u64).sum()
+        }
+        _ => raw.len as u64,
+    }
+}
+
+/// The part of a transfer still to do after `done` bytes moved.
+fn rest(raw: &RawOp, done: u64) -> (RawOp, Option<Vec<libc::iovec>>) {
+    let mut r = *raw;
+    if r.offset != NO_OFFSET {
+        r.offset = r.offset.saturating_add(done);
+    }
+    match raw.kind {
+        OpKind::Readv | OpKind::Writev => {
+            // SAFETY: ptr/len describe the op's live iovec array.
+            let iov = unsafe {
+                std::slice::from_raw_parts(raw.ptr as *const libc::iovec, raw.len as usize)
+            };
+            let mut skip = done as usize;
+            let mut v = Vec::with_capacity(iov.len());
+            for e in iov {
+                if skip >= e.iov_len {
+                    skip -= e.iov_len;
+                    continue;
+                }
+                v.push(libc::iovec {
+                    iov_base: (e.iov_base as *mut u8).wrapping_add(skip).cast(),
+                    iov_len: e.iov_len - skip,
+                });
+                skip = 0;
+            }
+            (r, Some(v))
+        }
+        _ => {
+            r.ptr = r.ptr.wrapping_add(done as usize);
+            r.len = r.len.saturating_sub(done as u32);
+            (r, None)
+        }
+    }
+}
+
+impl Portable {
+    pub(crate) fn new(parts: &BackendParts) -> io::Result<Portable> {
+        let epoll = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)?;
+        let mut ev = libc::epoll_event {
+            events: EV_IN,
+            u64: DOORBELL,
+        };
+        // SAFETY: both descriptors are open (owned by us); ev is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                parts.doorbell.raw(),
+                &mut ev,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Portable {
+            epoll,
+            doorbell: parts.doorbell.clone(),
+            pool: Pool::new(parts.config.pool_threads, parts.doorbell.clone()),
+            waiting: HashMap::new(),
+            fds: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_keys: HashMap::new(),
+            ready: Vec::new(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            polled: false,
+            no_nowait: HashSet::new(),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
+        match raw.kind {
+            OpKind::Nop => self.ready.push((key, 0)),
+            OpKind::Timeout => self.start_timer(key, raw.aux),
+            OpKind::Poll => self.start_poll(key, raw),
+            OpKind::Blocking => self.ready.push((key, -(libc::EOPNOTSUPP as i64))),
+            _ if class == CancelClass::Interruptible => self.on_pool(key, raw, 0, None),
+            OpKind::Read
+            | OpKind::Write
+            | OpKind::Readv
+            | OpKind::Writev
+            | OpKind::Recv
+            | OpKind::Send
+            | OpKind::Accept
+            | OpKind::Connect
+                if class == CancelClass::Prompt =>
+            {
+                self.start_prompt(key, raw)
+            }
+            OpKind::Read | OpKind::Write | OpKind::Readv | OpKind::Writev => {
+                self.start_file(key, raw)
+            }
+            OpKind::Close => {
+                self.forget_fd(raw.fd);
+                if class == CancelClass::Prompt {
+                    // SAFETY: closing a descriptor number the caller handed to us to close.
+                    let r = unsafe { libc::close(raw.fd) };
+                    self.ready
+                        .push((key, if r < 0 { sys::neg_errno() } else { 0 }));
+                } else {
+                    self.on_pool(key, raw, 0, None);
+                }
+            }
+            _ => self.on_pool(key, raw, 0, None),
+        }
+        true
+    }
+
+    pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
+        self.pool.submit_fn(key, f);
+    }
+
+    fn on_pool(&mut self, key: u64, raw: RawOp, prefix: u64, iov: Option<Vec<libc::iovec>>) {
+        self.pool.submit_raw(key, raw, prefix, iov);
+    }
+
+    fn start_timer(&mut self, key: u64, nanos: u64) {
+        let now = Instant::now();
+        let at = now
+            .checked_add(Duration::from_nanos(nanos))
+            .unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64));
+        self.timers.push(Reverse((at, key)));
+        self.timer_keys.insert(key, at);
+    }
+
+    fn expire_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.timer_keys.get(&key) == Some(&at) {
+                self.timer_keys.remove(&key);
+                self.ready.push((key, -(libc::ETIME as i64)));
+            }
+        }
+        // Canceled timers leave stale heap entries; rebuild when they dominate.
+        if self.timers.len() > 64 && self.timers.len() > 2 * self.timer_keys.len() {
+            self.timers = self
+                .timer_keys
+                .iter()
+                .map(|(&k, &at)| Reverse((at, k)))
+                .collect();
+        }
+    }
+
+    fn start_poll(&mut self, key: u64, raw: RawOp) {
+        let r = sys::poll_once(raw.fd, raw.flags, 0);
+        if r != 0 {
+            self.ready.push((key, r));
+        } else {
+            self.enqueue(key, raw, Via::Poll, Dir::Poll);
+        }
+    }
+
+    fn start_prompt(&mut self, key: u64, raw: RawOp) {
+        let fd = raw.fd;
+        let dir = if is_write(raw.kind) {
+            Dir::Write
+        } else {
+            Dir::Read
+        };
+        // Ops queued on the same descriptor and direction go first (FIFO).
+        let ahead = self
+            .fds
+            .get(&fd)
+            .filter(|st| st.live(dir) > 0)
+            .map(|st| st.rw_via);
+        let (via, res) = match raw.kind {
+            OpKind::Recv | OpKind::Send => {
+                let res = if ahead.is_some() {
+                    EAGAIN
+                } else {
+                    attempt(&raw, Via::DontWait)
+                };
+                (Via::DontWait, res)
+            }
+            OpKind::Accept | OpKind::Connect => {
+                if !sys::is_nonblocking(fd) {
+                    // accept/connect on a blocking socket cannot be tried without blocking.
+                    return self.on_pool(key, raw, 0, None);
+                }
+                if raw.kind == OpKind::Accept {
+                    let res = if ahead.is_some() {
+                        EAGAIN
+                    } else {
+                        attempt(&raw, Via::Accept)
+                    };
+                    (Via::Accept, res)
+                } else {
+                    match attempt(&raw, Via::Connect) {
+                        r if r == -(libc::EINPROGRESS as i64) => (Via::ConnectWait, EAGAIN),
+                        r => (Via::Connect, r),
+                    }
+                }
+            }
+            _ => match ahead {
+                Some(via) => (via, EAGAIN),
+                None => {
+                    let r = attempt(&raw, Via::NoWait);
+                    if r != -(libc::EOPNOTSUPP as i64) {
+                        (Via::NoWait, r)
+                    } else if sys::is_nonblocking(fd) {
+                        (Via::Plain, attempt(&raw, Via::Plain))
+                    } else {
+                        let r = attempt(&raw, Via::SockMsg);
+                        if r == -(libc::ENOTSOCK as i64) {
+                            // No way to try it without blocking (a blocking timerfd, tty...).
+                            return self.on_pool(key, raw, 0, None);
+                        }
+                        (Via::SockMsg, r)
+                    }
+                }
+            },
+        };
+        if res != EAGAIN {
+            self.ready.push((key, res));
+            return;
+        }
+        self.enqueue(key, raw, via, dir);
+    }
+
+    /// Regular files and block devices: a page-cache hit inline, the rest on the pool.
+    fn start_file(&mut self, key: u64, raw: RawOp) {
+        let write = is_write(raw.kind);
+        if self.no_nowait.contains(&(raw.fd, write)) {
+            return self.on_pool(key, raw, 0, None);
+        }
+        let res = attempt(&raw, Via::NoWait);
+        if res == EAGAIN {
+            return self.on_pool(key, raw, 0, None);
+        }
+        if res == -(libc::EOPNOTSUPP as i64) {
+            self.no_nowait.insert((raw.fd, write));
+            return self.on_pool(key, raw, 0, None);
+        }
+        if res <= 0 {
+            self.ready.push((key, res));
+            return;
+        }
+        let done = res as u64;
+        if done >= asked(&raw)
+            || (!write && raw.offset != NO_OFFSET && sys::at_eof(raw.fd, raw.offset + done))
+        {
+            self.ready.push((key, res));
+            return;
+        }
+        // Part of it was cached: the rest is read (or written) on the pool.
+        let (r, iov) = rest(&raw, done);
+        self.on_pool(key, r, done, iov);
+    }
+
+    fn enqueue(&mut self, key: u64, raw: RawOp, via: Via, dir: Dir) {
+        let fd = raw.fd;
+        let st = self.fds.entry(fd).or_default();
+        match dir {
+            Dir::Read => {
+                st.reads.push_back(key);
+                st.live_reads += 1;
+            }
+            Dir::Write => {
+                st.writes.push_back(key);
+                st.live_writes += 1;
+            }
+            Dir::Poll => {
+                st.polls.push(key);
+                st.live_polls += 1;
+                st.poll_counts(raw.flags, true);
+            }
+        }
+        if matches!(via, Via::NoWait | Via::Plain | Via::SockMsg) {
+            st.rw_via = via;
+        }
+        let w = Waiter { raw, via, dir };
+        if let Err(errno) = arm(&self.epoll, fd, st) {
+            st.unlink(&w);
+            if errno == libc::EPERM {
+                // Not pollable after all (a regular file declared Prompt): block on the pool.
+                self.on_pool(key, raw, 0, None);
+            } else {
+                self.ready.push((key, -(errno as i64)));
+            }
+            return;
+        }
+        self.waiting.insert(key, w);
+    }
+
+    /// Forgets what is known about `fd` (it is being closed; its number may be reused).
+    fn forget_fd(&mut self, fd: RawFd) {
+        self.no_nowait.remove(&(fd, false));
+        self.no_nowait.remove(&(fd, true));
+        if let Some(st) = self.fds.get_mut(&fd) {
+            if st.is_idle() {
+                self.fds.remove(&fd);
+            } else {
+                // Closing under waiting ops drops the registration: re-add on next arm.
+                st.registered = false;
+                st.armed = 0;
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, _class: CancelClass) {
+        match kind {
+            OpKind::Timeout => {
+                if self.timer_keys.remove(&key).is_some() {
+                    self.ready.push((key, ECANCELED));
+                }
+            }
+            OpKind::Blocking => {
+                self.pool.cancel(key);
+            }
+            _ => {
+                if let Some(w) = self.waiting.remove(&key) {
+                    self.ready.push((key, ECANCELED));
+                    let fd = w.raw.fd;
+                    if let Some(st) = self.fds.get_mut(&fd) {
+                        st.unlink(&w);
+                        if st.is_idle() && st.armed != 0 {
+                            // Nobody waits: drop the registration rather than leave it armed.
+                            // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
+                            unsafe {
+                                libc::epoll_ctl(
+                                    self.epoll.as_raw_fd(),
+                                    libc::EPOLL_CTL_DEL,
+                                    fd,
+                                    std::ptr::null_mut(),
+                                )
+                            };
+                            self.fds.remove(&fd);
+                        }
+                    }
+                } else {
+                    self.pool.cancel(key);
+                }
+            }
+        }
+    }
+
+    /// Makes progress without blocking (one epoll pass if anything waits on a descriptor).
+    #[inline]
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.pool.tick();
+        if !std::mem::take(&mut self.polled) && !self.waiting.is_empty() {
+            self.epoll_pass(Some(Duration::ZERO))?;
+            self.polled = false;
+        }
+        self.expire_timers();
+        Ok(())
+    }
+
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut timeout = self.pool.cap(timeout);
+        self.expire_timers();
+        if !self.ready.is_empty() || self.pool.has_results() {
+            return Ok(());
+        }
+        if let Some(&Reverse((at, _))) = self.timers.peek() {
+            let d = at.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        }
+        self.epoll_pass(timeout)?;
+        self.expire_timers();
+        Ok(())
+    }
+
+    fn epoll_pass(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ms: libc::c_int = match timeout {
+            None => -1,
+            Some(d) => {
+                // Round up: a timer due in 0.3 ms must not turn into a busy loop.
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                ms.min(i32::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: `events` is a valid buffer of `len` epoll_events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EINTR) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        for i in 0..n as usize {
+            let ev = self.events[i];
+            let (data, flags) = (ev.u64, ev.events);
+            if data == DOORBELL {
+                self.doorbell.clear();
+            } else {
+                self.serve(data as RawFd, flags);
+            }
+        }
+        self.polled = true;
+        Ok(())
+    }
+
+    /// A descriptor is ready: serve its waiters in order, then re-arm for what is left.
+    fn serve(&mut self, fd: RawFd, flags: u32) {
+        let Portable {
+            fds,
+            waiting,
+            ready,
+            epoll,
+            ..
+        } = self;
+        let Some(st) = fds.get_mut(&fd) else {
+            return;
+        };
+        st.armed = 0; // one-shot
+        if flags & EV_READ_READY != 0 && st.live_reads > 0 {
+            serve_fifo(&mut st.reads, &mut st.live_reads, waiting, ready);
+        }
+        if flags & EV_WRITE_READY != 0 && st.live_writes > 0 {
+            serve_fifo(&mut st.writes, &mut st.live_writes, waiting, ready);
+        }
+        if st.live_polls > 0 {
+            let seen = flags & 0xffff;
+            let mut served = Vec::new();
+            st.polls.retain(|&key| {
+                let Some(w) = waiting.get(&key) else {
+                    return false;
+                };
+                let ev = seen & (w.raw.flags | (libc::POLLERR | libc::POLLHUP) as u32);
+                if ev == 0 {
+                    return true;
+                }
+                served.push((key, w.raw.flags));
+                ready.push((key, ev as i64));
+                false
+            });
+            for (key, interest) in served {
+                waiting.remove(&key);
+                st.live_polls -= 1;
+                st.poll_counts(interest, false);
+            }
+        }
+        if let Err(errno) = arm(epoll, fd, st) {
+            // The descriptor cannot be watched any more (closed under its waiters):
+            // fail them rather than leave them hanging.
+            for key in st
+                .reads
+                .drain(..)
+                .chain(st.writes.drain(..))
+                .chain(st.polls.drain(..))
+            {
+                if waiting.remove(&key).is_some() {
+                    ready.push((key, -(errno as i64)));
+                }
+            }
+            fds.remove(&fd);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
+        self.expire_timers();
+        out.append(&mut self.ready);
+        self.pool.reap(out);
+    }
+}
+
+/// Serves a FIFO of waiting transfers until one would block.
+fn serve_fifo(
+    q: &mut VecDeque<u64>,
+    live: &mut u32,
+    waiting: &mut HashMap<u64, Waiter>,
+    ready: &mut Vec<(u64, i64)>,
+) {
+    while let Some(&key) = q.front() {
+        let Some(w) = waiting.get_mut(&key) else {
+            q.pop_front(); // canceled
+            continue;
+        };
+        let res = attempt(&w.raw, w.via);
+        if res == EAGAIN {
+            break;
+        }
+        if w.via == Via::Connect && res == -(libc::EINPROGRESS as i64) {
+            w.via = Via::ConnectWait;
+            break;
+        }
+        q.pop_front();
+        waiting.remove(&key);
+        *live -= 1;
+        ready.push((key, res));
+    }
+}
+
+/// Arms `fd`'s one-shot registration for what its waiters need. `Err(errno)` if the
+/// descriptor cannot be watched (`EPERM`: not pollable; `EBADF`: closed).
+fn arm(epoll: &OwnedFd, fd: RawFd, st: &mut FdState) -> Result<(), i32> {
+    let want = st.want();
+    if want == 0 || (st.armed != 0 && want & !st.armed == 0) {
+        return Ok(());
+    }
+    let ctl = |op: libc::c_int| {
+        let mut ev = libc::epoll_event {
+            events: want | libc::EPOLLONESHOT as u32,
+            u64: fd as u32 as u64,
+        };
+        // SAFETY: ev is a valid epoll_event; a closed or foreign fd only yields an error.
+        let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut ev) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
+        }
+    };
+    let res = if st.registered {
+        match ctl(libc::EPOLL_CTL_MOD) {
+            Err(libc::ENOENT) => ctl(libc::EPOLL_CTL_ADD),
+            r => r,
+        }
+    } else {
+        match ctl(libc::EPOLL_CTL_ADD) {
+            Err(libc::EEXIST) => ctl(libc::EPOLL_CTL_MOD),
+            r => r,
+        }
+    };
+    match res {
+        Ok(()) => {
+            st.registered = true;
+            st.armed = want;
+            Ok(())
+        }
+        Err(e) => {
+            st.registered = false;
+            st.armed = 0;
+            Err(e)
+        }
+    }
+}
