@@ -9,9 +9,19 @@ cd "$(dirname "$0")/.."
 echo "== cargo test (workspace, both backends)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+cargo test -p quell --features fuzzing --lib fuzzing
 
 echo "== AddressSanitizer: teardown and cancellation paths"
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --target x86_64-unknown-linux-gnu --test conformance -- \
   drop_ring cancel_races ten_thousand cancel_survives
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test faults -- \
+  drop_ring fuse_hundred fuse_hung
+
+echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ_SECS:-60} s, AddressSanitizer)"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+(cd crates/quell/fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=../../../target/fuzz \
+  cargo fuzz run op_table -- -max_total_time="${QUELL_FUZZ_SECS:-60}" -timeout=10)

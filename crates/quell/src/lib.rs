@@ -42,6 +42,9 @@ mod buf;
 mod classify;
 mod completion;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod handle;
 mod id;

@@ -1316,6 +1316,10 @@ fn timer_live(table: &Table, groups: &Groups, at: u64, target: u64) -> bool {
 
 /// Picks the backend (see [`BackendChoice`]) and says why.
 fn choose_backend(choice: BackendChoice, parts: &BackendParts) -> Result<(Backend, String), Error> {
+    #[cfg(feature = "fuzzing")]
+    if let Some(f) = crate::backend::fake::take_armed() {
+        return Ok((Backend::Fake(f), "fake (fuzzing)".to_string()));
+    }
     let mut choice = choice;
     let mut forced_by = "BackendChoice";
     if choice == BackendChoice::Auto {

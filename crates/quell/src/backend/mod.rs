@@ -9,6 +9,8 @@
 //! Keys with bit 63 set are the backend's own (cancel requests, the doorbell poll) and
 //! never reach the ring.
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fake;
 pub(crate) mod pool;
 pub(crate) mod portable;
 pub(crate) mod sys;
@@ -35,6 +37,10 @@ pub enum BackendKind {
     Uring,
     /// epoll for pollable descriptors plus an interruptible thread pool for the rest.
     Portable,
+    /// The fuzzing fake (feature `fuzzing`).
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    Fake,
 }
 
 impl BackendKind {
@@ -43,6 +49,8 @@ impl BackendKind {
         match self {
             BackendKind::Uring => "uring",
             BackendKind::Portable => "portable",
+            #[cfg(feature = "fuzzing")]
+            BackendKind::Fake => "fake",
         }
     }
 }
@@ -65,8 +73,11 @@ pub(crate) struct BackendConfig {
 }
 
 /// The backend in use, dispatched statically.
+#[cfg_attr(feature = "fuzzing", allow(clippy::large_enum_variant))]
 pub(crate) enum Backend {
     Uring(uring::Uring),
+    #[cfg(feature = "fuzzing")]
+    Fake(fake::Fake),
     Portable(portable::Portable),
 }
 
@@ -74,6 +85,8 @@ impl Backend {
     pub(crate) fn kind(&self) -> BackendKind {
         match self {
             Backend::Uring(_) => BackendKind::Uring,
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(_) => BackendKind::Fake,
             Backend::Portable(_) => BackendKind::Portable,
         }
     }
@@ -84,6 +97,8 @@ impl Backend {
     pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
         match self {
             Backend::Uring(b) => b.start(key, raw, class),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.start(key, raw, class),
             Backend::Portable(b) => b.start(key, raw, class),
         }
     }
@@ -92,6 +107,8 @@ impl Backend {
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
         match self {
             Backend::Uring(b) => b.start_blocking(key, f),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.start_blocking(key, f),
             Backend::Portable(b) => b.start_blocking(key, f),
         }
     }
@@ -101,6 +118,8 @@ impl Backend {
     pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, class: CancelClass) {
         match self {
             Backend::Uring(b) => b.cancel(key, kind, class),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.cancel(key, kind, class),
             Backend::Portable(b) => b.cancel(key, kind, class),
         }
     }
@@ -110,6 +129,8 @@ impl Backend {
     pub(crate) fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Backend::Uring(b) => b.flush(),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.flush(),
             Backend::Portable(b) => b.flush(),
         }
     }
@@ -118,6 +139,8 @@ impl Backend {
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Backend::Uring(b) => b.wait(timeout),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.wait(timeout),
             Backend::Portable(b) => b.wait(timeout),
         }
     }
@@ -127,6 +150,8 @@ impl Backend {
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
         match self {
             Backend::Uring(b) => b.reap(out),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.reap(out),
             Backend::Portable(b) => b.reap(out),
         }
     }

@@ -4,6 +4,9 @@
 use quell::{BackendChoice, Ring};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+pub mod counting;
+pub mod fault;
+
 /// Expands each `fn name(b: BackendChoice) { .. }` into one test per backend:
 /// `uring::name` and `portable::name`.
 #[macro_export]
