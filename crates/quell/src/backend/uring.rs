@@ -146,6 +146,10 @@ impl Uring {
 
     #[inline]
     pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
+        if on_pool(raw.kind, class) {
+            self.pool.submit_raw(key, raw, 0, None);
+            return true;
+        }
         let mut sqe = match build(&raw) {
             Ok(sqe) => sqe.user_data(key),
             Err(errno) => {
@@ -167,8 +171,8 @@ impl Uring {
     }
 
     #[inline]
-    pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, _class: CancelClass) {
-        if kind == OpKind::Blocking {
+    pub(crate) fn cancel(&mut self, key: u64, kind: OpKind, class: CancelClass) {
+        if kind == OpKind::Blocking || on_pool(kind, class) {
             self.pool.cancel(key);
             return;
         }
@@ -300,6 +304,18 @@ impl Uring {
         // After the doorbell was cleared above, so no pool wake-up is lost.
         self.pool.reap(out);
     }
+}
+
+/// Reads from Interruptible files (FUSE, NFS, ...) run on quell's pool, not in io_uring.
+///
+/// Measured on 6.18: when a FUSE daemon answers a direct-I/O read short (or fails it
+/// part-way), io_uring's short-read retry reissues the rest from the *original* offset
+/// and reports the sum, so the buffer holds a second copy of the first bytes. A plain
+/// `pread` on a pool worker reports the honest short count, and the worker is
+/// interrupted (FUSE_INTERRUPT) just as promptly as an `ASYNC_CANCEL` would.
+#[inline]
+fn on_pool(kind: OpKind, class: CancelClass) -> bool {
+    class == CancelClass::Interruptible && matches!(kind, OpKind::Read | OpKind::Readv)
 }
 
 fn describe_setup_error(e: &io::Error) -> String {
