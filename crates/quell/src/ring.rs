@@ -762,21 +762,15 @@ impl Ring {
 
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
-        if s.state == SlotState::Detached && s.flags & F_KERNEL_DONE == 0 {
-            // The kernel still owns the memory: release the user, keep the buffer.
+        // A detached op whose kernel completion is still to come: release the user,
+        // keep the buffer (and the slot) until the kernel is done.
+        let keep = s.state == SlotState::Detached && s.flags & F_KERNEL_DONE == 0;
+        let payload = if keep {
             s.flags |= F_DELIVERED;
-            return Completion {
-                id: OpId {
-                    ring: self.id,
-                    gen: s.gen,
-                    slot: idx,
-                },
-                user_data: s.user_data,
-                outcome,
-                kind: s.desc.kind,
-                payload: Payload::None,
-            };
-        }
+            Payload::None
+        } else {
+            std::mem::take(&mut s.desc.payload)
+        };
         let c = Completion {
             id: OpId {
                 ring: self.id,
@@ -786,9 +780,11 @@ impl Ring {
             user_data: s.user_data,
             outcome,
             kind: s.desc.kind,
-            payload: std::mem::take(&mut s.desc.payload),
+            payload,
         };
-        self.table.free(idx);
+        if !keep {
+            self.table.free(idx);
+        }
         c
     }
 
@@ -913,19 +909,31 @@ impl Ring {
     }
 
     fn cancel_where(&mut self, pred: impl Fn(OpKind, RawFd, RawFd) -> bool) -> usize {
-        let mut hits = Vec::new();
-        for &idx in self.table.live() {
-            let s = self.table.slot(idx);
-            if matches!(s.state, SlotState::Queued | SlotState::InFlight)
-                && pred(s.desc.kind, s.desc.fd, s.desc.fd2)
-            {
-                hits.push(idx);
-            }
+        let table = &self.table;
+        let hits: Vec<u32> = table
+            .live()
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let d = &table.slot(i).desc;
+                pred(d.kind, d.fd, d.fd2)
+            })
+            .collect();
+        self.cancel_slots(hits, false)
+    }
+
+    /// Cancels the given slots that are still queued or in flight; returns how many.
+    fn cancel_slots(&mut self, mut slots: Vec<u32>, timed_out: bool) -> usize {
+        slots.retain(|&i| {
+            matches!(
+                self.table.slot(i).state,
+                SlotState::Queued | SlotState::InFlight
+            )
+        });
+        for &idx in &slots {
+            self.cancel_slot(idx, timed_out);
         }
-        for &idx in &hits {
-            self.cancel_slot(idx, false);
-        }
-        hits.len()
+        slots.len()
     }
 
     /// Forgets what the ring knows about descriptor `fd`. Call it after closing a
@@ -1199,17 +1207,14 @@ impl Ring {
 
     /// Cancels every outstanding slot for which `pred(group index)` holds.
     fn cancel_where_slot(&mut self, pred: impl Fn(u32) -> bool, timed_out: bool) -> usize {
-        let mut hits = Vec::new();
-        for &idx in self.table.live() {
-            let s = self.table.slot(idx);
-            if matches!(s.state, SlotState::Queued | SlotState::InFlight) && pred(s.group) {
-                hits.push(idx);
-            }
-        }
-        for &idx in &hits {
-            self.cancel_slot(idx, timed_out);
-        }
-        hits.len()
+        let table = &self.table;
+        let hits: Vec<u32> = table
+            .live()
+            .iter()
+            .copied()
+            .filter(|&i| pred(table.slot(i).group))
+            .collect();
+        self.cancel_slots(hits, timed_out)
     }
 
     /// Cancels everything, waits for every op to end, and refuses further submissions.
