@@ -1,12 +1,14 @@
 //! The `quell` command: what this machine offers for asynchronous I/O (`quell info`),
 //! and benchmarks of quell against its anchors (`quell bench`): a raw `io-uring` crate
-//! loop written in the same program, and `fio` with its io_uring engine.
+//! loop written in the same program, and `fio` with its io_uring engine; and the
+//! fault-injection filesystem (`quell faultfs mount DIR --spec FILE`).
 //!
 //! Exit codes: 0 success, 2 bad usage (clap's convention), 1 a runtime error, whose
 //! message goes to standard error.
 #![warn(missing_docs)]
 
 mod bench;
+mod faultfs;
 mod info;
 mod units;
 
@@ -36,6 +38,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Benchmark quell against a raw io_uring loop (and fio) in the same run.
     Bench(bench::BenchArgs),
+    /// The fault-injection filesystem: files that hang, are slow, or fail at offsets.
+    Faultfs(faultfs::FaultfsArgs),
 }
 
 /// The error type of the command: a message for standard error.
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Faultfs(args) => faultfs::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
