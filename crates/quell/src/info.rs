@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 /// let ops = ring.ops();
 /// assert_eq!(ops.len(), 1);
 /// assert_eq!(ops[0].id, id);
-/// assert_eq!(ops[0].state, quell::OpState::Queued);
-/// assert_eq!(ops[0].class, quell::CancelClass::Queued);
+/// // With room in the dispatch window it went straight to the backend.
+/// assert_eq!(ops[0].state, quell::OpState::InFlight);
+/// assert_eq!(ops[0].class, quell::CancelClass::Prompt);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq)]
