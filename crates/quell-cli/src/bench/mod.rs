@@ -14,6 +14,7 @@
 pub mod nop;
 pub mod raw;
 pub mod read;
+pub mod tokio_peers;
 
 use crate::units::{parse_seconds, parse_size};
 use crate::CliError;
