@@ -278,6 +278,7 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
         json!("per round trip: write submitted to read completion seen"),
     );
     extra.insert("op".into(), json!("one round trip"));
+    extra.insert("tokio_runtime".into(), json!("current_thread"));
     let results: Vec<_> = sums.iter().map(|q| q.result()).collect();
     let uring_p50 = kinds
         .iter()

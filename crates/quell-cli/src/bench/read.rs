@@ -486,6 +486,14 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         extra.insert("raw_setup".into(), json!(r.setup()));
     }
     extra.insert(
+        "tokio_runtime".into(),
+        json!(format!(
+            "multi_thread, default workers ({}), default blocking pool; {} tasks",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            s.depth
+        )),
+    );
+    extra.insert(
         "tokio_offsets".into(),
         json!("tokio task i draws offsets from the same generator seeded with seed + i"),
     );
