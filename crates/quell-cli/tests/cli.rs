@@ -193,3 +193,84 @@ fn bench_read_markdown_on_an_explicit_file() {
     let s = stdout(&o);
     assert!(s.contains("| read |") && s.contains("raw-io-uring"), "{s}");
 }
+
+/// Every non-empty line of a `--json` command's output, parsed.
+fn json_lines(o: &Output) -> Vec<Value> {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+/// Checks the DESIGN.md §7 fields of a line and of its peer `peer`, and its ratio.
+fn check_peer(v: &Value, workload: &str, peer: &str) {
+    assert_eq!(v["workload"], workload, "{v}");
+    assert!(v["backend"].is_string(), "{v}");
+    for k in ["ops_per_sec", "p50_us", "p99_us"] {
+        assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k} in {v}");
+    }
+    assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    let p = &v["peers"][peer];
+    for k in ["ops_per_sec", "p50_us", "p99_us"] {
+        assert!(p[k].as_f64().is_some(), "peer {peer} {k} in {v}");
+    }
+    let ratio = v["ratio"][peer].as_f64().expect("ratio to the peer");
+    let expect = v["ops_per_sec"].as_f64().unwrap() / p["ops_per_sec"].as_f64().unwrap();
+    assert!(ratio.is_finite() && (ratio - expect).abs() < 0.01, "{v}");
+}
+
+#[test]
+fn bench_pingpong_json_has_both_backends() {
+    let lines = json_lines(&quell(&["bench", "pingpong", "--seconds", "0.3", "--json"]));
+    let backends: Vec<&str> = lines.iter().filter_map(|v| v["backend"].as_str()).collect();
+    assert!(backends.contains(&"portable"), "{backends:?}");
+    if io_uring_usable() {
+        assert_eq!(backends, ["uring", "portable"]);
+    }
+    for v in &lines {
+        check_peer(v, "pingpong", "tokio-uds");
+        assert_eq!(v["message_bytes"], 64);
+    }
+    if io_uring_usable() {
+        let p = lines.iter().find(|v| v["backend"] == "portable").unwrap();
+        let u = lines.iter().find(|v| v["backend"] == "uring").unwrap();
+        let r = p["vs_uring_latency"].as_f64().expect("vs_uring_latency");
+        let expect = p["p50_us"].as_f64().unwrap() / u["p50_us"].as_f64().unwrap();
+        assert!((r - expect).abs() < 0.01, "{r} vs {expect}");
+    }
+}
+
+#[test]
+fn bench_read_portable_has_the_tokio_peers() {
+    let dir = std::env::temp_dir().join(format!("quell-cli-tokio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_quell"))
+        .args([
+            "bench",
+            "read",
+            "--backend",
+            "portable",
+            "--seconds",
+            "0.3",
+            "--size",
+            "64MiB",
+            "--json",
+        ])
+        .env("QUELL_BENCH_DIR", &dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = json_line(&o);
+    assert_eq!(v["backend"], "portable");
+    check_peer(&v, "read", "tokio-spawn-blocking");
+    check_peer(&v, "read", "tokio-fs");
+    assert_eq!(v["depth"], 32);
+}

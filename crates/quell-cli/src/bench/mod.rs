@@ -12,8 +12,10 @@
 //! add a [`Workload`] variant and a line in [`run`].
 
 pub mod nop;
+pub mod pingpong;
 pub mod raw;
 pub mod read;
+pub mod tokio_peers;
 
 use crate::units::{parse_seconds, parse_size};
 use crate::CliError;
@@ -30,6 +32,9 @@ pub enum Workload {
     Nop,
     /// 4 KiB random reads from a page-cached file at a fixed queue depth.
     Read,
+    /// 64-byte round trips to an echo thread over a Unix socket pair (both backends
+    /// unless --backend is given).
+    Pingpong,
 }
 
 impl Workload {
@@ -38,6 +43,7 @@ impl Workload {
         match self {
             Workload::Nop => "nop",
             Workload::Read => "read",
+            Workload::Pingpong => "pingpong",
         }
     }
 }
@@ -94,7 +100,7 @@ pub struct BenchArgs {
     /// The quell backend to measure.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
-    /// Queue depth: ops in flight (read), submission queue size (nop) [default: 32; nop: the batch].
+    /// Queue depth: ops in flight (read), submission queue size (nop) [default: 32; nop: the batch; pingpong: always 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub depth: Option<u32>,
     /// Batch size: ops submitted and awaited together (nop) [default: 32]; completions
@@ -528,6 +534,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             }
             (depth, batch)
         }
+        // One round trip at a time.
+        Workload::Pingpong => (1, 1),
     };
     let settings = Settings {
         seconds: args.seconds,
@@ -538,18 +546,22 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         backend: args.backend,
     };
     let started = Instant::now();
-    let mut report = match args.workload {
-        Workload::Nop => nop::run(args, &settings)?,
-        Workload::Read => read::run(args, &settings)?,
+    let mut reports = match args.workload {
+        Workload::Nop => vec![nop::run(args, &settings)?],
+        Workload::Read => vec![read::run(args, &settings)?],
+        Workload::Pingpong => pingpong::run(args, &settings)?,
     };
-    report.extra.insert(
-        "wall_s".into(),
-        json!(round3(started.elapsed().as_secs_f64())),
-    );
-    if args.json {
-        println!("{}", serde_json::to_string(&report.to_json())?);
-    } else {
-        print!("{}", report.markdown());
+    let wall = round3(started.elapsed().as_secs_f64());
+    for (i, report) in reports.iter_mut().enumerate() {
+        report.extra.insert("wall_s".into(), json!(wall));
+        if args.json {
+            println!("{}", serde_json::to_string(&report.to_json())?);
+        } else {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", report.markdown());
+        }
     }
     Ok(())
 }

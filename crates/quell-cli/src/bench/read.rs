@@ -8,6 +8,7 @@
 //! every measurement and the lowest value is reported (`resident_min`).
 
 use super::raw::RawRead;
+use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
 use super::{
     common_extra, record, run_rounds, BenchArgs, Contender, PeerResult, Report, Sample, Settings,
 };
@@ -421,7 +422,8 @@ fn run_fio(fio: &Path, file: &Path, s: &Settings) -> Result<PeerResult, String> 
     })
 }
 
-/// Runs the read workload: quell against the raw io-uring loop, then fio.
+/// Runs the read workload: quell against the raw io-uring loop and the tokio peers
+/// (interleaved rounds), then fio.
 pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let ring = s.quell_ring()?;
     let backend = ring.backend().name().to_string();
@@ -431,12 +433,27 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let mut cache = CachedFile::new(&file, nblocks * BLOCK as u64)?;
     let fd = file.as_raw_fd();
     let mut quell = QuellRead::new(ring, fd, nblocks, s.depth, s.batch);
-    let mut raw = RawRead::new(fd, nblocks, BLOCK, s.depth, s.batch, SEED)?;
-    let mut sums = run_rounds(&mut [&mut quell, &mut raw], s, &mut || cache.check())?;
-    let raw_sum = sums.pop().expect("two contenders");
-    let quell_sum = sums.pop().expect("two contenders");
-    let mut peers = vec![raw_sum.result()];
     let mut skipped = Vec::new();
+    // raw-io-uring needs io_uring; on a machine without it the portable run still
+    // compares against the tokio peers.
+    let mut raw = match RawRead::new(fd, nblocks, BLOCK, s.depth, s.batch, SEED) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            skipped.push(("raw-io-uring".to_string(), e.to_string()));
+            None
+        }
+    };
+    let mut spawn_blocking = TokioSpawnBlocking::new(fd, nblocks, BLOCK, s.depth, SEED)?;
+    let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
+    let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell];
+    if let Some(r) = raw.as_mut() {
+        contenders.push(r);
+    }
+    contenders.push(&mut spawn_blocking);
+    contenders.push(&mut tokio_fs);
+    let mut sums = run_rounds(&mut contenders, s, &mut || cache.check())?.into_iter();
+    let quell_sum = sums.next().expect("quell ran");
+    let mut peers: Vec<PeerResult> = sums.map(|p| p.result()).collect();
     if args.no_fio {
         skipped.push(("fio-io_uring".to_string(), "--no-fio".to_string()));
     } else if let Some(fio) = find_in_path("fio") {
@@ -465,7 +482,21 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         "latency".into(),
         json!("per op, submission to completion seen"),
     );
-    extra.insert("raw_setup".into(), json!(raw.setup()));
+    if let Some(r) = &raw {
+        extra.insert("raw_setup".into(), json!(r.setup()));
+    }
+    extra.insert(
+        "tokio_runtime".into(),
+        json!(format!(
+            "multi_thread, default workers ({}), default blocking pool; {} tasks",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            s.depth
+        )),
+    );
+    extra.insert(
+        "tokio_offsets".into(),
+        json!("tokio task i draws offsets from the same generator seeded with seed + i"),
+    );
     extra.insert(
         "fio_order".into(),
         json!("after the interleaved rounds, for the full seconds"),
