@@ -17,30 +17,8 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// Opcodes the quell io_uring backend requires (mirrors `REQUIRED` in
-/// `crates/quell/src/backend/uring.rs`, which is private to the library).
-pub const REQUIRED_OPCODES: &[(u8, &str)] = &[
-    (opcode::Nop::CODE, "nop"),
-    (opcode::Read::CODE, "read"),
-    (opcode::Write::CODE, "write"),
-    (opcode::Readv::CODE, "readv"),
-    (opcode::Writev::CODE, "writev"),
-    (opcode::OpenAt::CODE, "openat"),
-    (opcode::Close::CODE, "close"),
-    (opcode::Statx::CODE, "statx"),
-    (opcode::Fsync::CODE, "fsync"),
-    (opcode::Fallocate::CODE, "fallocate"),
-    (opcode::PollAdd::CODE, "poll_add"),
-    (opcode::Timeout::CODE, "timeout"),
-    (opcode::Accept::CODE, "accept"),
-    (opcode::Connect::CODE, "connect"),
-    (opcode::Send::CODE, "send"),
-    (opcode::Recv::CODE, "recv"),
-    (opcode::Splice::CODE, "splice"),
-    (opcode::RenameAt::CODE, "renameat"),
-    (opcode::UnlinkAt::CODE, "unlinkat"),
-    (opcode::AsyncCancel::CODE, "async_cancel"),
-];
+/// Opcodes the quell io_uring backend requires (the library's own list).
+pub const REQUIRED_OPCODES: &[(u8, &str)] = quell::REQUIRED_OPCODES;
 
 /// Opcodes quell may use when present (reported, not required).
 pub const OPTIONAL_OPCODES: &[(u8, &str)] = &[

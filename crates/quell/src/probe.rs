@@ -73,3 +73,11 @@ pub fn probe() -> ProbeReport {
             .into_owned(),
     }
 }
+
+/// The io_uring opcodes quell's io_uring backend needs, as `(opcode number, name)`: a
+/// kernel missing any of them gets the portable backend.
+///
+/// ```
+/// assert!(quell::REQUIRED_OPCODES.iter().any(|(_, name)| *name == "async_cancel"));
+/// ```
+pub const REQUIRED_OPCODES: &[(u8, &str)] = crate::backend::uring::REQUIRED;
