@@ -17,6 +17,8 @@ fn dropping_rings_with_ops_in_flight_leaks_no_descriptor() {
         let id = ring.submit(Op::blocking(|| Ok(1))).unwrap();
         ring.wait_for(id).unwrap();
     }
+    // A warm-up worker may still hold its share of the doorbell: count once things settle.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let before = open_fds();
     for round in 0..20u64 {
         for b in [BackendChoice::Uring, BackendChoice::Portable] {
@@ -41,10 +43,11 @@ fn dropping_rings_with_ops_in_flight_leaks_no_descriptor() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let now = fd_names();
-    assert_eq!(
-        now.len(),
-        before,
-        "descriptors leaked by dropped rings: {now:?}"
+    // Fewer is fine: a warm-up worker may have released its share after `before` was taken.
+    assert!(
+        now.len() <= before,
+        "descriptors leaked by dropped rings: {} now, {before} before: {now:?}",
+        now.len()
     );
 }
 
