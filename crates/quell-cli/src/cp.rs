@@ -12,17 +12,20 @@
 //! is written, and the command says which offset it reached; `--resume` continues from
 //! there. Nothing ever claims bytes that were not written.
 //!
-//! All-zero chunks are not written (the destination gets a hole there), so sparse
-//! sources stay sparse and the final length is set with `ftruncate`.
+//! Chunks in a hole of the source (`SEEK_DATA`) are not read, and all-zero chunks are
+//! not written: the destination gets a hole there, so sparse sources stay sparse; the
+//! final length is set with `ftruncate`.
 
 pub mod checkpoint;
 mod frontier;
+mod holes;
 
 use crate::bench::BackendArg;
 use crate::units::{format_size, parse_duration, parse_size};
 use crate::CliError;
 use checkpoint::Checkpoint;
 use frontier::Frontier;
+use holes::Holes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quell::{AlignedBuf, GroupId, GroupOptions, Op, Outcome, Ring, SignalAction};
 use std::fs::{File, OpenOptions};
@@ -330,12 +333,23 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     let mut in_flight = 0usize;
     let mut stop: Option<Stop> = None;
     let mut written = plan.start;
+    let mut holes = Holes::new(sfd, size);
+    let mut sparse = 0u64;
     let pb = progress_bar(args, size, plan.start);
     let started = Instant::now();
 
     loop {
         if stop.is_none() {
             while next_chunk < nchunks {
+                let off = frontier.offset(next_chunk);
+                let len = (size - off).min(block);
+                if holes.is_hole(off, off + len) {
+                    frontier.finish(next_chunk);
+                    written += len;
+                    sparse += len;
+                    next_chunk += 1;
+                    continue;
+                }
                 let Some(si) = free.pop() else { break };
                 let s = &mut slots[si];
                 s.chunk = next_chunk;
@@ -403,6 +417,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                     {
                         frontier.finish(chunk);
                         written += len as u64;
+                        sparse += len as u64;
                     } else {
                         let op = match slots[si].buf.take().expect("buffer back") {
                             Buf::Plain(v) => Op::write_at(dfd, offset, v),
@@ -478,7 +493,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         }
         let copied = size - plan.start;
         eprintln!(
-            "quell cp: copied {} ({copied} bytes) in {:.3} s, {:.1} MiB/s",
+            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s",
             format_size(copied),
             elapsed.as_secs_f64(),
             copied as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9)
