@@ -422,7 +422,7 @@ impl Ring {
         if op.exact {
             s.flags |= F_EXACT;
         }
-        s.desc = op.desc;
+        s.set_desc(op.desc);
         self.outstanding += 1;
         self.stats.submitted += 1;
         let id = OpId {
@@ -502,7 +502,6 @@ impl Ring {
         if !self.backend.start(key, raw, class) {
             return false;
         }
-        let s = self.table.slot_mut(idx);
         s.state = SlotState::InFlight;
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
@@ -512,6 +511,7 @@ impl Ring {
     }
 
     /// Turns backend results into completions.
+    #[inline]
     fn reap(&mut self) {
         self.backend.reap(&mut self.reaped);
         if self.reaped.is_empty() {
@@ -525,34 +525,19 @@ impl Ring {
         self.reaped = reaped;
     }
 
+    #[inline]
     fn finish(&mut self, key: u64, res: i64) {
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
-        if s.gen != gen {
-            tracing::error!(key, "completion for a slot that moved on; ignored");
-            return;
+        if s.gen != gen || s.state != SlotState::InFlight {
+            return self.finish_unusual(idx, key);
         }
-        match s.state {
-            SlotState::InFlight => {}
-            SlotState::Detached => {
-                self.in_flight -= 1;
-                self.stats.detached_finished += 1;
-                self.groups.at(s.group).stats.detached -= 1;
-                let s = self.table.slot_mut(idx);
-                if s.flags & F_DELIVERED != 0 {
-                    self.table.free(idx);
-                } else {
-                    // The user has not taken the Detached completion yet; it frees the slot.
-                    s.flags |= F_KERNEL_DONE;
-                }
-                return;
-            }
-            state => {
-                tracing::error!(key, ?state, "completion for an op not in flight; ignored");
-                return;
-            }
-        }
-        let asked = s.desc.request_len();
+        // Only transfers have a requested length (and it costs a payload match).
+        let asked = if s.desc.kind.is_transfer() {
+            s.desc.request_len()
+        } else {
+            0
+        };
         if res > 0 && s.flags & F_CANCEL == 0 && matches!(s.desc.kind, OpKind::Read | OpKind::Write)
         {
             let done = s.transferred + res as u64;
@@ -590,6 +575,32 @@ impl Ring {
         }
         self.completions.push_back((idx, outcome));
         self.stats.completed += 1;
+    }
+
+    /// A result for a slot that is not simply in flight: the kernel's late completion of
+    /// a detached op, or (never expected) a stale key.
+    #[cold]
+    fn finish_unusual(&mut self, idx: u32, key: u64) {
+        let s = self.table.slot_mut(idx);
+        if s.gen != split_key(key).1 {
+            tracing::error!(key, "completion for a slot that moved on; ignored");
+            return;
+        }
+        if s.state != SlotState::Detached {
+            let state = s.state;
+            tracing::error!(key, ?state, "completion for an op not in flight; ignored");
+            return;
+        }
+        self.in_flight -= 1;
+        self.stats.detached_finished += 1;
+        self.groups.at(s.group).stats.detached -= 1;
+        let s = self.table.slot_mut(idx);
+        if s.flags & F_DELIVERED != 0 {
+            self.table.free(idx);
+        } else {
+            // The user has not taken the Detached completion yet; it frees the slot.
+            s.flags |= F_KERNEL_DONE;
+        }
     }
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
@@ -708,7 +719,8 @@ impl Ring {
     /// `timeout` passes, a [`Handle::wake`] arrives, or nothing outstanding could add
     /// more. Returns the number of completions ready to take.
     pub fn wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize, Error> {
-        let start = Instant::now();
+        // The clock is read only when a timeout or a deadline needs it.
+        let start = timeout.map(|_| Instant::now());
         loop {
             let woken = self.take_requests();
             self.fire_timers();
@@ -721,8 +733,8 @@ impl Ring {
                     .map_err(|e| Error::io("submitting to the backend", e))?;
                 return Ok(self.completions.len());
             }
-            let remaining = match timeout {
-                Some(t) => match t.checked_sub(start.elapsed()) {
+            let remaining = match (timeout, start) {
+                (Some(t), Some(start)) => match t.checked_sub(start.elapsed()) {
                     Some(r) if !r.is_zero() => Some(r),
                     _ => {
                         self.backend
@@ -731,7 +743,7 @@ impl Ring {
                         return Ok(self.completions.len());
                     }
                 },
-                None => None,
+                _ => None,
             };
             let remaining = match self.timers.next() {
                 Some(at) => {
@@ -750,6 +762,7 @@ impl Ring {
     }
 
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
+    #[inline]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
         Some(self.deliver(idx, outcome))
@@ -760,6 +773,7 @@ impl Ring {
         std::iter::from_fn(move || self.next_completion())
     }
 
+    #[inline]
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
         // A detached op whose kernel completion is still to come: release the user,
