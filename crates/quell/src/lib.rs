@@ -69,6 +69,7 @@ pub use info::{OpInfo, Stats};
 pub use op::{Interest, Op, OpKind};
 pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
 pub use probe::{probe, ProbeReport, REQUIRED_OPCODES};
+pub use ring::chain::{Chain, ChainError, StepResult};
 pub use ring::{BackendChoice, Builder, Ring};
 pub use signal::SignalAction;
 pub use table::MAX_CAPACITY;

@@ -209,6 +209,8 @@ pub(crate) enum Payload {
     Addr(Box<SockAddr>),
     Time(io_uring::types::Timespec),
     Blocking(BlockingFn),
+    /// The steps of a finished chain (only ever in a completion).
+    Chain(Box<crate::ring::chain::ChainSteps>),
 }
 
 /// Everything about an operation except ring bookkeeping.
@@ -252,7 +254,7 @@ impl OpDesc {
             ptr2: std::ptr::null_mut(),
         };
         match &mut self.payload {
-            Payload::None | Payload::Blocking(_) => {}
+            Payload::None | Payload::Blocking(_) | Payload::Chain(_) => {}
             Payload::Buf(v) => r.ptr = v.as_mut_ptr(),
             Payload::Aligned(a) => r.ptr = a.as_mut_ptr(),
             Payload::Bufs(v) => {

@@ -2,6 +2,9 @@
 //! to the backend within the dispatch window, and turns backend results into honest
 //! completions.
 
+#[path = "chain.rs"]
+pub(crate) mod chain;
+
 use crate::backend::{portable, uring, Backend, BackendConfig, BackendKind, BackendParts};
 use crate::classify::FdCache;
 use crate::completion::Completion;
@@ -14,7 +17,8 @@ use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
-    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_TIMEOUT,
+    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DELIVERED, F_EXACT, F_KERNEL_DONE,
+    F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
@@ -179,6 +183,7 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
+    chains: chain::Chains,
 }
 
 impl Ring {
@@ -234,6 +239,7 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
+            chains: chain::Chains::default(),
         })
     }
 
@@ -385,6 +391,17 @@ impl Ring {
     /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
     /// op comes back whole inside the error (contract items I1, I10).
     pub fn submit(&mut self, op: Op) -> Result<OpId, SubmitError> {
+        self.submit_inner(op, &mut None)
+    }
+
+    /// [`submit`](Ring::submit), for a plain op (`chain` is `None`) or the first step of
+    /// a chain, whose state the slot takes on success.
+    #[inline(always)]
+    fn submit_inner(
+        &mut self,
+        op: Op,
+        chain: &mut Option<Box<chain::ChainState>>,
+    ) -> Result<OpId, SubmitError> {
         if self.closed {
             return Err(SubmitError::new(Error::Closed, op));
         }
@@ -423,6 +440,10 @@ impl Ring {
             s.flags |= F_EXACT;
         }
         s.set_desc(op.desc);
+        if let Some(c) = chain.take() {
+            s.flags |= F_CHAIN;
+            self.chains.insert(idx, c);
+        }
         self.outstanding += 1;
         self.stats.submitted += 1;
         let id = OpId {
@@ -556,7 +577,15 @@ impl Ring {
                 return;
             }
         }
-        let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);
+        let outcome = if s.flags & F_CHAIN == 0 {
+            outcome_of(s.desc.kind, s.flags, s.transferred, asked, res)
+        } else {
+            match self.chain_step_ended(idx, res) {
+                Some(o) => o,
+                None => return, // the next step is queued in the same slot
+            }
+        };
+        let s = self.table.slot_mut(idx);
         let kind = s.desc.kind;
         s.state = SlotState::Completed;
         let (gidx, flags, had_deadline) = (s.group, s.flags, s.deadline != u64::MAX);
@@ -855,13 +884,20 @@ impl Ring {
         let s = self.table.slot_mut(idx);
         match s.state {
             SlotState::Queued => {
-                s.state = SlotState::Completed;
                 let transferred = s.transferred as usize;
-                let outcome = if timed_out {
+                let mut outcome = if timed_out {
                     Outcome::TimedOut { transferred }
                 } else {
                     Outcome::Canceled { transferred }
                 };
+                if s.flags & F_CHAIN != 0 {
+                    match self.chain_cancel_queued(idx, timed_out) {
+                        Some(o) => outcome = o,
+                        None => return, // a cleanup close runs first
+                    }
+                }
+                let s = self.table.slot_mut(idx);
+                s.state = SlotState::Completed;
                 let had_deadline = s.deadline != u64::MAX;
                 self.groups.at(s.group).stats.queued -= 1;
                 if had_deadline {
@@ -874,7 +910,11 @@ impl Ring {
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
-                if timed_out && s.class == CancelClass::Bounded {
+                if s.flags & F_CHAIN != 0 && self.chains.peek(idx).is_some_and(|c| c.in_cleanup()) {
+                    return; // a chain's cleanup close is shielded from its cancel
+                }
+                // A chain is never detached: it waits for the step, then closes what it opened.
+                if timed_out && s.class == CancelClass::Bounded && s.flags & F_CHAIN == 0 {
                     // Device I/O cannot be stopped: release the user now, keep the
                     // memory until the kernel's own completion (I2, I4).
                     let gidx = s.group;
@@ -1135,7 +1175,10 @@ impl Ring {
         let mut queued = Vec::new();
         for &slot in self.table.live() {
             let s = self.table.slot(slot);
-            if s.state == SlotState::Queued && hit[s.group as usize] {
+            // A chain past its first step is in flight as a whole: drain lets it finish.
+            let started = s.flags & F_CHAIN != 0
+                && self.chains.peek(slot).is_some_and(|c| !c.at_first_step());
+            if s.state == SlotState::Queued && hit[s.group as usize] && !started {
                 queued.push(slot);
             }
         }
@@ -1240,11 +1283,16 @@ impl Ring {
         self.shared.closed.store(true, Ordering::Release);
         self.cancel_all();
         let start = Instant::now();
-        while self.in_flight > 0 {
+        // Canceled chains may still have a close to run (queued): dispatch it.
+        while self.in_flight > 0 || self.chains.len() > 0 {
+            self.dispatch();
             self.take_requests();
             self.reap();
             if self.in_flight == 0 {
-                break;
+                if self.chains.len() == 0 {
+                    break;
+                }
+                continue; // a chain's close was queued by the reap
             }
             let Some(left) = self.teardown_timeout.checked_sub(start.elapsed()) else {
                 self.leak_in_flight();

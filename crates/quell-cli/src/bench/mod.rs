@@ -11,6 +11,7 @@
 //! Adding a workload: write a module with a `run(&BenchArgs, &Settings) -> Report`,
 //! add a [`Workload`] variant and a line in [`run`].
 
+pub mod cancel;
 pub mod nop;
 pub mod pingpong;
 pub mod raw;
@@ -35,6 +36,10 @@ pub enum Workload {
     /// 64-byte round trips to an echo thread over a Unix socket pair (both backends
     /// unless --backend is given).
     Pingpong,
+    /// A cancel storm: 10,000 reads pending on a pipe in one group, `cancel_group`,
+    /// time until all 10,000 completions are taken (peers: raw io_uring, one
+    /// ASYNC_CANCEL per op and one CANCEL_ALL|FD).
+    Cancel,
 }
 
 impl Workload {
@@ -44,6 +49,7 @@ impl Workload {
             Workload::Nop => "nop",
             Workload::Read => "read",
             Workload::Pingpong => "pingpong",
+            Workload::Cancel => "cancel",
         }
     }
 }
@@ -536,6 +542,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         }
         // One round trip at a time.
         Workload::Pingpong => (1, 1),
+        // The submission queue size; the storm itself is always 10,000 reads.
+        Workload::Cancel => (args.depth.unwrap_or(4096), 1),
     };
     let settings = Settings {
         seconds: args.seconds,
@@ -550,6 +558,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         Workload::Nop => vec![nop::run(args, &settings)?],
         Workload::Read => vec![read::run(args, &settings)?],
         Workload::Pingpong => pingpong::run(args, &settings)?,
+        Workload::Cancel => vec![cancel::run(args, &settings)?],
     };
     let wall = round3(started.elapsed().as_secs_f64());
     for (i, report) in reports.iter_mut().enumerate() {
