@@ -42,6 +42,7 @@ mod buf;
 mod classify;
 mod completion;
 mod error;
+pub mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -56,6 +57,8 @@ mod ring;
 mod signal;
 mod table;
 mod timer;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod wake;
 
 pub use backend::BackendKind;

@@ -178,6 +178,10 @@ pub(crate) struct Vectored {
     pub(crate) iov: Vec<libc::iovec>,
 }
 
+// SAFETY: the iovecs point only into `bufs`, heap memory this value owns; moving it to
+// another thread moves that ownership along (what makes a Ring `Send`, DESIGN §1).
+unsafe impl Send for Vectored {}
+
 /// Path and result buffer of a statx.
 pub(crate) struct StatxBuf {
     pub(crate) path: CString,

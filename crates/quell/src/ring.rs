@@ -790,6 +790,30 @@ impl Ring {
         }
     }
 
+    /// Futures-layer hook: this ring's id (stamped into its [`OpId`]s).
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Futures-layer hook: the descriptor a reactor watches (readable when there is
+    /// something to reap), and how soon the ring must run even if it stays quiet.
+    pub(crate) fn reactor_fd(&self) -> RawFd {
+        self.backend.poll_fd()
+    }
+
+    /// See [`reactor_fd`](Ring::reactor_fd).
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        let backend = self.backend.next_wake();
+        let timer = self
+            .timers
+            .next()
+            .map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
+        match (backend, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
     #[inline]
     pub fn next_completion(&mut self) -> Option<Completion> {
