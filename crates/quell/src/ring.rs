@@ -14,7 +14,8 @@ use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
-    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_TIMEOUT,
+    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_SINK,
+    F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
@@ -23,6 +24,9 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod sink;
+pub(crate) use sink::Sink;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -179,6 +183,7 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
+    sinks: sink::Sinks,
 }
 
 impl Ring {
@@ -234,6 +239,7 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
+            sinks: sink::Sinks::default(),
         })
     }
 
@@ -422,6 +428,9 @@ impl Ring {
         if op.exact {
             s.flags |= F_EXACT;
         }
+        if op.sink {
+            s.flags |= F_SINK;
+        }
         s.desc = op.desc;
         self.outstanding += 1;
         self.stats.submitted += 1;
@@ -460,6 +469,9 @@ impl Ring {
 
     /// Gives queued ops to the backend while the dispatch window has room.
     fn dispatch(&mut self) {
+        if self.sinks.has_next() {
+            self.submit_sink_next();
+        }
         while self.in_flight < self.max_in_flight {
             let Some(key) = self.queue.pop_front() else {
                 break;
@@ -588,8 +600,20 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        self.completions.push_back((idx, outcome));
+        self.push_completion(idx, outcome);
         self.stats.completed += 1;
+    }
+
+    /// Queues a finished op's completion for the user, or hands it at once to the
+    /// internal sink that owns the op (see `ring::sink`).
+    #[inline]
+    fn push_completion(&mut self, idx: u32, outcome: Outcome) {
+        if self.table.slot(idx).flags & F_SINK != 0 {
+            let c = self.deliver(idx, outcome);
+            self.sinks.deliver(c);
+            return;
+        }
+        self.completions.push_back((idx, outcome));
     }
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
@@ -854,7 +878,7 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
-                self.completions.push_back((idx, outcome));
+                self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
                 self.stats.cancel_requests += 1;
@@ -874,7 +898,7 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
-                    self.completions.push_back((idx, Outcome::Detached));
+                    self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
                     return;
