@@ -529,6 +529,7 @@ macro_rules! shared_api {
         /// # let file = std::fs::File::open("/proc/self/exe")?;
         /// # let mut ring = quell::Ring::new()?;
         /// let lazy = ring.read_lazy(file.as_raw_fd(), 0, 4, Default::default())?;
+        /// use std::future::Future;
         /// let fut = lazy.wait_range_async(0..4);
         /// lazy.finish(&mut ring)?;
         /// // Already published: the first poll is ready.

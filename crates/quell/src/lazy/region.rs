@@ -234,7 +234,13 @@ impl fmt::Debug for StagingBuf {
 // ---------------------------------------------------------------------------------------------
 // Configuration and probing.
 
-/// How a region is backed.
+/// How a LazyRead's region is backed.
+///
+/// ```
+/// use quell::lazy::{LazyMode, LazyOptions};
+/// let opts = LazyOptions::default().mode(LazyMode::Checked);
+/// # let _ = opts;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LazyMode {
     /// userfaultfd: touching an unpublished page blocks; the raw view works. Fails to create
@@ -288,7 +294,14 @@ impl Default for Options {
     }
 }
 
-/// What [`LazyRegion::probe`] found.
+/// What this system offers LazyRead, from [`availability`](crate::lazy::availability).
+///
+/// ```
+/// let a = quell::lazy::availability();
+/// if a.usable {
+///     assert!(a.source.is_some());
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LazyAvailability {
     /// The mode [`LazyMode::Auto`] resolves to here.
@@ -433,6 +446,11 @@ pub enum ChunkError {
 }
 
 /// Bytes published by each path, for tests and measurements.
+///
+/// ```
+/// let s = quell::lazy::PublishStats::default();
+/// assert_eq!(s.moved + s.copied + s.zeroed, 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishStats {
     /// Bytes moved with `UFFDIO_MOVE`.

@@ -289,6 +289,12 @@ impl fmt::Display for Op {
 }
 
 /// How the userfaultfd file descriptor was obtained.
+///
+/// ```
+/// if let Some(src) = quell::lazy::availability().source {
+///     println!("userfaultfd via {src:?}");
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UffdSource {
     /// The `userfaultfd(2)` system call.

@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # use std::os::fd::AsRawFd;
+/// use std::future::Future;
 /// use std::task::{Context, Poll, Wake, Waker};
 /// struct Noop;
 /// impl Wake for Noop { fn wake(self: std::sync::Arc<Self>) {} }
@@ -25,8 +26,7 @@ use std::task::{Context, Poll};
 /// let waker = Waker::from(std::sync::Arc::new(Noop));
 /// let mut cx = Context::from_waker(&waker);
 /// assert!(fut.as_mut().poll(&mut cx).is_pending()); // nobody drove the ring yet
-/// ring.wait(0, Some(std::time::Duration::from_millis(1)))?; // the owner's loop publishes
-/// # lazy.wait_range(&mut ring, 0..4)?;
+/// lazy.wait_range(&mut ring, 0..4)?; // the owner drives the ring, which publishes
 /// assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(b"\x7fELF"))));
 /// # Ok(()) }
 /// ```
