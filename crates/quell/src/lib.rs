@@ -50,6 +50,7 @@ mod group;
 mod handle;
 mod id;
 mod info;
+pub mod lazy;
 mod op;
 mod outcome;
 mod probe;

@@ -18,6 +18,7 @@ use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
     SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DELIVERED, F_EXACT, F_KERNEL_DONE,
+    F_SINK,
     F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
@@ -27,6 +28,9 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod sink;
+pub(crate) use sink::Sink;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -184,6 +188,7 @@ pub struct Ring {
     part_size: u32,
     coarse_now: u64,
     chains: chain::Chains,
+    sinks: sink::Sinks,
 }
 
 impl Ring {
@@ -240,6 +245,7 @@ impl Ring {
             part_size: b.part_size,
             coarse_now: 0,
             chains: chain::Chains::default(),
+            sinks: sink::Sinks::default(),
         })
     }
 
@@ -439,6 +445,9 @@ impl Ring {
         if op.exact {
             s.flags |= F_EXACT;
         }
+        if op.sink {
+            s.flags |= F_SINK;
+        }
         s.set_desc(op.desc);
         if let Some(c) = chain.take() {
             s.flags |= F_CHAIN;
@@ -481,6 +490,9 @@ impl Ring {
 
     /// Gives queued ops to the backend while the dispatch window has room.
     fn dispatch(&mut self) {
+        if self.sinks.has_next() {
+            self.submit_sink_next();
+        }
         while self.in_flight < self.max_in_flight {
             let Some(key) = self.queue.pop_front() else {
                 break;
@@ -602,7 +614,7 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        self.completions.push_back((idx, outcome));
+        self.push_completion(idx, outcome);
         self.stats.completed += 1;
     }
 
@@ -630,6 +642,18 @@ impl Ring {
             // The user has not taken the Detached completion yet; it frees the slot.
             s.flags |= F_KERNEL_DONE;
         }
+    }
+
+    /// Queues a finished op's completion for the user, or hands it at once to the
+    /// internal sink that owns the op (see `ring::sink`).
+    #[inline]
+    fn push_completion(&mut self, idx: u32, outcome: Outcome) {
+        if self.table.slot(idx).flags & F_SINK != 0 {
+            let c = self.deliver(idx, outcome);
+            self.sinks.deliver(c);
+            return;
+        }
+        self.completions.push_back((idx, outcome));
     }
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
@@ -928,7 +952,7 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
-                self.completions.push_back((idx, outcome));
+                self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
                 self.stats.cancel_requests += 1;
@@ -952,7 +976,7 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
-                    self.completions.push_back((idx, Outcome::Detached));
+                    self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
                     return;
