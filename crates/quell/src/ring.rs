@@ -24,6 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Checkpoint/restore and introspection (DESIGN I9) live in their own files, as child
+// modules so they can read the op table.
+#[path = "introspect.rs"]
+mod introspect;
+#[path = "quiesce.rs"]
+pub(crate) mod quiesce;
+#[path = "resubmit.rs"]
+pub(crate) mod resubmit;
+
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Which backend to use.
@@ -179,6 +188,9 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
+    /// Quiesced: nothing is dispatched until `resume`.
+    paused: bool,
+    dumps: Vec<introspect::DumpBinding>,
 }
 
 impl Ring {
@@ -234,6 +246,8 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
+            paused: false,
+            dumps: Vec::new(),
         })
     }
 
@@ -446,11 +460,13 @@ impl Ring {
             // backend (for io_uring: into the SQ; the kernel sees it at the next enter).
             if !(self.queue.is_empty()
                 && self.in_flight < self.max_in_flight
+                && !self.paused
                 && self.start_slot(idx, key))
             {
                 self.queue.push_back(key);
             }
         }
+        tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
     }
 
@@ -460,7 +476,7 @@ impl Ring {
 
     /// Gives queued ops to the backend while the dispatch window has room.
     fn dispatch(&mut self) {
-        while self.in_flight < self.max_in_flight {
+        while self.in_flight < self.max_in_flight && !self.paused {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
@@ -494,8 +510,10 @@ impl Ring {
             return true;
         }
         let mut raw = s.desc.raw();
-        if matches!(raw.kind, OpKind::Read | OpKind::Write)
-            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET))
+        // Resubmitted stream transfers (Send/Recv) continue after what moved before.
+        if (matches!(raw.kind, OpKind::Read | OpKind::Write)
+            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET)))
+            || (matches!(raw.kind, OpKind::Send | OpKind::Recv) && s.transferred > 0)
         {
             continue_part(&mut raw, s.transferred, self.part_size);
         }
@@ -504,6 +522,7 @@ impl Ring {
         }
         let s = self.table.slot_mut(idx);
         s.state = SlotState::InFlight;
+        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
@@ -588,6 +607,7 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
+        tracing::trace!(target: "quell::op", op = %idx, %outcome, "completed");
         self.completions.push_back((idx, outcome));
         self.stats.completed += 1;
     }
@@ -598,6 +618,7 @@ impl Ring {
             return false;
         }
         self.take_signals();
+        self.take_dumps();
         let mut reqs = std::mem::take(&mut self.requests);
         self.shared.take(&mut reqs);
         let mut woken = false;
@@ -613,6 +634,10 @@ impl Ring {
                     self.cancel_all();
                 }
                 Request::Wake => woken = true,
+                Request::Ops(tx) => {
+                    // The asker may have given up waiting; nothing to do then.
+                    let _ = tx.send(self.ops());
+                }
             }
         }
         self.requests = reqs;
@@ -839,6 +864,7 @@ impl Ring {
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
         let s = self.table.slot_mut(idx);
+        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 s.state = SlotState::Completed;
@@ -947,6 +973,7 @@ impl Ring {
     pub fn ops(&self) -> Vec<OpInfo> {
         let now = self.now_ns();
         let mut v = Vec::with_capacity(self.table.len());
+        let mut paths: Vec<Option<Arc<str>>> = vec![None; self.groups.v.len()];
         for &idx in self.table.live() {
             let s = self.table.slot(idx);
             let state = match s.state {
@@ -964,6 +991,9 @@ impl Ring {
                 },
                 user_data: s.user_data,
                 group: self.groups.id_of(s.group),
+                group_path: paths[s.group as usize]
+                    .get_or_insert_with(|| self.groups.path(s.group).into())
+                    .clone(),
                 kind: s.desc.kind,
                 fd: s.desc.fd,
                 offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
@@ -1269,6 +1299,7 @@ impl Drop for Ring {
         for b in self.signals.drain(..) {
             signal_hook::low_level::unregister(b.id);
         }
+        self.unbind_dumps();
         if !self.closed || self.in_flight > 0 {
             drop(self.shutdown());
         }
