@@ -316,6 +316,8 @@ impl Checkpoint {
 
     /// Replaces descriptor number `old` by `new` in every op (after receiving the
     /// descriptor over `SCM_RIGHTS`, or `dup`ing it). Returns how many ops changed.
+    /// To move several descriptors whose old and new numbers overlap, use
+    /// [`remap_fds`](Checkpoint::remap_fds).
     ///
     /// ```
     /// # let mut ckpt = {
@@ -330,14 +332,32 @@ impl Checkpoint {
     /// assert_eq!(ckpt.ops[0].fd, 1000);
     /// ```
     pub fn remap_fd(&mut self, old: RawFd, new: RawFd) -> usize {
+        self.remap_fds(&[(old, new)])
+    }
+
+    /// Replaces descriptor numbers all at once, each `(old, new)` pair looked up in the
+    /// numbers as the checkpoint recorded them (so `[(3, 4), (4, 3)]` swaps). Returns how
+    /// many ops changed.
+    ///
+    /// ```
+    /// # let mut ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#).unwrap();
+    /// assert_eq!(ckpt.remap_fds(&[(3, 4), (4, 3)]), 0);
+    /// ```
+    pub fn remap_fds(&mut self, pairs: &[(RawFd, RawFd)]) -> usize {
+        let map: HashMap<RawFd, RawFd> = pairs.iter().copied().collect();
+        self.remap_where(|fd, _| map.get(&fd).copied())
+    }
+
+    /// Points every op whose descriptor (and file) `f` picks at the number it returns.
+    fn remap_where(&mut self, f: impl Fn(RawFd, &FileRef) -> Option<RawFd>) -> usize {
         let mut n = 0;
         for d in &mut self.ops {
             let mut hit = false;
-            if d.fd == old && d.file.is_some() {
+            if let Some(new) = d.file.as_ref().and_then(|file| f(d.fd, file)) {
                 d.fd = new;
                 hit = true;
             }
-            if d.fd2 == old && d.file2.is_some() {
+            if let Some(new) = d.file2.as_ref().and_then(|file| f(d.fd2, file)) {
                 d.fd2 = new;
                 hit = true;
             }
@@ -346,18 +366,19 @@ impl Checkpoint {
         n
     }
 
-    /// Distinct descriptor numbers the ops use, each with the file it referred to.
+    /// Distinct (descriptor number, file) pairs the ops use. After remapping, one number
+    /// may appear with two files (a received pipe now has the number a file had).
     pub fn fds(&self) -> Vec<(RawFd, FileRef)> {
-        let mut seen: HashMap<RawFd, FileRef> = HashMap::new();
+        let mut seen: HashMap<(RawFd, u64, u64), FileRef> = HashMap::new();
         for d in &self.ops {
             for (fd, f) in [(d.fd, &d.file), (d.fd2, &d.file2)] {
                 if let Some(f) = f {
-                    seen.entry(fd).or_insert_with(|| f.clone());
+                    seen.entry((fd, f.dev, f.ino)).or_insert_with(|| f.clone());
                 }
             }
         }
-        let mut v: Vec<_> = seen.into_iter().collect();
-        v.sort_by_key(|(fd, _)| *fd);
+        let mut v: Vec<_> = seen.into_iter().map(|((fd, ..), f)| (fd, f)).collect();
+        v.sort_by_key(|(fd, f)| (*fd, f.dev, f.ino));
         v
     }
 
@@ -377,14 +398,18 @@ impl Checkpoint {
                     fd,
                     std::io::Error::new(
                         std::io::ErrorKind::Unsupported,
-                        format!("{} cannot be reopened by path", f.path.as_deref().unwrap_or("?")),
+                        format!(
+                            "{} cannot be reopened by path",
+                            f.path.as_deref().unwrap_or("?")
+                        ),
                     ),
                 ));
                 continue;
             }
             let path = f.path.as_deref().unwrap_or_default();
             let Ok(c) = std::ffi::CString::new(path) else {
-                out.failed.push((fd, std::io::ErrorKind::InvalidInput.into()));
+                out.failed
+                    .push((fd, std::io::ErrorKind::InvalidInput.into()));
                 continue;
             };
             let flags = (f.status_flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
@@ -397,7 +422,10 @@ impl Checkpoint {
             }
             // SAFETY: `new` was just opened and is owned by nobody else.
             let owned = unsafe { OwnedFd::from_raw_fd(new) };
-            self.remap_fd(fd, new);
+            let (dev, ino) = (f.dev, f.ino);
+            self.remap_where(|n, file| {
+                (n == fd && file.dev == dev && file.ino == ino).then_some(new)
+            });
             out.fds.push(owned);
         }
         out
@@ -410,7 +438,10 @@ mod bytes_serde {
     pub(super) mod opt {
         use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-        pub(crate) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             if !s.is_human_readable() {
                 return v.as_deref().map(serde_bytes_like).serialize(s);
             }
@@ -430,7 +461,9 @@ mod bytes_serde {
             }
         }
 
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<u8>>, D::Error> {
             if !d.is_human_readable() {
                 return Option::<Bytes>::deserialize(d).map(|o| o.map(|b| b.0));
             }
@@ -479,7 +512,10 @@ mod bytes_serde {
                     fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
                         Ok(Bytes(v))
                     }
-                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Bytes, A::Error> {
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut a: A,
+                    ) -> Result<Bytes, A::Error> {
                         let mut v = Vec::new();
                         while let Some(x) = a.next_element()? {
                             v.push(x);
@@ -499,7 +535,10 @@ mod tests {
 
     fn desc(data: Option<Vec<u8>>) -> OpDescriptor {
         OpDescriptor {
-            id: CheckpointId { slot: 1, generation: 2 },
+            id: CheckpointId {
+                slot: 1,
+                generation: 2,
+            },
             user_data: 9,
             kind: OpKind::Read,
             fd: 3,
@@ -554,7 +593,11 @@ mod tests {
             unfinished: Vec::new(),
         };
         let b = c.to_bytes().unwrap();
-        assert!(b.len() < c.to_json().unwrap().len() / 2, "{} bytes", b.len());
+        assert!(
+            b.len() < c.to_json().unwrap().len() / 2,
+            "{} bytes",
+            b.len()
+        );
         let mut old = c.clone();
         old.version = 99;
         assert!(matches!(

@@ -108,8 +108,19 @@ pub fn write_table(ops: &[OpInfo], w: &mut dyn Write) -> io::Result<()> {
     writeln!(
         w,
         "{:<10} {:>8} {:<16} {:<9} {:>4} {:<28} {:>10} {:>9} {:>9} {:<13} {:<16} {:>9} {:>9}",
-        "ID", "USER", "GROUP", "OP", "FD", "PATH", "OFFSET", "LEN", "DONE", "CLASS", "STATE",
-        "AGE", "DEADLINE"
+        "ID",
+        "USER",
+        "GROUP",
+        "OP",
+        "FD",
+        "PATH",
+        "OFFSET",
+        "LEN",
+        "DONE",
+        "CLASS",
+        "STATE",
+        "AGE",
+        "DEADLINE"
     )?;
     for r in &recs {
         writeln!(
@@ -178,7 +189,14 @@ fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         return s.to_string();
     }
-    let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(n - 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("…{tail}")
 }
 

@@ -283,7 +283,9 @@ impl Ring {
         let t = (transferred as usize).min(flat.map_or(0, |f| f.len()));
         let data = match flat {
             Some(f) if carry && kind.is_read() => Some(f[..t].to_vec()),
-            Some(f) if carry && kind.is_transfer() => Some(f[t..(len as usize).min(f.len())].to_vec()),
+            Some(f) if carry && kind.is_transfer() => {
+                Some(f[t..(len as usize).min(f.len())].to_vec())
+            }
             _ => None,
         };
         let deadline = s.deadline.min(self.groups.v[s.group as usize].deadline);

@@ -112,7 +112,7 @@ pub struct ResubmitError {
     /// Why.
     pub error: Error,
     /// The op as built, with its buffer, when it got as far as submission.
-    pub op: Option<Op>,
+    pub op: Option<Box<Op>>,
 }
 
 impl std::fmt::Display for ResubmitError {
@@ -156,7 +156,7 @@ impl Ring {
                 index,
                 user_data: d.user_data,
                 error,
-                op,
+                op: op.map(Box::new),
             };
             let r = self
                 .rebuild(d, buffers.by_id.remove(&d.id))
@@ -223,7 +223,10 @@ impl Ring {
         let path = |p: &Option<Vec<u8>>| {
             p.as_deref()
                 .map(|b| OsStr::from_bytes(b).to_owned())
-                .ok_or((Error::InvalidArgument("checkpointed path op has no path"), None))
+                .ok_or((
+                    Error::InvalidArgument("checkpointed path op has no path"),
+                    None,
+                ))
         };
         let mut prior = 0;
         let mut op = match d.kind {
@@ -242,7 +245,10 @@ impl Ring {
                     Memory::Vectored(_) => unreachable!("refused above"),
                 };
                 if buf.len() as u64 != d.len {
-                    return Err((Error::InvalidArgument("buffer length differs from the checkpointed op's"), None));
+                    return Err((
+                        Error::InvalidArgument("buffer length differs from the checkpointed op's"),
+                        None,
+                    ));
                 }
                 fill(d, buf, t, given).map_err(|e| (e, None))?;
                 prior = t;
@@ -252,7 +258,10 @@ impl Ring {
                     (Memory::Aligned(a), OpKind::Write) => Op::write_aligned(fd, offset, a),
                     (Memory::Aligned(a), _) => {
                         drop(a);
-                        return Err((Error::InvalidArgument("aligned buffer for a socket op"), None));
+                        return Err((
+                            Error::InvalidArgument("aligned buffer for a socket op"),
+                            None,
+                        ));
                     }
                     (Memory::Plain(v), OpKind::Read) => Op::buf_op(OpKind::Read, fd, offset, v),
                     (Memory::Plain(v), OpKind::Write) => Op::buf_op(OpKind::Write, fd, offset, v),
@@ -268,12 +277,17 @@ impl Ring {
                 let given = mem.is_some();
                 let mut bufs = match mem {
                     Some(Memory::Vectored(b)) => b,
-                    Some(_) => return Err((Error::InvalidArgument("vectored buffers are needed"), None)),
+                    Some(_) => {
+                        return Err((Error::InvalidArgument("vectored buffers are needed"), None))
+                    }
                     None => d.iov_lens.iter().map(|&l| vec![0u8; l as usize]).collect(),
                 };
                 let lens: Vec<u64> = bufs.iter().map(|b| b.len() as u64).collect();
                 if lens != d.iov_lens {
-                    return Err((Error::InvalidArgument("buffer lengths differ from the checkpointed op's"), None));
+                    return Err((
+                        Error::InvalidArgument("buffer lengths differ from the checkpointed op's"),
+                        None,
+                    ));
                 }
                 let mut flat: Vec<u8> = bufs.concat();
                 fill(d, &mut flat, t, given).map_err(|e| (e, None))?;
@@ -300,7 +314,12 @@ impl Ring {
             }
             OpKind::Connect => match d.addr {
                 Some(a) => Op::connect(d.fd, a),
-                None => return Err((Error::InvalidArgument("checkpointed connect has no address"), None)),
+                None => {
+                    return Err((
+                        Error::InvalidArgument("checkpointed connect has no address"),
+                        None,
+                    ))
+                }
             },
             OpKind::Fsync => {
                 let mut op = Op::fsync(d.fd);
