@@ -141,7 +141,7 @@ impl fmt::Display for OpKind {
 /// assert!(i.is_readable() && i.is_writable());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Interest(u32);
+pub struct Interest(pub(crate) u32);
 
 impl Interest {
     /// Readable (`POLLIN`).
@@ -365,7 +365,7 @@ impl Op {
         }
     }
 
-    fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
+    pub(crate) fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
         let mut d = OpDesc::new(kind, fd);
         d.offset = offset;
         d.len = buf.len().min(u32::MAX as usize) as u32;
@@ -432,7 +432,7 @@ impl Op {
         op
     }
 
-    fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
+    pub(crate) fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
         let iov = bufs
             .iter_mut()
             .map(|b| libc::iovec {

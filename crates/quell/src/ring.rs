@@ -31,6 +31,14 @@ use std::time::{Duration, Instant};
 
 mod sink;
 pub(crate) use sink::Sink;
+// Checkpoint/restore and introspection (DESIGN I9) live in their own files, as child
+// modules so they can read the op table.
+#[path = "introspect.rs"]
+mod introspect;
+#[path = "quiesce.rs"]
+pub(crate) mod quiesce;
+#[path = "resubmit.rs"]
+pub(crate) mod resubmit;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -189,6 +197,9 @@ pub struct Ring {
     coarse_now: u64,
     chains: chain::Chains,
     sinks: sink::Sinks,
+    /// Quiesced: nothing is dispatched until `resume`.
+    paused: bool,
+    dumps: Vec<introspect::DumpBinding>,
 }
 
 impl Ring {
@@ -246,6 +257,8 @@ impl Ring {
             coarse_now: 0,
             chains: chain::Chains::default(),
             sinks: sink::Sinks::default(),
+            paused: false,
+            dumps: Vec::new(),
         })
     }
 
@@ -476,11 +489,13 @@ impl Ring {
             // backend (for io_uring: into the SQ; the kernel sees it at the next enter).
             if !(self.queue.is_empty()
                 && self.in_flight < self.max_in_flight
+                && !self.paused
                 && self.start_slot(idx, key))
             {
                 self.queue.push_back(key);
             }
         }
+        tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
     }
 
@@ -493,7 +508,7 @@ impl Ring {
         if self.sinks.has_next() {
             self.submit_sink_next();
         }
-        while self.in_flight < self.max_in_flight {
+        while self.in_flight < self.max_in_flight && !self.paused {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
@@ -527,8 +542,10 @@ impl Ring {
             return true;
         }
         let mut raw = s.desc.raw();
-        if matches!(raw.kind, OpKind::Read | OpKind::Write)
-            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET))
+        // Resubmitted stream transfers (Send/Recv) continue after what moved before.
+        if (matches!(raw.kind, OpKind::Read | OpKind::Write)
+            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET)))
+            || (matches!(raw.kind, OpKind::Send | OpKind::Recv) && s.transferred > 0)
         {
             continue_part(&mut raw, s.transferred, self.part_size);
         }
@@ -536,6 +553,7 @@ impl Ring {
             return false;
         }
         s.state = SlotState::InFlight;
+        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
@@ -614,6 +632,7 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
+        tracing::trace!(target: "quell::op", op = %idx, %outcome, "completed");
         self.push_completion(idx, outcome);
         self.stats.completed += 1;
     }
@@ -662,6 +681,7 @@ impl Ring {
             return false;
         }
         self.take_signals();
+        self.take_dumps();
         let mut reqs = std::mem::take(&mut self.requests);
         self.shared.take(&mut reqs);
         let mut woken = false;
@@ -677,6 +697,10 @@ impl Ring {
                     self.cancel_all();
                 }
                 Request::Wake => woken = true,
+                Request::Ops(tx) => {
+                    // The asker may have given up waiting; nothing to do then.
+                    let _ = tx.send(self.ops());
+                }
             }
         }
         self.requests = reqs;
@@ -930,6 +954,7 @@ impl Ring {
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
         let s = self.table.slot_mut(idx);
+        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 let transferred = s.transferred as usize;
@@ -1049,6 +1074,7 @@ impl Ring {
     pub fn ops(&self) -> Vec<OpInfo> {
         let now = self.now_ns();
         let mut v = Vec::with_capacity(self.table.len());
+        let mut paths: Vec<Option<Arc<str>>> = vec![None; self.groups.v.len()];
         for &idx in self.table.live() {
             let s = self.table.slot(idx);
             let state = match s.state {
@@ -1066,6 +1092,9 @@ impl Ring {
                 },
                 user_data: s.user_data,
                 group: self.groups.id_of(s.group),
+                group_path: paths[s.group as usize]
+                    .get_or_insert_with(|| self.groups.path(s.group).into())
+                    .clone(),
                 kind: s.desc.kind,
                 fd: s.desc.fd,
                 offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
@@ -1379,6 +1408,7 @@ impl Drop for Ring {
         for b in self.signals.drain(..) {
             signal_hook::low_level::unregister(b.id);
         }
+        self.unbind_dumps();
         if !self.closed || self.in_flight > 0 {
             drop(self.shutdown());
         }
