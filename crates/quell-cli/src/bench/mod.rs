@@ -12,6 +12,7 @@
 //! add a [`Workload`] variant and its one line in [`Workload::spec`]. `quell bench`
 //! without a workload runs every variant ([`suite`]).
 
+pub mod cancel;
 pub mod cancel_latency;
 pub mod capture;
 pub mod copy;
@@ -43,6 +44,10 @@ pub enum Workload {
     /// 64-byte round trips to an echo thread over a Unix socket pair (both backends
     /// unless --backend is given).
     Pingpong,
+    /// A cancel storm: 10,000 reads pending on a pipe in one group, `cancel_group`,
+    /// time until all 10,000 completions are taken (peers: raw io_uring, one
+    /// ASYNC_CANCEL per op and one CANCEL_ALL|FD).
+    Cancel,
     /// 1,000 ops in flight + 10,000 queued: time from `drain` to drained, and from
     /// `cancel` to every completion.
     Drain,
@@ -121,6 +126,15 @@ impl Workload {
                     batch: 1,
                 },
                 drain::run,
+                false,
+            ),
+            Workload::Cancel => (
+                "cancel",
+                Depth {
+                    depth: 4096,
+                    batch: 1,
+                },
+                |a, s| Ok(vec![cancel::run(a, s)?]),
                 false,
             ),
             Workload::Cp => (
