@@ -47,6 +47,10 @@ pub(crate) const F_EXACT: u8 = 4;
 pub(crate) const F_DELIVERED: u8 = 16;
 /// Slot flag (detached ops): the kernel's own completion has arrived.
 pub(crate) const F_KERNEL_DONE: u8 = 32;
+/// Slot flag: the slot runs a chain's steps (state in the ring's `Chains`).
+pub(crate) const F_CHAIN: u8 = 64;
+/// Slot flag: the completion goes to an internal sink (`ring::sink`), not to the user.
+pub(crate) const F_SINK: u8 = 128;
 
 /// Bookkeeping for one operation.
 pub(crate) struct Slot {

@@ -226,6 +226,16 @@ impl Uring {
         }
     }
 
+    /// Readable when the completion queue holds entries (the doorbell's multishot
+    /// poll turns pool and handle wake-ups into entries too).
+    pub(crate) fn poll_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
+    }
+
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        self.pool.cap(None)
+    }
+
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         // Pool hook: re-send due interrupt signals, and wake in time for the next one.
         let timeout = self.pool.cap(timeout);
