@@ -11,6 +11,10 @@ cargo test --workspace --all-targets
 cargo test --workspace --doc
 cargo test -p quell --features fuzzing --lib fuzzing
 
+echo "== loom: the cross-thread request mailbox (Handle -> ring) under every interleaving with up to 3 preemptions"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p quell --release --lib loom
+
 echo "== AddressSanitizer: teardown and cancellation paths"
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
   CARGO_TARGET_DIR=target/asan \

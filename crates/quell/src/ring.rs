@@ -13,20 +13,20 @@ use crate::group::{GroupId, GroupOptions, GroupStats, Groups};
 use crate::handle::{Handle, Request, Shared};
 use crate::id::{key_of, split_key, OpId};
 use crate::info::{OpInfo, Stats};
+use crate::mailbox::Mailbox;
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
     SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DELIVERED, F_EXACT, F_KERNEL_DONE,
-    F_SINK,
-    F_TIMEOUT,
+    F_SINK, F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod sink;
@@ -241,10 +241,9 @@ impl Ring {
             requests: Vec::new(),
             shared: Arc::new(Shared {
                 ring_id: id,
-                pending: AtomicBool::new(false),
-                requests: Mutex::new(Vec::new()),
+                requests: Mailbox::new(),
                 doorbell,
-                closed: AtomicBool::new(false),
+                closed: crate::sync::AtomicBool::new(false),
             }),
             closed: false,
             teardown_timeout: b.teardown_timeout,
@@ -677,13 +676,13 @@ impl Ring {
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
     fn take_requests(&mut self) -> bool {
-        if !self.shared.pending.load(Ordering::Acquire) {
+        if !self.shared.requests.is_pending() {
             return false;
         }
         self.take_signals();
         self.take_dumps();
         let mut reqs = std::mem::take(&mut self.requests);
-        self.shared.take(&mut reqs);
+        self.shared.requests.take(&mut reqs);
         let mut woken = false;
         for r in reqs.drain(..) {
             match r {
@@ -756,7 +755,7 @@ impl Ring {
         let c = count.clone();
         let handler = move || {
             c.fetch_add(1, Ordering::AcqRel);
-            shared.pending.store(true, Ordering::Release);
+            shared.requests.mark_pending();
             shared.doorbell.ring();
         };
         // SAFETY: the handler only touches atomics and write(2)s an eventfd, all
