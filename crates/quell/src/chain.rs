@@ -25,7 +25,9 @@
 //! cancels the running step and every later one. A step that fails does the same. In
 //! both cases every descriptor the chain opened and has not closed yet is still
 //! closed: by the chain's own close step for it when it has one, or by a close the
-//! chain adds. Those cleanup closes are shielded from the chain's cancel flag.
+//! chain adds. Close steps are shielded from the chain's cancel flag (canceling a
+//! close could only leak the descriptor); a cancel that finds one running stops the
+//! steps after it.
 //! A chain step past its deadline is never detached: the step is asked to stop and the
 //! chain waits for it (a Bounded step ends in finite time), so the cleanup can run.
 
@@ -391,9 +393,11 @@ impl ChainState {
         self.current == 0 && self.results[0].outcome.is_none()
     }
 
-    /// Whether the slot holds a cleanup close (which no cancel reaches).
-    pub(crate) fn in_cleanup(&self) -> bool {
-        self.cleanup
+    /// Whether the step in the slot is out of the cancel flag's reach: a close (of
+    /// the chain's own or added for cleanup). Canceling a close could only leak the
+    /// descriptor, and a close ends in finite time.
+    pub(crate) fn shielded(&self) -> bool {
+        self.cleanup || self.results[self.current].kind == OpKind::Close
     }
 
     /// Records the end of the step in the slot.
@@ -630,9 +634,11 @@ impl Ring {
     }
 
     /// Cancel of a chain whose current step waits in quell's queue. `None`: a cleanup
-    /// close was queued instead of completing now (or the chain is already cleaning up).
+    /// close was queued instead of completing now (or the step is a close, which runs).
     pub(super) fn chain_cancel_queued(&mut self, idx: u32, timed_out: bool) -> Option<Outcome> {
-        if self.chains.get(idx).in_cleanup() {
+        let st = self.chains.get(idx);
+        if st.shielded() {
+            st.stop(timed_out); // the close runs; no later step does
             return None;
         }
         let s = self.table.slot_mut(idx);

@@ -16,6 +16,7 @@ pub mod nop;
 pub mod pingpong;
 pub mod raw;
 pub mod read;
+pub mod scope;
 pub mod tokio_peers;
 
 use crate::units::{parse_seconds, parse_size};
