@@ -18,7 +18,7 @@ use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
     SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DELIVERED, F_EXACT, F_KERNEL_DONE,
-    F_TIMEOUT,
+    F_SINK, F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
@@ -27,6 +27,17 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod sink;
+pub(crate) use sink::Sink;
+// Checkpoint/restore and introspection (DESIGN I9) live in their own files, as child
+// modules so they can read the op table.
+#[path = "introspect.rs"]
+mod introspect;
+#[path = "quiesce.rs"]
+pub(crate) mod quiesce;
+#[path = "resubmit.rs"]
+pub(crate) mod resubmit;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -185,6 +196,10 @@ pub struct Ring {
     coarse_now: u64,
     chains: chain::Chains,
     deadline_memo: (Instant, u64),
+    sinks: sink::Sinks,
+    /// Quiesced: nothing is dispatched until `resume`.
+    paused: bool,
+    dumps: Vec<introspect::DumpBinding>,
 }
 
 impl Ring {
@@ -243,6 +258,9 @@ impl Ring {
             coarse_now: 0,
             chains: chain::Chains::default(),
             deadline_memo: (epoch, 0),
+            sinks: sink::Sinks::default(),
+            paused: false,
+            dumps: Vec::new(),
         })
     }
 
@@ -449,7 +467,10 @@ impl Ring {
         if op.exact {
             s.flags |= F_EXACT;
         }
-        s.desc = op.desc;
+        if op.sink {
+            s.flags |= F_SINK;
+        }
+        s.set_desc(op.desc);
         if let Some(c) = chain.take() {
             s.flags |= F_CHAIN;
             self.chains.insert(idx, c);
@@ -476,11 +497,13 @@ impl Ring {
             // backend (for io_uring: into the SQ; the kernel sees it at the next enter).
             if !(self.queue.is_empty()
                 && self.in_flight < self.max_in_flight
+                && !self.paused
                 && self.start_slot(idx, key))
             {
                 self.queue.push_back(key);
             }
         }
+        tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
     }
 
@@ -510,7 +533,10 @@ impl Ring {
 
     /// Gives queued ops to the backend while the dispatch window has room.
     fn dispatch(&mut self) {
-        while self.in_flight < self.max_in_flight {
+        if self.sinks.has_next() {
+            self.submit_sink_next();
+        }
+        while self.in_flight < self.max_in_flight && !self.paused {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
@@ -544,16 +570,18 @@ impl Ring {
             return true;
         }
         let mut raw = s.desc.raw();
-        if matches!(raw.kind, OpKind::Read | OpKind::Write)
-            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET))
+        // Resubmitted stream transfers (Send/Recv) continue after what moved before.
+        if (matches!(raw.kind, OpKind::Read | OpKind::Write)
+            && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET)))
+            || (matches!(raw.kind, OpKind::Send | OpKind::Recv) && s.transferred > 0)
         {
             continue_part(&mut raw, s.transferred, self.part_size);
         }
         if !self.backend.start(key, raw, class) {
             return false;
         }
-        let s = self.table.slot_mut(idx);
         s.state = SlotState::InFlight;
+        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
@@ -562,6 +590,7 @@ impl Ring {
     }
 
     /// Turns backend results into completions.
+    #[inline]
     fn reap(&mut self) {
         self.backend.reap(&mut self.reaped);
         if self.reaped.is_empty() {
@@ -575,34 +604,19 @@ impl Ring {
         self.reaped = reaped;
     }
 
+    #[inline]
     fn finish(&mut self, key: u64, res: i64) {
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
-        if s.gen != gen {
-            tracing::error!(key, "completion for a slot that moved on; ignored");
-            return;
+        if s.gen != gen || s.state != SlotState::InFlight {
+            return self.finish_unusual(idx, key);
         }
-        match s.state {
-            SlotState::InFlight => {}
-            SlotState::Detached => {
-                self.in_flight -= 1;
-                self.stats.detached_finished += 1;
-                self.groups.at(s.group).stats.detached -= 1;
-                let s = self.table.slot_mut(idx);
-                if s.flags & F_DELIVERED != 0 {
-                    self.table.free(idx);
-                } else {
-                    // The user has not taken the Detached completion yet; it frees the slot.
-                    s.flags |= F_KERNEL_DONE;
-                }
-                return;
-            }
-            state => {
-                tracing::error!(key, ?state, "completion for an op not in flight; ignored");
-                return;
-            }
-        }
-        let asked = s.desc.request_len();
+        // Only transfers have a requested length (and it costs a payload match).
+        let asked = if s.desc.kind.is_transfer() {
+            s.desc.request_len()
+        } else {
+            0
+        };
         if res > 0 && s.flags & F_CANCEL == 0 && matches!(s.desc.kind, OpKind::Read | OpKind::Write)
         {
             let done = s.transferred + res as u64;
@@ -646,8 +660,47 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        self.completions.push_back((idx, outcome));
+        tracing::trace!(target: "quell::op", op = %idx, %outcome, "completed");
+        self.push_completion(idx, outcome);
         self.stats.completed += 1;
+    }
+
+    /// A result for a slot that is not simply in flight: the kernel's late completion of
+    /// a detached op, or (never expected) a stale key.
+    #[cold]
+    fn finish_unusual(&mut self, idx: u32, key: u64) {
+        let s = self.table.slot_mut(idx);
+        if s.gen != split_key(key).1 {
+            tracing::error!(key, "completion for a slot that moved on; ignored");
+            return;
+        }
+        if s.state != SlotState::Detached {
+            let state = s.state;
+            tracing::error!(key, ?state, "completion for an op not in flight; ignored");
+            return;
+        }
+        self.in_flight -= 1;
+        self.stats.detached_finished += 1;
+        self.groups.at(s.group).stats.detached -= 1;
+        let s = self.table.slot_mut(idx);
+        if s.flags & F_DELIVERED != 0 {
+            self.table.free(idx);
+        } else {
+            // The user has not taken the Detached completion yet; it frees the slot.
+            s.flags |= F_KERNEL_DONE;
+        }
+    }
+
+    /// Queues a finished op's completion for the user, or hands it at once to the
+    /// internal sink that owns the op (see `ring::sink`).
+    #[inline]
+    fn push_completion(&mut self, idx: u32, outcome: Outcome) {
+        if self.table.slot(idx).flags & F_SINK != 0 {
+            let c = self.deliver(idx, outcome);
+            self.sinks.deliver(c);
+            return;
+        }
+        self.completions.push_back((idx, outcome));
     }
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
@@ -656,6 +709,7 @@ impl Ring {
             return false;
         }
         self.take_signals();
+        self.take_dumps();
         let mut reqs = std::mem::take(&mut self.requests);
         self.shared.take(&mut reqs);
         let mut woken = false;
@@ -671,6 +725,10 @@ impl Ring {
                     self.cancel_all();
                 }
                 Request::Wake => woken = true,
+                Request::Ops(tx) => {
+                    // The asker may have given up waiting; nothing to do then.
+                    let _ = tx.send(self.ops());
+                }
             }
         }
         self.requests = reqs;
@@ -766,7 +824,8 @@ impl Ring {
     /// `timeout` passes, a [`Handle::wake`] arrives, or nothing outstanding could add
     /// more. Returns the number of completions ready to take.
     pub fn wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize, Error> {
-        let start = Instant::now();
+        // The clock is read only when a timeout or a deadline needs it.
+        let start = timeout.map(|_| Instant::now());
         loop {
             let woken = self.take_requests();
             self.fire_timers();
@@ -779,8 +838,8 @@ impl Ring {
                     .map_err(|e| Error::io("submitting to the backend", e))?;
                 return Ok(self.completions.len());
             }
-            let remaining = match timeout {
-                Some(t) => match t.checked_sub(start.elapsed()) {
+            let remaining = match (timeout, start) {
+                (Some(t), Some(start)) => match t.checked_sub(start.elapsed()) {
                     Some(r) if !r.is_zero() => Some(r),
                     _ => {
                         self.backend
@@ -789,7 +848,7 @@ impl Ring {
                         return Ok(self.completions.len());
                     }
                 },
-                None => None,
+                _ => None,
             };
             let remaining = match self.timers.next() {
                 Some(at) => {
@@ -808,7 +867,32 @@ impl Ring {
         }
     }
 
+    /// Futures-layer hook: this ring's id (stamped into its [`OpId`]s).
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Futures-layer hook: the descriptor a reactor watches (readable when there is
+    /// something to reap), and how soon the ring must run even if it stays quiet.
+    pub(crate) fn reactor_fd(&self) -> RawFd {
+        self.backend.poll_fd()
+    }
+
+    /// See [`reactor_fd`](Ring::reactor_fd).
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        let backend = self.backend.next_wake();
+        let timer = self
+            .timers
+            .next()
+            .map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
+        match (backend, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
+    #[inline]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
         Some(self.deliver(idx, outcome))
@@ -819,6 +903,7 @@ impl Ring {
         std::iter::from_fn(move || self.next_completion())
     }
 
+    #[inline]
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
         // A detached op whose kernel completion is still to come: release the user,
@@ -898,6 +983,7 @@ impl Ring {
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
         let s = self.table.slot_mut(idx);
+        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 let transferred = s.transferred as usize;
@@ -920,7 +1006,7 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
-                self.completions.push_back((idx, outcome));
+                self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
                 self.stats.cancel_requests += 1;
@@ -946,7 +1032,7 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
-                    self.completions.push_back((idx, Outcome::Detached));
+                    self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
                     return;
@@ -1019,6 +1105,7 @@ impl Ring {
     pub fn ops(&self) -> Vec<OpInfo> {
         let now = self.now_ns();
         let mut v = Vec::with_capacity(self.table.len());
+        let mut paths: Vec<Option<Arc<str>>> = vec![None; self.groups.v.len()];
         for &idx in self.table.live() {
             let s = self.table.slot(idx);
             let state = match s.state {
@@ -1036,6 +1123,9 @@ impl Ring {
                 },
                 user_data: s.user_data,
                 group: self.groups.id_of(s.group),
+                group_path: paths[s.group as usize]
+                    .get_or_insert_with(|| self.groups.path(s.group).into())
+                    .clone(),
                 kind: s.desc.kind,
                 fd: s.desc.fd,
                 offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
@@ -1349,6 +1439,7 @@ impl Drop for Ring {
         for b in self.signals.drain(..) {
             signal_hook::low_level::unregister(b.id);
         }
+        self.unbind_dumps();
         if !self.closed || self.in_flight > 0 {
             drop(self.shutdown());
         }
