@@ -344,4 +344,23 @@ both_backends! {
         assert_eq!(steps[2].outcome(), Some(Outcome::Failed(quell::Errno::BADF)));
         assert_eq!(steps.into_iter().nth(2).unwrap().into_buf().unwrap().len(), 16);
     }
+
+    fn quiesce_cancels_a_chain_closes_its_fd_and_does_not_describe_it(b: BackendChoice) {
+        let Some(fs) = mount(hang_at(0..4096)) else { return };
+        let _dog = Watchdog::new(&fs, 30);
+        let mut ring = ring(b, 16);
+        let (r, _w) = pipe();
+        let plain = ring.submit(Op::read(raw(&r), vec![0; 8]).user_data(5)).unwrap();
+        let id = ring.submit_chain(four_steps(&fs.path("f"))).unwrap();
+        until_parked(&mut ring, &fs, 1);
+        let ckpt = ring.quiesce(quell::QuiescePolicy::default()).unwrap();
+        assert_eq!(ckpt.ops.len(), 1, "only the plain read is described: {:?}", ckpt.ops);
+        assert_eq!(ckpt.ops[0].user_data, 5);
+        assert!(ckpt.unfinished.is_empty(), "{:?}", ckpt.unfinished);
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+        assert_eq!(outcomes(&c)[3], Some(Outcome::Done(0)), "closed while quiesced");
+        assert_eq!(fds_into(fs.mountpoint()), 0);
+        assert!(ring.wait_for(plain).unwrap().outcome.is_canceled());
+    }
 }
