@@ -363,4 +363,37 @@ both_backends! {
         assert_eq!(fds_into(fs.mountpoint()), 0);
         assert!(ring.wait_for(plain).unwrap().outcome.is_canceled());
     }
+
+    fn exact_step_retries_inside_a_chain_and_draining_refuses_it_whole(b: BackendChoice) {
+        let mut ring = ring(b, 16);
+        let (r, w) = pipe();
+        let (r2, w2) = pipe();
+        let id = ring
+            .submit_chain(
+                Chain::new()
+                    .then(Op::read(raw(&r), vec![0; 6]).exact())
+                    .then(Op::write(raw(&w2), b"done".to_vec())),
+            )
+            .unwrap();
+        write_all(raw(&w), b"abc");
+        ring.poll().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        ring.poll().unwrap();
+        assert!(drain_nonblocking(raw(&r2)).is_empty(), "the write ran before the read was whole");
+        write_all(raw(&w), b"def");
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Done(10));
+        assert_eq!(c.steps().unwrap()[0].data(), b"abcdef");
+        assert_eq!(drain_nonblocking(raw(&r2)), b"done");
+        // A draining group refuses a new chain and hands every step back.
+        let g = ring.group(GroupId::ROOT, GroupOptions::default()).unwrap();
+        ring.drain(g).unwrap();
+        let e = ring
+            .submit_chain(Chain::new().then(Op::nop()).then(Op::read(raw(&r), vec![0; 9])).group(g))
+            .unwrap_err();
+        assert!(matches!(e.error(), Error::Draining));
+        let ops = e.into_chain().into_ops();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops.into_iter().nth(1).unwrap().into_buf().unwrap().len(), 9);
+    }
 }
