@@ -196,6 +196,7 @@ pub struct Ring {
     part_size: u32,
     coarse_now: u64,
     chains: chain::Chains,
+    deadline_memo: (Instant, u64),
     sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
@@ -225,9 +226,10 @@ impl Ring {
         };
         let (backend, reason) = choose_backend(b.backend, &parts)?;
         let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
+        let epoch = Instant::now();
         Ok(Ring {
             id,
-            epoch: Instant::now(),
+            epoch,
             table: Table::new(b.capacity),
             queue: VecDeque::new(),
             completions: VecDeque::new(),
@@ -255,6 +257,7 @@ impl Ring {
             part_size: b.part_size,
             coarse_now: 0,
             chains: chain::Chains::default(),
+            deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
             paused: false,
             dumps: Vec::new(),
@@ -446,7 +449,14 @@ impl Ring {
             return Err(SubmitError::new(Error::TableFull { capacity }, op));
         };
         let now = self.coarse_now();
-        let deadline = op.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
+        // An own deadline no earlier than the group's adds nothing: the group's timer
+        // reaches the op first (group deadlines only ever move earlier). Skipping it
+        // keeps a scoped op as cheap as a plain one (I8).
+        let deadline = match op.deadline {
+            Some(d) => Some(self.deadline_ns(d)).filter(|&ns| ns < g_deadline),
+            None => None,
+        }
+        .unwrap_or(u64::MAX);
         let s = self.table.slot_mut(idx);
         s.state = SlotState::Queued;
         s.class = class;
@@ -476,8 +486,7 @@ impl Ring {
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
             self.cancel_slot(idx, g_timed_out);
-        } else if deadline.min(g_deadline) != u64::MAX && deadline.min(g_deadline) <= self.now_ns()
-        {
+        } else if deadline.min(g_deadline) != u64::MAX && self.past(deadline.min(g_deadline)) {
             self.cancel_slot(idx, true);
         } else {
             let key = key_of(idx, gen);
@@ -496,6 +505,26 @@ impl Ring {
         }
         tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
+    }
+
+    /// Whether deadline `at` has passed. Deadlines more than a second past the ring's
+    /// last run are judged without reading the clock (I8: scoped ops with far
+    /// deadlines cost no clock read); should one have passed anyway because the ring
+    /// sat idle, it fires at the next wait or poll.
+    #[inline]
+    fn past(&self, at: u64) -> bool {
+        at <= self.coarse_now
+            || (at < self.coarse_now.saturating_add(1_000_000_000) && at <= self.now_ns())
+    }
+
+    /// [`instant_ns`](Ring::instant_ns) remembering the last answer: the ops of one
+    /// request or scope usually share one deadline.
+    #[inline]
+    fn deadline_ns(&mut self, t: Instant) -> u64 {
+        if self.deadline_memo.0 != t {
+            self.deadline_memo = (t, self.instant_ns(t));
+        }
+        self.deadline_memo.1
     }
 
     fn instant_ns(&self, t: Instant) -> u64 {
@@ -823,7 +852,8 @@ impl Ring {
             };
             let remaining = match self.timers.next() {
                 Some(at) => {
-                    let until = Duration::from_nanos(at.saturating_sub(self.now_ns()));
+                    // fire_timers read the clock at the top of this pass.
+                    let until = Duration::from_nanos(at.saturating_sub(self.coarse_now));
                     Some(remaining.map_or(until, |r| r.min(until)))
                 }
                 None => remaining,
@@ -982,8 +1012,10 @@ impl Ring {
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
-                if s.flags & F_CHAIN != 0 && self.chains.peek(idx).is_some_and(|c| c.in_cleanup()) {
-                    return; // a chain's cleanup close is shielded from its cancel
+                if s.flags & F_CHAIN != 0 && self.chains.get(idx).shielded() {
+                    // A chain's close is shielded from its cancel; no step runs after it.
+                    self.chains.get(idx).stop(timed_out);
+                    return;
                 }
                 // A chain is never detached: it waits for the step, then closes what it opened.
                 if timed_out && s.class == CancelClass::Bounded && s.flags & F_CHAIN == 0 {

@@ -22,6 +22,7 @@ pub mod pingpong;
 pub mod plot;
 pub mod raw;
 pub mod read;
+pub mod scope;
 pub mod suite;
 pub mod tokio_peers;
 pub mod uring_peers;

@@ -8,6 +8,7 @@
 //! every measurement and the lowest value is reported (`resident_min`).
 
 use super::raw::RawRead;
+use super::scope::{self, Scope};
 use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
 use super::uring_peers::{Monoio, TokioUring};
 use super::{
@@ -67,6 +68,7 @@ pub struct QuellRead {
     depth: u32,
     batch: u32,
     rng: Rng,
+    scope: Option<Scope>,
 }
 
 impl QuellRead {
@@ -81,13 +83,32 @@ impl QuellRead {
             depth,
             batch,
             rng: Rng::new(SEED),
+            scope: None,
         }
+    }
+
+    /// The same loop with every read in a nested group and carrying a far deadline.
+    pub fn nested_deadline(
+        mut ring: Ring,
+        fd: RawFd,
+        nblocks: u64,
+        depth: u32,
+        batch: u32,
+    ) -> Result<QuellRead, CliError> {
+        let scope = Some(Scope::nested(&mut ring)?);
+        let mut q = QuellRead::new(ring, fd, nblocks, depth, batch);
+        q.scope = scope;
+        Ok(q)
     }
 }
 
 impl Contender for QuellRead {
     fn name(&self) -> &'static str {
-        "quell"
+        if self.scope.is_some() {
+            scope::NAME
+        } else {
+            "quell"
+        }
     }
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
@@ -98,10 +119,10 @@ impl Contender for QuellRead {
         for i in 0..self.depth as usize {
             let Some(buf) = self.spare.pop() else { break };
             let off = self.rng.below(self.nblocks) * BLOCK as u64;
-            match self
-                .ring
-                .submit(Op::read_at(self.fd, off, buf).user_data(i as u64))
-            {
+            match self.ring.submit(Scope::apply(
+                self.scope,
+                Op::read_at(self.fd, off, buf).user_data(i as u64),
+            )) {
                 Ok(_) => {
                     self.submitted_at[i] = start;
                     in_flight += 1;
@@ -142,10 +163,10 @@ impl Contender for QuellRead {
                     continue;
                 }
                 let off = self.rng.below(self.nblocks) * BLOCK as u64;
-                match self
-                    .ring
-                    .submit(Op::read_at(self.fd, off, buf).user_data(i as u64))
-                {
+                match self.ring.submit(Scope::apply(
+                    self.scope,
+                    Op::read_at(self.fd, off, buf).user_data(i as u64),
+                )) {
                     Ok(_) => self.submitted_at[i] = now,
                     Err(e) => {
                         let (err, op) = e.into_parts();
@@ -446,6 +467,7 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     };
     let mut spawn_blocking = TokioSpawnBlocking::new(fd, nblocks, BLOCK, s.depth, SEED)?;
     let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
+    let mut scoped = QuellRead::nested_deadline(s.quell_ring()?, fd, nblocks, s.depth, s.batch)?;
     // The completion-based runtimes need io_uring too.
     let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
@@ -453,7 +475,7 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let mut monoio = Monoio::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("monoio".to_string(), e.to_string())))
         .ok();
-    let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell];
+    let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell, &mut scoped];
     if let Some(r) = raw.as_mut() {
         contenders.push(r);
     }
