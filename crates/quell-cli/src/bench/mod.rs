@@ -16,6 +16,7 @@ pub mod pingpong;
 pub mod raw;
 pub mod read;
 pub mod tokio_peers;
+pub mod tokio_quell;
 
 use crate::units::{parse_seconds, parse_size};
 use crate::CliError;
