@@ -13,7 +13,7 @@ cargo test -p quell --features fuzzing --lib fuzzing
 # The futures layer on tokio, and the examples (echo server with a drain, copy with a
 # deadline, hung-read cancel), built and run on both backends. The workspace run above
 # already enables `tokio` through quell-cli; this keeps them covered if that changes.
-cargo test -p quell --features tokio --examples --test futures_tokio --test examples
+cargo test -p quell --features tokio --test futures_tokio --test examples
 
 echo "== AddressSanitizer: teardown and cancellation paths"
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
