@@ -141,7 +141,7 @@ impl fmt::Display for OpKind {
 /// assert!(i.is_readable() && i.is_writable());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Interest(u32);
+pub struct Interest(pub(crate) u32);
 
 impl Interest {
     /// Readable (`POLLIN`).
@@ -213,6 +213,10 @@ pub(crate) enum Payload {
     Addr(Box<SockAddr>),
     Time(io_uring::types::Timespec),
     Blocking(BlockingFn),
+    /// The steps of a finished chain (only ever in a completion).
+    Chain(Box<crate::ring::chain::ChainSteps>),
+    /// A LazyRead staging buffer (an anonymous mapping the chunk read lands in).
+    Staging(crate::lazy::StagingBuf),
 }
 
 /// Everything about an operation except ring bookkeeping.
@@ -256,9 +260,10 @@ impl OpDesc {
             ptr2: std::ptr::null_mut(),
         };
         match &mut self.payload {
-            Payload::None | Payload::Blocking(_) => {}
+            Payload::None | Payload::Blocking(_) | Payload::Chain(_) => {}
             Payload::Buf(v) => r.ptr = v.as_mut_ptr(),
             Payload::Aligned(a) => r.ptr = a.as_mut_ptr(),
+            Payload::Staging(s) => r.ptr = s.as_mut_ptr(),
             Payload::Bufs(v) => {
                 r.ptr = v.iov.as_mut_ptr().cast();
                 r.len = v.iov.len() as u32;
@@ -337,6 +342,8 @@ pub struct Op {
     pub(crate) group: Option<crate::GroupId>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) exact: bool,
+    /// Its completion goes to an internal sink (see `ring::sink`), never to the user.
+    pub(crate) sink: bool,
 }
 
 fn cstring(path: impl AsRef<std::path::Path>) -> CString {
@@ -354,10 +361,11 @@ impl Op {
             group: None,
             deadline: None,
             exact: false,
+            sink: false,
         }
     }
 
-    fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
+    pub(crate) fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
         let mut d = OpDesc::new(kind, fd);
         d.offset = offset;
         d.len = buf.len().min(u32::MAX as usize) as u32;
@@ -401,6 +409,22 @@ impl Op {
         Op::with(d)
     }
 
+    /// Reads `len` bytes at `offset` into a LazyRead staging buffer (crate-internal).
+    pub(crate) fn read_staging(
+        fd: RawFd,
+        offset: u64,
+        buf: crate::lazy::StagingBuf,
+        len: usize,
+    ) -> Op {
+        debug_assert!(len <= buf.len());
+        let mut d = OpDesc::new(OpKind::Read, fd);
+        d.offset = offset;
+        d.len = len.min(u32::MAX as usize) as u32;
+        d.aux = len as u64;
+        d.payload = Payload::Staging(buf);
+        Op::with(d)
+    }
+
     /// Writes an aligned buffer at `offset` (for `O_DIRECT` descriptors).
     pub fn write_aligned(fd: RawFd, offset: u64, buf: AlignedBuf) -> Op {
         let mut op = Op::read_aligned(fd, offset, buf);
@@ -408,7 +432,7 @@ impl Op {
         op
     }
 
-    fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
+    pub(crate) fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
         let iov = bufs
             .iter_mut()
             .map(|b| libc::iovec {

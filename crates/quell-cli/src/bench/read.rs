@@ -9,7 +9,8 @@
 
 use super::raw::RawRead;
 use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
-use super::tokio_quell::{QuellTokioRead, TokioUringRead};
+use super::tokio_quell::QuellTokioRead;
+use super::uring_peers::{Monoio, TokioUring};
 use super::{
     common_extra, record, run_rounds, BenchArgs, Contender, PeerResult, Report, Sample, Settings,
 };
@@ -446,23 +447,15 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     };
     let mut spawn_blocking = TokioSpawnBlocking::new(fd, nblocks, BLOCK, s.depth, SEED)?;
     let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
-    // quell through its tokio integration, and tokio-uring (needs io_uring).
+    // quell through its tokio integration.
     let mut via_tokio = QuellTokioRead::new(s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
-    let mut tokio_uring = if raw.is_some() {
-        Some(TokioUringRead::new(
-            path.clone(),
-            nblocks,
-            BLOCK,
-            s.depth,
-            SEED,
-        ))
-    } else {
-        skipped.push((
-            "tokio-uring".to_string(),
-            "io_uring unavailable".to_string(),
-        ));
-        None
-    };
+    // The completion-based runtimes need io_uring too.
+    let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
+        .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
+        .ok();
+    let mut monoio = Monoio::new(&path, nblocks, BLOCK, s.depth, SEED)
+        .map_err(|e| skipped.push(("monoio".to_string(), e.to_string())))
+        .ok();
     let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell];
     if let Some(r) = raw.as_mut() {
         contenders.push(r);
@@ -472,6 +465,9 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     contenders.push(&mut via_tokio);
     if let Some(t) = tokio_uring.as_mut() {
         contenders.push(t);
+    }
+    if let Some(m) = monoio.as_mut() {
+        contenders.push(m);
     }
     let mut sums = run_rounds(&mut contenders, s, &mut || cache.check())?.into_iter();
     let quell_sum = sums.next().expect("quell ran");

@@ -1,10 +1,8 @@
-//! quell through its tokio integration (`quell::tokio`), and the `tokio-uring` peer.
+//! quell through its tokio integration (`quell::tokio`) as a benchmark contender.
 //!
 //! * `quell-tokio` (read): a current-thread runtime with a quell driver attached;
 //!   `depth` tasks each loop `driver.read_at(fd, offset, buf).await` of one block.
 //!   The reactor task hands each batch of submissions to the kernel in one call.
-//! * `tokio-uring` (read): tokio-uring's runtime (`tokio_uring::start`), `depth` tasks
-//!   each looping `File::read_at` of one block on a shared file.
 //! * `quell-tokio-<backend>` (pingpong): the round trips of the ring loop (a write and
 //!   an exact read submitted together), awaited as futures on a current-thread runtime.
 //!
@@ -19,7 +17,6 @@ use hdrhistogram::Histogram;
 use quell::future::Driver;
 use quell::{Op, Outcome, Ring};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// What one task carries between rounds.
@@ -159,93 +156,6 @@ impl Contender for QuellTokioRead {
             out
         });
         let elapsed = start.elapsed();
-        let ops = gather(results, &mut self.lanes, hist)?;
-        Ok(Sample { ops, elapsed })
-    }
-}
-
-/// `tokio-uring`: random block reads with tokio-uring's `File::read_at`.
-pub struct TokioUringRead {
-    path: PathBuf,
-    lanes: Vec<Lane>,
-    nblocks: u64,
-    block: u32,
-}
-
-impl TokioUringRead {
-    /// `depth` tasks reading `block`-byte blocks at random from the first `nblocks` of `path`.
-    pub fn new(path: PathBuf, nblocks: u64, block: u32, depth: u32, seed: u64) -> TokioUringRead {
-        TokioUringRead {
-            path,
-            lanes: lanes(depth, block, seed),
-            nblocks,
-            block,
-        }
-    }
-}
-
-impl Contender for TokioUringRead {
-    fn name(&self) -> &'static str {
-        "tokio-uring"
-    }
-
-    fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
-        let (nblocks, block) = (self.nblocks, self.block);
-        let taken = std::mem::take(&mut self.lanes);
-        let path = self.path.clone();
-        // tokio-uring's runtime is made per round (its setup is outside the timing).
-        let (results, elapsed) = tokio_uring::start(async move {
-            let file = match tokio_uring::fs::File::open(&path).await {
-                Ok(f) => std::rc::Rc::new(f),
-                Err(e) => {
-                    let err = format!("tokio-uring open: {e}");
-                    let v: Vec<Result<LaneResult, String>> = vec![Err(err)];
-                    return (v, Duration::ZERO);
-                }
-            };
-            let start = Instant::now();
-            let deadline = start + dur;
-            let handles: Vec<_> = taken
-                .into_iter()
-                .map(|mut lane| {
-                    let file = file.clone();
-                    tokio_uring::spawn(async move {
-                        let mut ops = 0u64;
-                        loop {
-                            let t0 = Instant::now();
-                            if t0 >= deadline {
-                                return (lane, ops, None);
-                            }
-                            let off = lane.rng.below(nblocks) * block as u64;
-                            let buf = std::mem::take(&mut lane.buf);
-                            let (res, buf) = file.read_at(buf, off).await;
-                            lane.buf = buf;
-                            record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
-                            ops += 1;
-                            match res {
-                                Ok(n) if n == block as usize => {}
-                                Ok(n) => {
-                                    return (lane, ops, Some(format!("short read: {n} of {block}")))
-                                }
-                                Err(e) => {
-                                    return (lane, ops, Some(format!("tokio-uring read: {e}")))
-                                }
-                            }
-                        }
-                    })
-                })
-                .collect();
-            let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                out.push(h.await.map_err(|e| format!("tokio-uring task: {e}")));
-            }
-            let elapsed = start.elapsed();
-            // Close inside the runtime (tokio-uring closes files asynchronously).
-            if let Ok(f) = std::rc::Rc::try_unwrap(file) {
-                let _ = f.close().await;
-            }
-            (out, elapsed)
-        });
         let ops = gather(results, &mut self.lanes, hist)?;
         Ok(Sample { ops, elapsed })
     }
