@@ -10,6 +10,10 @@ echo "== cargo test (workspace, both backends)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 cargo test -p quell --features fuzzing --lib fuzzing
+# The futures layer on tokio, and the examples (echo server with a drain, copy with a
+# deadline, hung-read cancel), built and run on both backends. The workspace run above
+# already enables `tokio` through quell-cli; this keeps them covered if that changes.
+cargo test -p quell --features tokio --test futures_tokio --test examples
 
 echo "== loom: the cross-thread request mailbox (Handle -> ring) under every interleaving with up to 3 preemptions"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \

@@ -25,6 +25,7 @@ pub mod read;
 pub mod scope;
 pub mod suite;
 pub mod tokio_peers;
+pub mod tokio_quell;
 pub mod uring_peers;
 
 use crate::units::{parse_seconds, parse_size};

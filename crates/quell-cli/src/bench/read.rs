@@ -10,6 +10,7 @@
 use super::raw::RawRead;
 use super::scope::{self, Scope};
 use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
+use super::tokio_quell::QuellTokioRead;
 use super::uring_peers::{Monoio, TokioUring};
 use super::{
     common_extra, record, run_rounds, BenchArgs, Contender, PeerResult, Report, Sample, Settings,
@@ -468,6 +469,8 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let mut spawn_blocking = TokioSpawnBlocking::new(fd, nblocks, BLOCK, s.depth, SEED)?;
     let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
     let mut scoped = QuellRead::nested_deadline(s.quell_ring()?, fd, nblocks, s.depth, s.batch)?;
+    // quell through its tokio integration.
+    let mut via_tokio = QuellTokioRead::new(s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
     // The completion-based runtimes need io_uring too.
     let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
@@ -481,6 +484,7 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     }
     contenders.push(&mut spawn_blocking);
     contenders.push(&mut tokio_fs);
+    contenders.push(&mut via_tokio);
     if let Some(t) = tokio_uring.as_mut() {
         contenders.push(t);
     }
@@ -502,6 +506,19 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         skipped.push(("fio-io_uring".to_string(), "fio not in PATH".to_string()));
     }
     let mut extra = common_extra(s);
+    if let Some(qt) = peers.iter().find(|p| p.name == "quell-tokio") {
+        // The tokio integration's goals: >= 6x tokio-fs, >= 3x spawn_blocking,
+        // >= 0.95x tokio-uring (same run).
+        let ratios: Map<String, Value> = peers
+            .iter()
+            .filter(|p| p.name != "quell-tokio" && p.ops_per_sec > 0.0)
+            .map(|p| {
+                let r = (qt.ops_per_sec / p.ops_per_sec * 1000.0).round() / 1000.0;
+                (p.name.clone(), json!(r))
+            })
+            .collect();
+        extra.insert("quell_tokio_ratio".into(), Value::Object(ratios));
+    }
     extra.insert("block".into(), json!(BLOCK));
     extra.insert("file".into(), json!(path.display().to_string()));
     extra.insert("file_size".into(), json!(nblocks * BLOCK as u64));
