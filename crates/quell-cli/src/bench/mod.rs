@@ -11,6 +11,7 @@
 //! Adding a workload: write a module with a `run(&BenchArgs, &Settings) -> Report`,
 //! add a [`Workload`] variant and a line in [`run`].
 
+pub mod lazy;
 pub mod nop;
 pub mod pingpong;
 pub mod raw;
@@ -35,6 +36,10 @@ pub enum Workload {
     /// 64-byte round trips to an echo thread over a Unix socket pair (both backends
     /// unless --backend is given).
     Pingpong,
+    /// LazyRead of a whole page-cached file (256 MiB unless --size is given): time until
+    /// every chunk is published (lazy-total) and until the first one is (lazy-first),
+    /// against a plain read into a fresh Vec and into a prefaulted buffer.
+    Lazy,
 }
 
 impl Workload {
@@ -44,6 +49,7 @@ impl Workload {
             Workload::Nop => "nop",
             Workload::Read => "read",
             Workload::Pingpong => "pingpong",
+            Workload::Lazy => "lazy",
         }
     }
 }
@@ -536,6 +542,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         }
         // One round trip at a time.
         Workload::Pingpong => (1, 1),
+        // --depth is the LazyRead window (chunk reads in flight).
+        Workload::Lazy => (args.depth.unwrap_or(quell::lazy::DEFAULT_WINDOW as u32), 1),
     };
     let settings = Settings {
         seconds: args.seconds,
@@ -550,6 +558,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         Workload::Nop => vec![nop::run(args, &settings)?],
         Workload::Read => vec![read::run(args, &settings)?],
         Workload::Pingpong => pingpong::run(args, &settings)?,
+        Workload::Lazy => lazy::run(args, &settings)?,
     };
     let wall = round3(started.elapsed().as_secs_f64());
     for (i, report) in reports.iter_mut().enumerate() {
