@@ -71,6 +71,23 @@ pub enum Error {
         /// Why not.
         why: &'static str,
     },
+    /// A checkpointed op's descriptor number is open again, but on a different file
+    /// than when the checkpoint was taken (re-issuing it would touch the wrong file).
+    #[error("fd {fd} refers to a different file than at checkpoint time")]
+    FdChanged {
+        /// The descriptor number.
+        fd: i32,
+    },
+    /// A checkpointed write (or vectored write) cannot be re-issued: the checkpoint
+    /// carries no data for it and no buffer was given.
+    #[error("no data to re-issue checkpointed op with user data {user_data}")]
+    MissingData {
+        /// The op's user data.
+        user_data: u64,
+    },
+    /// A checkpoint could not be encoded or decoded.
+    #[error("checkpoint encoding: {0}")]
+    Encoding(String),
     /// A system call made while setting up or driving the ring failed.
     #[error("{context}: {source}")]
     Io {

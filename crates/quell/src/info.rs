@@ -5,6 +5,8 @@ use crate::id::OpId;
 use crate::op::OpKind;
 use crate::outcome::{CancelClass, OpState};
 use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One outstanding operation, as listed by [`Ring::ops`](crate::Ring::ops).
@@ -21,6 +23,9 @@ use std::time::{Duration, Instant};
 /// // With room in the dispatch window it went straight to the backend.
 /// assert_eq!(ops[0].state, quell::OpState::InFlight);
 /// assert_eq!(ops[0].class, quell::CancelClass::Prompt);
+/// assert_eq!(&*ops[0].group_path, "root");
+/// // The path behind the descriptor is looked up only when asked for.
+/// assert!(ops[0].path().unwrap().to_string_lossy().starts_with("socket:"));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +36,9 @@ pub struct OpInfo {
     pub user_data: u64,
     /// Its group.
     pub group: GroupId,
+    /// Its group's path of names, such as `"root/requests/g3"` (shared between the
+    /// ops of one group in a listing).
+    pub group_path: Arc<str>,
     /// What it does.
     pub kind: OpKind,
     /// The descriptor it works on (`-1` for none; the directory for path ops).
@@ -51,6 +59,35 @@ pub struct OpInfo {
     pub deadline: Option<Instant>,
     /// Bytes already moved by earlier parts (derived ops).
     pub transferred: u64,
+}
+
+impl OpInfo {
+    /// What the descriptor refers to, read from `/proc/self/fd` now (so a listing costs
+    /// no system call per op unless asked): a path for files, `pipe:[inode]` or
+    /// `socket:[inode]` for the others. `None` when the op has no descriptor, or it has
+    /// been closed since.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read_at(file.as_raw_fd(), 0, vec![0u8; 4]))?;
+    /// let path = ring.ops()[0].path().unwrap();
+    /// assert_eq!(path, std::fs::canonicalize("/proc/self/exe")?);
+    /// # Ok(()) }
+    /// ```
+    pub fn path(&self) -> Option<PathBuf> {
+        fd_path(self.fd)
+    }
+}
+
+/// The `/proc/self/fd` link of `fd` (`None` for a negative or closed descriptor).
+pub(crate) fn fd_path(fd: RawFd) -> Option<PathBuf> {
+    if fd < 0 {
+        return None;
+    }
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
 }
 
 /// Counters of a ring since it was created.

@@ -39,9 +39,12 @@
 mod backend;
 pub mod blocking;
 mod buf;
+mod checkpoint;
 mod classify;
 mod completion;
+pub mod dump;
 mod error;
+pub mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -57,19 +60,28 @@ mod ring;
 mod signal;
 mod table;
 mod timer;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod wake;
 
 pub use backend::BackendKind;
 pub use buf::AlignedBuf;
+pub use checkpoint::{
+    Checkpoint, CheckpointId, FileRef, OpDescriptor, Reopened, Unfinished, CHECKPOINT_VERSION,
+};
 pub use completion::Completion;
+pub use dump::{DumpFormat, OpRecord};
 pub use error::{Error, SubmitError};
 pub use group::{GroupId, GroupOptions, GroupStats};
-pub use handle::Handle;
+pub use handle::{Handle, OpsRequest};
 pub use id::OpId;
 pub use info::{OpInfo, Stats};
 pub use op::{Interest, Op, OpKind};
 pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
 pub use probe::{probe, ProbeReport, REQUIRED_OPCODES};
+pub use ring::chain::{Chain, ChainError, StepResult};
+pub use ring::quiesce::QuiescePolicy;
+pub use ring::resubmit::{Buffers, ResubmitError};
 pub use ring::{BackendChoice, Builder, Ring};
 pub use signal::SignalAction;
 pub use table::MAX_CAPACITY;

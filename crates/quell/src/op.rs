@@ -141,7 +141,7 @@ impl fmt::Display for OpKind {
 /// assert!(i.is_readable() && i.is_writable());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Interest(u32);
+pub struct Interest(pub(crate) u32);
 
 impl Interest {
     /// Readable (`POLLIN`).
@@ -178,6 +178,10 @@ pub(crate) struct Vectored {
     pub(crate) iov: Vec<libc::iovec>,
 }
 
+// SAFETY: the iovecs point only into `bufs`, heap memory this value owns; moving it to
+// another thread moves that ownership along (what makes a Ring `Send`, DESIGN §1).
+unsafe impl Send for Vectored {}
+
 /// Path and result buffer of a statx.
 pub(crate) struct StatxBuf {
     pub(crate) path: CString,
@@ -209,6 +213,8 @@ pub(crate) enum Payload {
     Addr(Box<SockAddr>),
     Time(io_uring::types::Timespec),
     Blocking(BlockingFn),
+    /// The steps of a finished chain (only ever in a completion).
+    Chain(Box<crate::ring::chain::ChainSteps>),
     /// A LazyRead staging buffer (an anonymous mapping the chunk read lands in).
     Staging(crate::lazy::StagingBuf),
 }
@@ -254,7 +260,7 @@ impl OpDesc {
             ptr2: std::ptr::null_mut(),
         };
         match &mut self.payload {
-            Payload::None | Payload::Blocking(_) => {}
+            Payload::None | Payload::Blocking(_) | Payload::Chain(_) => {}
             Payload::Buf(v) => r.ptr = v.as_mut_ptr(),
             Payload::Aligned(a) => r.ptr = a.as_mut_ptr(),
             Payload::Staging(s) => r.ptr = s.as_mut_ptr(),
@@ -359,7 +365,7 @@ impl Op {
         }
     }
 
-    fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
+    pub(crate) fn buf_op(kind: OpKind, fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
         let mut d = OpDesc::new(kind, fd);
         d.offset = offset;
         d.len = buf.len().min(u32::MAX as usize) as u32;
@@ -426,7 +432,7 @@ impl Op {
         op
     }
 
-    fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
+    pub(crate) fn vectored(kind: OpKind, fd: RawFd, offset: u64, mut bufs: Vec<Vec<u8>>) -> Op {
         let iov = bufs
             .iter_mut()
             .map(|b| libc::iovec {

@@ -1,0 +1,610 @@
+//! Checkpoints: what [`Ring::quiesce`](crate::Ring::quiesce) returns, and what
+//! [`Ring::resubmit`](crate::Ring::resubmit) re-issues, possibly in another process.
+//!
+//! A [`Checkpoint`] is plain data (serde): one [`OpDescriptor`] per op the quiesce
+//! canceled before it finished, with everything needed to re-issue it so that it
+//! continues where it stopped (offset and bytes already moved, remaining deadline,
+//! group path, and — unless the policy says otherwise — the bytes themselves: the
+//! prefix a read already received, the tail a write still has to write), plus the
+//! ops that could not be stopped within the bound ([`Unfinished`]), which stay owned by
+//! the old ring.
+//!
+//! Two encodings: JSON for people and tools, and a compact binary form, postcard
+//! (a stable, documented wire format; serde-native; maintained; no unsafe code).
+
+use crate::op::OpKind;
+use crate::outcome::{CancelClass, OpState};
+use crate::Error;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Version of the checkpoint format written by this build.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// The op table of a quiesced ring, as data.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = quell::Ring::new()?;
+/// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 16]).user_data(5))?;
+/// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+/// assert_eq!(ckpt.ops.len(), 1);
+/// assert_eq!(ckpt.ops[0].user_data, 5);
+/// let again = quell::Checkpoint::from_bytes(&ckpt.to_bytes()?)?;
+/// assert_eq!(again, ckpt);
+/// assert_eq!(quell::Checkpoint::from_json(&ckpt.to_json()?)?, ckpt);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// Format version ([`CHECKPOINT_VERSION`]).
+    pub version: u32,
+    /// The process that took it (descriptor numbers are meaningful there).
+    pub pid: u32,
+    /// The ops canceled before they finished, to re-issue.
+    pub ops: Vec<OpDescriptor>,
+    /// Ops still running when the quiesce returned (Bounded ops past the bound, cancels
+    /// not yet confirmed, detached ops): the old ring still owns them and their memory.
+    pub unfinished: Vec<Unfinished>,
+}
+
+/// An op's id in the ring that checkpointed it.
+///
+/// ```
+/// let id = quell::CheckpointId { slot: 3, generation: 1 };
+/// assert_eq!(id.to_string(), "3.1");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointId {
+    /// Slot index.
+    pub slot: u32,
+    /// Slot generation.
+    pub generation: u32,
+}
+
+impl From<crate::OpId> for CheckpointId {
+    fn from(id: crate::OpId) -> Self {
+        CheckpointId {
+            slot: id.slot,
+            generation: id.gen,
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.slot, self.generation)
+    }
+}
+
+/// Which file a descriptor referred to at checkpoint time: identity to check before
+/// re-issuing, and what is needed to open it again.
+///
+/// ```
+/// let f = quell::FileRef { dev: 1, ino: 2, path: Some("/tmp/x".into()), status_flags: libc::O_RDWR };
+/// assert!(f.reopenable());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRef {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// The `/proc/self/fd` link: a path for files, `pipe:[..]`/`socket:[..]` otherwise.
+    pub path: Option<String>,
+    /// File status flags (`fcntl(F_GETFL)`): access mode, `O_APPEND`, `O_DIRECT`, ...
+    pub status_flags: i32,
+}
+
+impl FileRef {
+    /// Describes the open descriptor `fd`; `None` if it is not open.
+    pub(crate) fn of(fd: RawFd) -> Option<FileRef> {
+        let (dev, ino) = identity(fd)?;
+        // SAFETY: F_GETFL takes no pointer.
+        let status_flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        Some(FileRef {
+            dev,
+            ino,
+            path: crate::info::fd_path(fd).map(|p| p.to_string_lossy().into_owned()),
+            status_flags,
+        })
+    }
+
+    /// Whether the descriptor can be opened again by path (a file in a filesystem,
+    /// not a pipe or socket).
+    pub fn reopenable(&self) -> bool {
+        self.path
+            .as_deref()
+            .is_some_and(|p| p.starts_with('/') && !p.ends_with(" (deleted)"))
+    }
+}
+
+/// `(st_dev, st_ino)` of an open descriptor.
+pub(crate) fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: zeroed stat is valid; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Everything needed to re-issue one op that was canceled before it finished.
+///
+/// Transfers continue where they stopped: the re-issued op works on the same whole
+/// buffer (`len` bytes), skipping the `transferred` bytes already moved, so its
+/// completion reports the total, as if it had never been interrupted.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = quell::Ring::new()?;
+/// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 6]).exact())?;
+/// std::io::Write::write_all(&mut &w, b"abc")?;
+/// ring.poll()?; // the read takes "abc" and waits for the rest
+/// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+/// let d = &ckpt.ops[0];
+/// assert_eq!((d.len, d.transferred), (6, 3));
+/// assert_eq!(d.data.as_deref(), Some(&b"abc"[..])); // no byte lost
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpDescriptor {
+    /// The op's id in the checkpointed ring (matches its `Canceled` completion there).
+    pub id: CheckpointId,
+    /// User data.
+    pub user_data: u64,
+    /// What it does.
+    pub kind: OpKind,
+    /// Descriptor number (the directory for path ops; `-1` for none).
+    pub fd: RawFd,
+    /// The file behind `fd` at checkpoint time.
+    pub file: Option<FileRef>,
+    /// Second descriptor (splice output, rename target directory; `-1` for none).
+    pub fd2: RawFd,
+    /// The file behind `fd2`.
+    pub file2: Option<FileRef>,
+    /// Starting offset of the original op (positioned transfers, fallocate, splice input).
+    pub offset: Option<u64>,
+    /// Second offset (splice output).
+    pub offset2: Option<u64>,
+    /// Bytes the whole op asked for (transfers; fallocate length).
+    pub len: u64,
+    /// Bytes already moved before it was canceled.
+    pub transferred: u64,
+    /// Buffer lengths of a vectored op.
+    pub iov_lens: Vec<u64>,
+    /// Op flags (poll events, send/recv `MSG_*`, open flags, fallocate mode, ...).
+    pub flags: u32,
+    /// Open mode, statx mask.
+    pub mode: u64,
+    /// Whether short transfers are retried until the whole buffer moved.
+    pub exact: bool,
+    /// Path (path ops).
+    #[serde(with = "bytes_serde::opt")]
+    pub path: Option<Vec<u8>>,
+    /// Second path (rename).
+    #[serde(with = "bytes_serde::opt")]
+    pub path2: Option<Vec<u8>>,
+    /// Address (connect).
+    pub addr: Option<SocketAddr>,
+    /// Remaining sleep (timeout ops).
+    pub sleep: Option<Duration>,
+    /// Group path in the old ring (`"root/requests/g3"`); re-created by name.
+    pub group_path: String,
+    /// Time left before its deadline (its own or its group's) when it was checkpointed.
+    pub deadline_left: Option<Duration>,
+    /// How it could be canceled once dispatched.
+    pub class: CancelClass,
+    /// The bytes that make the re-issue self-contained: for a read, the `transferred`
+    /// bytes it already received; for a write, the bytes it still has to write
+    /// (`len - transferred`). `None` when the policy did not carry data.
+    #[serde(with = "bytes_serde::opt")]
+    pub data: Option<Vec<u8>>,
+}
+
+impl OpDescriptor {
+    /// Bytes still to move.
+    ///
+    /// ```
+    /// # let ckpt = {
+    /// #   let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+    /// #   let mut ring = quell::Ring::new().unwrap();
+    /// #   ring.submit(quell::Op::read(std::os::fd::AsRawFd::as_raw_fd(&r), vec![0u8; 16])).unwrap();
+    /// #   ring.quiesce(quell::QuiescePolicy::default()).unwrap()
+    /// # };
+    /// assert_eq!(ckpt.ops[0].remaining(), 16);
+    /// ```
+    pub fn remaining(&self) -> u64 {
+        self.len.saturating_sub(self.transferred)
+    }
+}
+
+/// An op the quiesce could not stop or wait out within its bound. The old ring still
+/// owns it and its memory; its completion arrives there when the kernel is done.
+///
+/// ```
+/// let u = quell::Unfinished {
+///     id: quell::CheckpointId { slot: 0, generation: 0 },
+///     user_data: 1,
+///     kind: quell::OpKind::Read,
+///     fd: 3,
+///     offset: Some(0),
+///     len: 4096,
+///     class: quell::CancelClass::Bounded,
+///     state: quell::OpState::InFlight,
+///     age: std::time::Duration::from_secs(1),
+///     group_path: "root".into(),
+/// };
+/// assert_eq!(u.state, quell::OpState::InFlight);
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Unfinished {
+    /// Its id in the old ring.
+    pub id: CheckpointId,
+    /// User data.
+    pub user_data: u64,
+    /// What it does.
+    pub kind: OpKind,
+    /// Descriptor.
+    pub fd: RawFd,
+    /// Offset.
+    pub offset: Option<u64>,
+    /// Bytes asked for.
+    pub len: u64,
+    /// How it can be canceled.
+    pub class: CancelClass,
+    /// In flight, cancel requested, or detached.
+    pub state: OpState,
+    /// Time since it was submitted.
+    pub age: Duration,
+    /// Group path.
+    pub group_path: String,
+}
+
+/// Files reopened by [`Checkpoint::reopen_files`].
+#[derive(Debug, Default)]
+pub struct Reopened {
+    /// The new descriptors (keep them open while the re-issued ops run).
+    pub fds: Vec<OwnedFd>,
+    /// Descriptor numbers that could not be reopened, and why; the ops on them will be
+    /// refused by [`Ring::resubmit`](crate::Ring::resubmit) with a per-op error.
+    pub failed: Vec<(RawFd, std::io::Error)>,
+}
+
+impl Checkpoint {
+    /// JSON text.
+    pub fn to_json(&self) -> Result<String, Error> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::Encoding(e.to_string()))
+    }
+
+    /// Parses JSON text.
+    pub fn from_json(s: &str) -> Result<Checkpoint, Error> {
+        let c: Checkpoint = serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))?;
+        c.check_version()
+    }
+
+    /// The compact binary form (postcard).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        postcard::to_stdvec(self).map_err(|e| Error::Encoding(e.to_string()))
+    }
+
+    /// Parses the compact binary form.
+    pub fn from_bytes(b: &[u8]) -> Result<Checkpoint, Error> {
+        let c: Checkpoint = postcard::from_bytes(b).map_err(|e| Error::Encoding(e.to_string()))?;
+        c.check_version()
+    }
+
+    fn check_version(self) -> Result<Checkpoint, Error> {
+        if self.version != CHECKPOINT_VERSION {
+            return Err(Error::Encoding(format!(
+                "checkpoint format {} (this build reads {CHECKPOINT_VERSION})",
+                self.version
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Replaces descriptor number `old` by `new` in every op (after receiving the
+    /// descriptor over `SCM_RIGHTS`, or `dup`ing it). Returns how many ops changed.
+    /// To move several descriptors whose old and new numbers overlap, use
+    /// [`remap_fds`](Checkpoint::remap_fds).
+    ///
+    /// ```
+    /// # let mut ckpt = {
+    /// #   let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+    /// #   let mut ring = quell::Ring::new().unwrap();
+    /// #   ring.submit(quell::Op::read(std::os::fd::AsRawFd::as_raw_fd(&r), vec![0u8; 16])).unwrap();
+    /// #   let c = ring.quiesce(quell::QuiescePolicy::default()).unwrap();
+    /// #   std::mem::forget(r); c
+    /// # };
+    /// let old = ckpt.ops[0].fd;
+    /// assert_eq!(ckpt.remap_fd(old, 1000), 1);
+    /// assert_eq!(ckpt.ops[0].fd, 1000);
+    /// ```
+    pub fn remap_fd(&mut self, old: RawFd, new: RawFd) -> usize {
+        self.remap_fds(&[(old, new)])
+    }
+
+    /// Replaces descriptor numbers all at once, each `(old, new)` pair looked up in the
+    /// numbers as the checkpoint recorded them (so `[(3, 4), (4, 3)]` swaps). Returns how
+    /// many ops changed.
+    ///
+    /// ```
+    /// # let mut ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#).unwrap();
+    /// assert_eq!(ckpt.remap_fds(&[(3, 4), (4, 3)]), 0);
+    /// ```
+    pub fn remap_fds(&mut self, pairs: &[(RawFd, RawFd)]) -> usize {
+        let map: HashMap<RawFd, RawFd> = pairs.iter().copied().collect();
+        self.remap_where(|fd, _| map.get(&fd).copied())
+    }
+
+    /// Points every op whose descriptor (and file) `f` picks at the number it returns.
+    fn remap_where(&mut self, f: impl Fn(RawFd, &FileRef) -> Option<RawFd>) -> usize {
+        let mut n = 0;
+        for d in &mut self.ops {
+            let mut hit = false;
+            if let Some(new) = d.file.as_ref().and_then(|file| f(d.fd, file)) {
+                d.fd = new;
+                hit = true;
+            }
+            if let Some(new) = d.file2.as_ref().and_then(|file| f(d.fd2, file)) {
+                d.fd2 = new;
+                hit = true;
+            }
+            n += hit as usize;
+        }
+        n
+    }
+
+    /// Distinct (descriptor number, file) pairs the ops use. After remapping, one number
+    /// may appear with two files (a received pipe now has the number a file had).
+    pub fn fds(&self) -> Vec<(RawFd, FileRef)> {
+        let mut seen: HashMap<(RawFd, u64, u64), FileRef> = HashMap::new();
+        for d in &self.ops {
+            for (fd, f) in [(d.fd, &d.file), (d.fd2, &d.file2)] {
+                if let Some(f) = f {
+                    seen.entry((fd, f.dev, f.ino)).or_insert_with(|| f.clone());
+                }
+            }
+        }
+        let mut v: Vec<_> = seen.into_iter().map(|((fd, ..), f)| (fd, f)).collect();
+        v.sort_by_key(|(fd, f)| (*fd, f.dev, f.ino));
+        v
+    }
+
+    /// Opens again, by path and with their recorded flags, the files whose descriptors
+    /// are not valid here (another process, or closed since), and points the ops at the
+    /// new descriptors. Pipes and sockets cannot be reopened by path: pass them with
+    /// `SCM_RIGHTS` and [`remap_fd`](Checkpoint::remap_fd). A descriptor that is open
+    /// here on the very same file is kept.
+    pub fn reopen_files(&mut self) -> Reopened {
+        let mut out = Reopened::default();
+        for (fd, f) in self.fds() {
+            if identity(fd) == Some((f.dev, f.ino)) {
+                continue;
+            }
+            if !f.reopenable() {
+                out.failed.push((
+                    fd,
+                    std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        format!(
+                            "{} cannot be reopened by path",
+                            f.path.as_deref().unwrap_or("?")
+                        ),
+                    ),
+                ));
+                continue;
+            }
+            let path = f.path.as_deref().unwrap_or_default();
+            let Ok(c) = std::ffi::CString::new(path) else {
+                out.failed
+                    .push((fd, std::io::ErrorKind::InvalidInput.into()));
+                continue;
+            };
+            let flags = (f.status_flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
+                | libc::O_CLOEXEC;
+            // SAFETY: valid C string; open returns a new descriptor or -1.
+            let new = unsafe { libc::open(c.as_ptr(), flags) };
+            if new < 0 {
+                out.failed.push((fd, std::io::Error::last_os_error()));
+                continue;
+            }
+            // SAFETY: `new` was just opened and is owned by nobody else.
+            let owned = unsafe { OwnedFd::from_raw_fd(new) };
+            let (dev, ino) = (f.dev, f.ino);
+            self.remap_where(|n, file| {
+                (n == fd && file.dev == dev && file.ino == ino).then_some(new)
+            });
+            out.fds.push(owned);
+        }
+        out
+    }
+}
+
+/// Byte strings that read well in JSON (text when UTF-8, `hex:..` otherwise) and stay
+/// compact in postcard.
+mod bytes_serde {
+    pub(super) mod opt {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            if !s.is_human_readable() {
+                return v.as_deref().map(serde_bytes_like).serialize(s);
+            }
+            match v {
+                None => s.serialize_none(),
+                Some(b) => match std::str::from_utf8(b) {
+                    Ok(t) if !t.starts_with("hex:") => s.serialize_some(t),
+                    _ => {
+                        let mut h = String::with_capacity(4 + b.len() * 2);
+                        h.push_str("hex:");
+                        for x in b {
+                            h.push_str(&format!("{x:02x}"));
+                        }
+                        s.serialize_some(&h)
+                    }
+                },
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<u8>>, D::Error> {
+            if !d.is_human_readable() {
+                return Option::<Bytes>::deserialize(d).map(|o| o.map(|b| b.0));
+            }
+            let Some(t) = Option::<String>::deserialize(d)? else {
+                return Ok(None);
+            };
+            let Some(hex) = t.strip_prefix("hex:") else {
+                return Ok(Some(t.into_bytes()));
+            };
+            if hex.len() % 2 != 0 {
+                return Err(serde::de::Error::custom("odd-length hex string"));
+            }
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        }
+
+        fn serde_bytes_like(b: &[u8]) -> BytesRef<'_> {
+            BytesRef(b)
+        }
+
+        struct BytesRef<'a>(&'a [u8]);
+
+        impl Serialize for BytesRef<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+
+        struct Bytes(Vec<u8>);
+
+        impl<'de> Deserialize<'de> for Bytes {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                        Ok(Bytes(v.to_vec()))
+                    }
+                    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                        Ok(Bytes(v))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut a: A,
+                    ) -> Result<Bytes, A::Error> {
+                        let mut v = Vec::new();
+                        while let Some(x) = a.next_element()? {
+                            v.push(x);
+                        }
+                        Ok(Bytes(v))
+                    }
+                }
+                d.deserialize_byte_buf(V)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(data: Option<Vec<u8>>) -> OpDescriptor {
+        OpDescriptor {
+            id: CheckpointId {
+                slot: 1,
+                generation: 2,
+            },
+            user_data: 9,
+            kind: OpKind::Read,
+            fd: 3,
+            file: None,
+            fd2: -1,
+            file2: None,
+            offset: Some(4096),
+            offset2: None,
+            len: 10,
+            transferred: 4,
+            iov_lens: Vec::new(),
+            flags: 0,
+            mode: 0,
+            exact: true,
+            path: Some(b"/a/b".to_vec()),
+            path2: None,
+            addr: None,
+            sleep: None,
+            group_path: "root/x".into(),
+            deadline_left: Some(Duration::from_millis(1500)),
+            class: CancelClass::Bounded,
+            data,
+        }
+    }
+
+    #[test]
+    fn bytes_round_trip_in_both_encodings() {
+        for data in [
+            None,
+            Some(Vec::new()),
+            Some(b"text".to_vec()),
+            Some(vec![0, 255, 10, 128]),
+            Some(b"hex:looks like hex".to_vec()),
+        ] {
+            let c = Checkpoint {
+                version: CHECKPOINT_VERSION,
+                pid: 1,
+                ops: vec![desc(data)],
+                unfinished: Vec::new(),
+            };
+            assert_eq!(Checkpoint::from_json(&c.to_json().unwrap()).unwrap(), c);
+            assert_eq!(Checkpoint::from_bytes(&c.to_bytes().unwrap()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn binary_is_compact_and_versions_are_checked() {
+        let c = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            pid: 1,
+            ops: vec![desc(Some(vec![7; 100]))],
+            unfinished: Vec::new(),
+        };
+        let b = c.to_bytes().unwrap();
+        assert!(
+            b.len() < c.to_json().unwrap().len() / 2,
+            "{} bytes",
+            b.len()
+        );
+        let mut old = c.clone();
+        old.version = 99;
+        assert!(matches!(
+            Checkpoint::from_bytes(&old.to_bytes().unwrap()),
+            Err(Error::Encoding(_))
+        ));
+        assert!(Checkpoint::from_bytes(&b[..b.len() / 2]).is_err());
+        assert!(Checkpoint::from_json("{").is_err());
+    }
+}
