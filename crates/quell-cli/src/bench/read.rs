@@ -356,7 +356,7 @@ fn prepare_file(args: &BenchArgs) -> Result<(PathBuf, u64, bool), CliError> {
 }
 
 /// Writes `size` bytes of non-zero data to `path` (through a temporary name, then a rename).
-fn create_file(path: &Path, size: u64) -> Result<(), CliError> {
+pub fn create_file(path: &Path, size: u64) -> Result<(), CliError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
