@@ -10,6 +10,7 @@
 mod bench;
 mod faultfs;
 mod info;
+mod ops;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// The fault-injection filesystem: files that hang, are slow, or fail at offsets.
     Faultfs(faultfs::FaultfsArgs),
+    /// Show a ring's operations in flight: a live demo table, or the listing's cost.
+    Ops(ops::OpsArgs),
 }
 
 /// The error type of the command: a message for standard error.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Faultfs(args) => faultfs::run(&args),
+        Command::Ops(args) => ops::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
