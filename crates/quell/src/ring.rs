@@ -444,6 +444,7 @@ impl Ring {
             gen,
             slot: idx,
         };
+        tracing::trace!(target: "quell::op", slot = idx, gen, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         self.groups.at(gidx).stats.queued += 1;
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
@@ -466,7 +467,6 @@ impl Ring {
                 self.queue.push_back(key);
             }
         }
-        tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
     }
 
@@ -522,7 +522,7 @@ impl Ring {
         }
         let s = self.table.slot_mut(idx);
         s.state = SlotState::InFlight;
-        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, class = %class, "dispatched");
+        tracing::trace!(target: "quell::op", slot = idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
@@ -607,7 +607,7 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        tracing::trace!(target: "quell::op", op = %idx, %outcome, "completed");
+        tracing::trace!(target: "quell::op", slot = idx, gen, %outcome, "completed");
         self.completions.push_back((idx, outcome));
         self.stats.completed += 1;
     }
@@ -864,7 +864,7 @@ impl Ring {
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
         let s = self.table.slot_mut(idx);
-        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
+        tracing::trace!(target: "quell::op", slot = idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 s.state = SlotState::Completed;
@@ -880,6 +880,7 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
+                tracing::trace!(target: "quell::op", slot = idx, %outcome, "completed");
                 self.completions.push_back((idx, outcome));
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
@@ -900,6 +901,7 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
+                    tracing::trace!(target: "quell::op", slot = idx, outcome = %Outcome::Detached, "completed");
                     self.completions.push_back((idx, Outcome::Detached));
                     self.stats.completed += 1;
                     self.stats.detached += 1;
