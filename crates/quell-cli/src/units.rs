@@ -63,6 +63,36 @@ pub fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Parses a duration: a positive decimal number of seconds, optionally suffixed `s`, or
+/// of milliseconds with `ms`, or minutes with `m` (`1s`, `0.5`, `250ms`, `2m`); at most
+/// one day.
+///
+/// Used as a clap value parser, so the error is a message for the user.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 1s, 250ms, 2m)"))?;
+    let secs = v * mult;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("a duration must be positive, got `{s}`"));
+    }
+    if secs > 86_400.0 {
+        return Err(format!("a duration must be at most one day, got `{s}`"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 /// Formats a byte count with a binary suffix when it is an exact multiple.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
@@ -108,5 +138,18 @@ mod tests {
         assert!(parse_seconds("nan").is_err());
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("abc").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("2d").is_err());
     }
 }

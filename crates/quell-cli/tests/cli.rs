@@ -274,3 +274,108 @@ fn bench_read_portable_has_the_tokio_peers() {
     check_peer(&v, "read", "tokio-fs");
     assert_eq!(v["depth"], 32);
 }
+
+#[test]
+fn help_for_every_subcommand() {
+    for args in [
+        &["info", "--help"][..],
+        &["bench", "--help"],
+        &["cp", "--help"],
+        &["faultfs", "--help"],
+        &["faultfs", "mount", "--help"],
+    ] {
+        let o = quell(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("Usage"), "{args:?}");
+    }
+    let s = stdout(&quell(&["bench", "--help"]));
+    for w in ["--quick", "--plot", "drain", "cp", "whole suite"] {
+        assert!(s.contains(w), "{w} missing from bench --help:\n{s}");
+    }
+}
+
+#[test]
+fn plot_needs_the_suite() {
+    let o = quell(&["bench", "nop", "--plot", "/tmp/x.svg", "--seconds", "0.1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--plot"));
+}
+
+/// The suite, as short as it goes: one JSON document naming every workload on every
+/// backend, with §7 fields, the cancel-latency rows of every class, and a plot.
+#[test]
+fn bench_suite_quick_json_has_every_workload_and_a_plot() {
+    let dir = std::env::temp_dir().join(format!("quell-cli-suite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("out.svg");
+    let o = Command::new(env!("CARGO_BIN_EXE_quell"))
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--seconds",
+            "0.03",
+            "--size",
+            "8MiB",
+        ])
+        .arg("--plot")
+        .arg(&svg)
+        .env("QUELL_BENCH_DIR", &dir)
+        .output()
+        .unwrap();
+    let plot = std::fs::read_to_string(&svg).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = json_line(&o);
+    assert_eq!(v["suite"], "quell bench");
+    assert_eq!(v["failed"], serde_json::json!([]), "{v}");
+    let rows = v["workloads"].as_array().expect("workloads array");
+    let backends: Vec<&str> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert!(backends.contains(&"portable"));
+    for w in ["nop", "read", "pingpong", "drain", "drain-cancel", "cp"] {
+        for b in &backends {
+            assert!(
+                rows.iter()
+                    .any(|r| r["workload"] == w && r["backend"] == *b),
+                "{w} on {b} missing"
+            );
+        }
+    }
+    for r in rows {
+        for k in ["ops_per_sec", "p50_us", "p99_us"] {
+            assert!(r[k].as_f64().is_some_and(|x| x >= 0.0), "{k} in {r}");
+        }
+        assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        for (peer, ratio) in r["ratio"].as_object().unwrap() {
+            let p = r["peers"][peer]["ops_per_sec"].as_f64().unwrap();
+            let q = r["ops_per_sec"].as_f64().unwrap();
+            assert!((ratio.as_f64().unwrap() - q / p).abs() < 0.01, "{r}");
+        }
+    }
+    let read = rows.iter().find(|r| r["workload"] == "read").unwrap();
+    if io_uring_usable() {
+        for peer in ["raw-io-uring", "tokio-uring", "monoio", "tokio-fs"] {
+            assert!(read["peers"].get(peer).is_some(), "{peer} in {read}");
+        }
+    }
+    let cancels = v["cancel_latency"].as_array().unwrap();
+    for b in &backends {
+        for class in ["queued", "prompt", "interruptible", "bounded"] {
+            assert!(
+                cancels.iter().any(|c| c["backend"] == *b
+                    && c["class"] == class
+                    && c["n"].as_u64() > Some(0)),
+                "{class} on {b}: {cancels:?}"
+            );
+        }
+    }
+    assert!(
+        plot.starts_with("<svg") && plot.contains("cancel"),
+        "plot: {}",
+        &plot[..plot.len().min(200)]
+    );
+}

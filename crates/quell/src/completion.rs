@@ -35,7 +35,7 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// The operation's kind.
+    /// The operation's kind (for a chain: the kind of the step that ended it).
     pub fn kind(&self) -> OpKind {
         self.kind
     }
@@ -87,6 +87,34 @@ impl Completion {
     pub fn bufs(&self) -> Option<&[Vec<u8>]> {
         match &self.payload {
             Payload::Bufs(v) => Some(&v.bufs),
+            _ => None,
+        }
+    }
+
+    /// The steps of a [`Chain`](crate::Chain), each with its outcome (`None`: it never
+    /// ran) and buffer; `None` for an op that is not a chain.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op, Outcome};
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit_chain(Chain::new().then(Op::nop()).then(Op::nop()))?;
+    /// let c = ring.wait_for(id)?;
+    /// let outcomes: Vec<_> = c.steps().unwrap().iter().map(|s| s.outcome()).collect();
+    /// assert_eq!(outcomes, [Some(Outcome::Done(0)), Some(Outcome::Done(0))]);
+    /// # Ok(()) }
+    /// ```
+    pub fn steps(&self) -> Option<&[crate::StepResult]> {
+        match &self.payload {
+            Payload::Chain(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Takes the steps of a [`Chain`](crate::Chain) back, buffers included.
+    pub fn into_steps(self) -> Option<Vec<crate::StepResult>> {
+        match self.payload {
+            Payload::Chain(s) => Some(*s),
             _ => None,
         }
     }

@@ -44,6 +44,7 @@ mod classify;
 mod completion;
 pub mod dump;
 mod error;
+pub mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -51,6 +52,7 @@ mod group;
 mod handle;
 mod id;
 mod info;
+pub mod lazy;
 mod op;
 mod outcome;
 mod probe;
@@ -58,6 +60,8 @@ mod ring;
 mod signal;
 mod table;
 mod timer;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod wake;
 
 pub use backend::BackendKind;
@@ -75,6 +79,7 @@ pub use info::{OpInfo, Stats};
 pub use op::{Interest, Op, OpKind};
 pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
 pub use probe::{probe, ProbeReport, REQUIRED_OPCODES};
+pub use ring::chain::{Chain, ChainError, StepResult};
 pub use ring::quiesce::QuiescePolicy;
 pub use ring::resubmit::{Buffers, ResubmitError};
 pub use ring::{BackendChoice, Builder, Ring};

@@ -178,6 +178,10 @@ pub(crate) struct Vectored {
     pub(crate) iov: Vec<libc::iovec>,
 }
 
+// SAFETY: the iovecs point only into `bufs`, heap memory this value owns; moving it to
+// another thread moves that ownership along (what makes a Ring `Send`, DESIGN §1).
+unsafe impl Send for Vectored {}
+
 /// Path and result buffer of a statx.
 pub(crate) struct StatxBuf {
     pub(crate) path: CString,
@@ -209,6 +213,10 @@ pub(crate) enum Payload {
     Addr(Box<SockAddr>),
     Time(io_uring::types::Timespec),
     Blocking(BlockingFn),
+    /// The steps of a finished chain (only ever in a completion).
+    Chain(Box<crate::ring::chain::ChainSteps>),
+    /// A LazyRead staging buffer (an anonymous mapping the chunk read lands in).
+    Staging(crate::lazy::StagingBuf),
 }
 
 /// Everything about an operation except ring bookkeeping.
@@ -252,9 +260,10 @@ impl OpDesc {
             ptr2: std::ptr::null_mut(),
         };
         match &mut self.payload {
-            Payload::None | Payload::Blocking(_) => {}
+            Payload::None | Payload::Blocking(_) | Payload::Chain(_) => {}
             Payload::Buf(v) => r.ptr = v.as_mut_ptr(),
             Payload::Aligned(a) => r.ptr = a.as_mut_ptr(),
+            Payload::Staging(s) => r.ptr = s.as_mut_ptr(),
             Payload::Bufs(v) => {
                 r.ptr = v.iov.as_mut_ptr().cast();
                 r.len = v.iov.len() as u32;
@@ -333,6 +342,8 @@ pub struct Op {
     pub(crate) group: Option<crate::GroupId>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) exact: bool,
+    /// Its completion goes to an internal sink (see `ring::sink`), never to the user.
+    pub(crate) sink: bool,
 }
 
 fn cstring(path: impl AsRef<std::path::Path>) -> CString {
@@ -350,6 +361,7 @@ impl Op {
             group: None,
             deadline: None,
             exact: false,
+            sink: false,
         }
     }
 
@@ -394,6 +406,22 @@ impl Op {
         d.len = buf.len().min(u32::MAX as usize) as u32;
         d.aux = buf.len() as u64;
         d.payload = Payload::Aligned(buf);
+        Op::with(d)
+    }
+
+    /// Reads `len` bytes at `offset` into a LazyRead staging buffer (crate-internal).
+    pub(crate) fn read_staging(
+        fd: RawFd,
+        offset: u64,
+        buf: crate::lazy::StagingBuf,
+        len: usize,
+    ) -> Op {
+        debug_assert!(len <= buf.len());
+        let mut d = OpDesc::new(OpKind::Read, fd);
+        d.offset = offset;
+        d.len = len.min(u32::MAX as usize) as u32;
+        d.aux = len as u64;
+        d.payload = Payload::Staging(buf);
         Op::with(d)
     }
 

@@ -2,6 +2,9 @@
 //! to the backend within the dispatch window, and turns backend results into honest
 //! completions.
 
+#[path = "chain.rs"]
+pub(crate) mod chain;
+
 use crate::backend::{portable, uring, Backend, BackendConfig, BackendKind, BackendParts};
 use crate::classify::FdCache;
 use crate::completion::Completion;
@@ -14,7 +17,8 @@ use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
-    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_DELIVERED, F_EXACT, F_KERNEL_DONE, F_TIMEOUT,
+    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DELIVERED, F_EXACT, F_KERNEL_DONE,
+    F_SINK, F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
@@ -24,6 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod sink;
+pub(crate) use sink::Sink;
 // Checkpoint/restore and introspection (DESIGN I9) live in their own files, as child
 // modules so they can read the op table.
 #[path = "introspect.rs"]
@@ -188,6 +194,8 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
+    chains: chain::Chains,
+    sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
     dumps: Vec<introspect::DumpBinding>,
@@ -246,6 +254,8 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
+            chains: chain::Chains::default(),
+            sinks: sink::Sinks::default(),
             paused: false,
             dumps: Vec::new(),
         })
@@ -399,6 +409,17 @@ impl Ring {
     /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
     /// op comes back whole inside the error (contract items I1, I10).
     pub fn submit(&mut self, op: Op) -> Result<OpId, SubmitError> {
+        self.submit_inner(op, &mut None)
+    }
+
+    /// [`submit`](Ring::submit), for a plain op (`chain` is `None`) or the first step of
+    /// a chain, whose state the slot takes on success.
+    #[inline(always)]
+    fn submit_inner(
+        &mut self,
+        op: Op,
+        chain: &mut Option<Box<chain::ChainState>>,
+    ) -> Result<OpId, SubmitError> {
         if self.closed {
             return Err(SubmitError::new(Error::Closed, op));
         }
@@ -436,7 +457,14 @@ impl Ring {
         if op.exact {
             s.flags |= F_EXACT;
         }
-        s.desc = op.desc;
+        if op.sink {
+            s.flags |= F_SINK;
+        }
+        s.set_desc(op.desc);
+        if let Some(c) = chain.take() {
+            s.flags |= F_CHAIN;
+            self.chains.insert(idx, c);
+        }
         self.outstanding += 1;
         self.stats.submitted += 1;
         let id = OpId {
@@ -476,6 +504,9 @@ impl Ring {
 
     /// Gives queued ops to the backend while the dispatch window has room.
     fn dispatch(&mut self) {
+        if self.sinks.has_next() {
+            self.submit_sink_next();
+        }
         while self.in_flight < self.max_in_flight && !self.paused {
             let Some(key) = self.queue.pop_front() else {
                 break;
@@ -520,7 +551,6 @@ impl Ring {
         if !self.backend.start(key, raw, class) {
             return false;
         }
-        let s = self.table.slot_mut(idx);
         s.state = SlotState::InFlight;
         tracing::trace!(target: "quell::op", slot = idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
@@ -531,6 +561,7 @@ impl Ring {
     }
 
     /// Turns backend results into completions.
+    #[inline]
     fn reap(&mut self) {
         self.backend.reap(&mut self.reaped);
         if self.reaped.is_empty() {
@@ -544,34 +575,19 @@ impl Ring {
         self.reaped = reaped;
     }
 
+    #[inline]
     fn finish(&mut self, key: u64, res: i64) {
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
-        if s.gen != gen {
-            tracing::error!(key, "completion for a slot that moved on; ignored");
-            return;
+        if s.gen != gen || s.state != SlotState::InFlight {
+            return self.finish_unusual(idx, key);
         }
-        match s.state {
-            SlotState::InFlight => {}
-            SlotState::Detached => {
-                self.in_flight -= 1;
-                self.stats.detached_finished += 1;
-                self.groups.at(s.group).stats.detached -= 1;
-                let s = self.table.slot_mut(idx);
-                if s.flags & F_DELIVERED != 0 {
-                    self.table.free(idx);
-                } else {
-                    // The user has not taken the Detached completion yet; it frees the slot.
-                    s.flags |= F_KERNEL_DONE;
-                }
-                return;
-            }
-            state => {
-                tracing::error!(key, ?state, "completion for an op not in flight; ignored");
-                return;
-            }
-        }
-        let asked = s.desc.request_len();
+        // Only transfers have a requested length (and it costs a payload match).
+        let asked = if s.desc.kind.is_transfer() {
+            s.desc.request_len()
+        } else {
+            0
+        };
         if res > 0 && s.flags & F_CANCEL == 0 && matches!(s.desc.kind, OpKind::Read | OpKind::Write)
         {
             let done = s.transferred + res as u64;
@@ -590,7 +606,15 @@ impl Ring {
                 return;
             }
         }
-        let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);
+        let outcome = if s.flags & F_CHAIN == 0 {
+            outcome_of(s.desc.kind, s.flags, s.transferred, asked, res)
+        } else {
+            match self.chain_step_ended(idx, res) {
+                Some(o) => o,
+                None => return, // the next step is queued in the same slot
+            }
+        };
+        let s = self.table.slot_mut(idx);
         let kind = s.desc.kind;
         s.state = SlotState::Completed;
         let (gidx, flags, had_deadline) = (s.group, s.flags, s.deadline != u64::MAX);
@@ -608,8 +632,46 @@ impl Ring {
             self.fds.forget(res as RawFd);
         }
         tracing::trace!(target: "quell::op", slot = idx, gen, %outcome, "completed");
-        self.completions.push_back((idx, outcome));
+        self.push_completion(idx, outcome);
         self.stats.completed += 1;
+    }
+
+    /// A result for a slot that is not simply in flight: the kernel's late completion of
+    /// a detached op, or (never expected) a stale key.
+    #[cold]
+    fn finish_unusual(&mut self, idx: u32, key: u64) {
+        let s = self.table.slot_mut(idx);
+        if s.gen != split_key(key).1 {
+            tracing::error!(key, "completion for a slot that moved on; ignored");
+            return;
+        }
+        if s.state != SlotState::Detached {
+            let state = s.state;
+            tracing::error!(key, ?state, "completion for an op not in flight; ignored");
+            return;
+        }
+        self.in_flight -= 1;
+        self.stats.detached_finished += 1;
+        self.groups.at(s.group).stats.detached -= 1;
+        let s = self.table.slot_mut(idx);
+        if s.flags & F_DELIVERED != 0 {
+            self.table.free(idx);
+        } else {
+            // The user has not taken the Detached completion yet; it frees the slot.
+            s.flags |= F_KERNEL_DONE;
+        }
+    }
+
+    /// Queues a finished op's completion for the user, or hands it at once to the
+    /// internal sink that owns the op (see `ring::sink`).
+    #[inline]
+    fn push_completion(&mut self, idx: u32, outcome: Outcome) {
+        if self.table.slot(idx).flags & F_SINK != 0 {
+            let c = self.deliver(idx, outcome);
+            self.sinks.deliver(c);
+            return;
+        }
+        self.completions.push_back((idx, outcome));
     }
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
@@ -733,7 +795,8 @@ impl Ring {
     /// `timeout` passes, a [`Handle::wake`] arrives, or nothing outstanding could add
     /// more. Returns the number of completions ready to take.
     pub fn wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize, Error> {
-        let start = Instant::now();
+        // The clock is read only when a timeout or a deadline needs it.
+        let start = timeout.map(|_| Instant::now());
         loop {
             let woken = self.take_requests();
             self.fire_timers();
@@ -746,8 +809,8 @@ impl Ring {
                     .map_err(|e| Error::io("submitting to the backend", e))?;
                 return Ok(self.completions.len());
             }
-            let remaining = match timeout {
-                Some(t) => match t.checked_sub(start.elapsed()) {
+            let remaining = match (timeout, start) {
+                (Some(t), Some(start)) => match t.checked_sub(start.elapsed()) {
                     Some(r) if !r.is_zero() => Some(r),
                     _ => {
                         self.backend
@@ -756,7 +819,7 @@ impl Ring {
                         return Ok(self.completions.len());
                     }
                 },
-                None => None,
+                _ => None,
             };
             let remaining = match self.timers.next() {
                 Some(at) => {
@@ -774,7 +837,32 @@ impl Ring {
         }
     }
 
+    /// Futures-layer hook: this ring's id (stamped into its [`OpId`]s).
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Futures-layer hook: the descriptor a reactor watches (readable when there is
+    /// something to reap), and how soon the ring must run even if it stays quiet.
+    pub(crate) fn reactor_fd(&self) -> RawFd {
+        self.backend.poll_fd()
+    }
+
+    /// See [`reactor_fd`](Ring::reactor_fd).
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        let backend = self.backend.next_wake();
+        let timer = self
+            .timers
+            .next()
+            .map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
+        match (backend, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
+    #[inline]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
         Some(self.deliver(idx, outcome))
@@ -785,6 +873,7 @@ impl Ring {
         std::iter::from_fn(move || self.next_completion())
     }
 
+    #[inline]
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
         // A detached op whose kernel completion is still to come: release the user,
@@ -867,13 +956,20 @@ impl Ring {
         tracing::trace!(target: "quell::op", slot = idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
-                s.state = SlotState::Completed;
                 let transferred = s.transferred as usize;
-                let outcome = if timed_out {
+                let mut outcome = if timed_out {
                     Outcome::TimedOut { transferred }
                 } else {
                     Outcome::Canceled { transferred }
                 };
+                if s.flags & F_CHAIN != 0 {
+                    match self.chain_cancel_queued(idx, timed_out) {
+                        Some(o) => outcome = o,
+                        None => return, // a cleanup close runs first
+                    }
+                }
+                let s = self.table.slot_mut(idx);
+                s.state = SlotState::Completed;
                 let had_deadline = s.deadline != u64::MAX;
                 self.groups.at(s.group).stats.queued -= 1;
                 if had_deadline {
@@ -881,13 +977,17 @@ impl Ring {
                 }
                 self.outstanding -= 1;
                 tracing::trace!(target: "quell::op", slot = idx, %outcome, "completed");
-                self.completions.push_back((idx, outcome));
+                self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
-                if timed_out && s.class == CancelClass::Bounded {
+                if s.flags & F_CHAIN != 0 && self.chains.peek(idx).is_some_and(|c| c.in_cleanup()) {
+                    return; // a chain's cleanup close is shielded from its cancel
+                }
+                // A chain is never detached: it waits for the step, then closes what it opened.
+                if timed_out && s.class == CancelClass::Bounded && s.flags & F_CHAIN == 0 {
                     // Device I/O cannot be stopped: release the user now, keep the
                     // memory until the kernel's own completion (I2, I4).
                     let gidx = s.group;
@@ -902,7 +1002,7 @@ impl Ring {
                     g.stats.detached += 1;
                     self.outstanding -= 1;
                     tracing::trace!(target: "quell::op", slot = idx, outcome = %Outcome::Detached, "completed");
-                    self.completions.push_back((idx, Outcome::Detached));
+                    self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
                     return;
@@ -1153,7 +1253,10 @@ impl Ring {
         let mut queued = Vec::new();
         for &slot in self.table.live() {
             let s = self.table.slot(slot);
-            if s.state == SlotState::Queued && hit[s.group as usize] {
+            // A chain past its first step is in flight as a whole: drain lets it finish.
+            let started = s.flags & F_CHAIN != 0
+                && self.chains.peek(slot).is_some_and(|c| !c.at_first_step());
+            if s.state == SlotState::Queued && hit[s.group as usize] && !started {
                 queued.push(slot);
             }
         }
@@ -1258,11 +1361,16 @@ impl Ring {
         self.shared.closed.store(true, Ordering::Release);
         self.cancel_all();
         let start = Instant::now();
-        while self.in_flight > 0 {
+        // Canceled chains may still have a close to run (queued): dispatch it.
+        while self.in_flight > 0 || self.chains.len() > 0 {
+            self.dispatch();
             self.take_requests();
             self.reap();
             if self.in_flight == 0 {
-                break;
+                if self.chains.len() == 0 {
+                    break;
+                }
+                continue; // a chain's close was queued by the reap
             }
             let Some(left) = self.teardown_timeout.checked_sub(start.elapsed()) else {
                 self.leak_in_flight();

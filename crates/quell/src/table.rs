@@ -47,6 +47,10 @@ pub(crate) const F_EXACT: u8 = 4;
 pub(crate) const F_DELIVERED: u8 = 16;
 /// Slot flag (detached ops): the kernel's own completion has arrived.
 pub(crate) const F_KERNEL_DONE: u8 = 32;
+/// Slot flag: the slot runs a chain's steps (state in the ring's `Chains`).
+pub(crate) const F_CHAIN: u8 = 64;
+/// Slot flag: the completion goes to an internal sink (`ring::sink`), not to the user.
+pub(crate) const F_SINK: u8 = 128;
 
 /// Bookkeeping for one operation.
 pub(crate) struct Slot {
@@ -65,6 +69,18 @@ pub(crate) struct Slot {
     /// Bytes moved by earlier parts of a derived op.
     pub(crate) transferred: u64,
     pub(crate) desc: OpDesc,
+}
+
+impl Slot {
+    /// Stores a new op's description in a freshly allocated slot. The slot's old
+    /// payload was taken or dropped when it was freed, so no drop call is needed then.
+    #[inline]
+    pub(crate) fn set_desc(&mut self, desc: OpDesc) {
+        let old = std::mem::replace(&mut self.desc, desc);
+        if matches!(old.payload, Payload::None) {
+            std::mem::forget(old);
+        }
+    }
 }
 
 impl Default for Slot {
@@ -94,9 +110,14 @@ impl Default for Slot {
     }
 }
 
+/// One page of slots. A fixed-size array, so indexing within it needs no bounds check.
+type Page = Box<[Slot; PAGE_SLOTS]>;
+
 /// Fixed-capacity slab of slots with lazily allocated pages.
 pub(crate) struct Table {
-    pages: Vec<Option<Box<[Slot]>>>,
+    /// Pages in index order: slots are handed out fresh in increasing order, so page
+    /// `n` exists exactly when some slot of it has been handed out.
+    pages: Vec<Page>,
     capacity: u32,
     /// Slots ever handed out: indices below this are initialised.
     fresh: u32,
@@ -109,10 +130,8 @@ impl Table {
     pub(crate) fn new(capacity: usize) -> Table {
         let capacity = capacity.clamp(1, MAX_CAPACITY) as u32;
         let npages = (capacity as usize).div_ceil(PAGE_SLOTS);
-        let mut pages = Vec::with_capacity(npages);
-        pages.resize_with(npages, || None);
         Table {
-            pages,
+            pages: Vec::with_capacity(npages),
             capacity,
             fresh: 0,
             free_head: NONE,
@@ -130,6 +149,7 @@ impl Table {
     }
 
     /// Takes a free slot; `None` when the table is full. Returns (index, generation).
+    #[inline]
     pub(crate) fn alloc(&mut self) -> Option<(u32, u32)> {
         let idx = if self.free_head != NONE {
             let idx = self.free_head;
@@ -137,11 +157,8 @@ impl Table {
             idx
         } else if self.fresh < self.capacity {
             let idx = self.fresh;
-            let page = idx as usize / PAGE_SLOTS;
-            if self.pages[page].is_none() {
-                let mut v = Vec::with_capacity(PAGE_SLOTS);
-                v.resize_with(PAGE_SLOTS, Slot::default);
-                self.pages[page] = Some(v.into_boxed_slice());
+            if idx as usize % PAGE_SLOTS == 0 {
+                self.pages.push(new_page());
             }
             self.fresh += 1;
             idx
@@ -161,40 +178,35 @@ impl Table {
 
     /// Returns a slot to the free list, bumping its generation so old ids go stale.
     /// The caller has already taken what it needs out of the payload.
+    #[inline]
     pub(crate) fn free(&mut self, idx: u32) {
-        let pos = self.slot(idx).link as usize;
-        let last = self.live.len() - 1;
-        self.live.swap(pos, last);
-        self.live.pop();
-        if pos != last {
-            let moved = self.live[pos];
-            self.slot_mut(moved).link = pos as u32;
-        }
         let head = self.free_head;
         let s = self.slot_mut(idx);
+        let pos = s.link as usize;
         s.gen = (s.gen + 1) & GEN_MASK;
         s.state = SlotState::Free;
-        s.desc.payload = Payload::None;
+        // Usually already taken by the completion; skip the drop call when it was.
+        if !matches!(s.desc.payload, Payload::None) {
+            s.desc.payload = Payload::None;
+        }
         s.link = head;
         self.free_head = idx;
+        self.live.swap_remove(pos);
+        if let Some(&moved) = self.live.get(pos) {
+            self.slot_mut(moved).link = pos as u32;
+        }
     }
 
     /// The slot at `idx`, whatever its generation. `idx` must have been handed out.
     #[inline]
     pub(crate) fn slot(&self, idx: u32) -> &Slot {
-        let page = self.pages[idx as usize / PAGE_SLOTS]
-            .as_ref()
-            .expect("slot index was handed out by this table");
-        &page[idx as usize % PAGE_SLOTS]
+        &self.pages[idx as usize / PAGE_SLOTS][idx as usize % PAGE_SLOTS]
     }
 
     /// Mutable access to the slot at `idx`, whatever its generation.
     #[inline]
     pub(crate) fn slot_mut(&mut self, idx: u32) -> &mut Slot {
-        let page = self.pages[idx as usize / PAGE_SLOTS]
-            .as_mut()
-            .expect("slot index was handed out by this table");
-        &mut page[idx as usize % PAGE_SLOTS]
+        &mut self.pages[idx as usize / PAGE_SLOTS][idx as usize % PAGE_SLOTS]
     }
 
     /// The live slot `idx` if its generation is `gen`.
@@ -222,6 +234,16 @@ impl Table {
     pub(crate) const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 }
 
+/// A page of default slots, built on the heap (32 KiB would be a large stack copy).
+fn new_page() -> Page {
+    let mut v = Vec::with_capacity(PAGE_SLOTS);
+    v.resize_with(PAGE_SLOTS, Slot::default);
+    match v.into_boxed_slice().try_into() {
+        Ok(page) => page,
+        Err(_) => unreachable!("the page has PAGE_SLOTS slots"),
+    }
+}
+
 // The op table's budget (DESIGN §3): at most 128 bytes of bookkeeping per live op.
 const _: () = assert!(std::mem::size_of::<Slot>() <= 128);
 
@@ -240,7 +262,7 @@ mod tests {
     #[test]
     fn pages_are_lazy_and_capacity_is_enforced() {
         let mut t = Table::new(1000);
-        assert!(t.pages.iter().all(|p| p.is_none()));
+        assert!(t.pages.is_empty());
         let mut ids = Vec::new();
         for _ in 0..1000 {
             ids.push(t.alloc().expect("room"));

@@ -9,13 +9,22 @@
 //! peers (fio) run after the rounds for the full `seconds`.
 //!
 //! Adding a workload: write a module with a `run(&BenchArgs, &Settings) -> Report`,
-//! add a [`Workload`] variant and a line in [`run`].
+//! add a [`Workload`] variant and its one line in [`Workload::spec`]. `quell bench`
+//! without a workload runs every variant ([`suite`]).
 
+pub mod cancel;
+pub mod cancel_latency;
+pub mod capture;
+pub mod copy;
+pub mod drain;
 pub mod nop;
 pub mod pingpong;
+pub mod plot;
 pub mod raw;
 pub mod read;
+pub mod suite;
 pub mod tokio_peers;
+pub mod uring_peers;
 
 use crate::units::{parse_seconds, parse_size};
 use crate::CliError;
@@ -35,16 +44,125 @@ pub enum Workload {
     /// 64-byte round trips to an echo thread over a Unix socket pair (both backends
     /// unless --backend is given).
     Pingpong,
+    /// A cancel storm: 10,000 reads pending on a pipe in one group, `cancel_group`,
+    /// time until all 10,000 completions are taken (peers: raw io_uring, one
+    /// ASYNC_CANCEL per op and one CANCEL_ALL|FD).
+    Cancel,
+    /// 1,000 ops in flight + 10,000 queued: time from `drain` to drained, and from
+    /// `cancel` to every completion.
+    Drain,
+    /// Copy a page-cached file: `quell cp`'s engine vs GNU cp and tokio::fs::copy.
+    Cp,
+}
+
+/// How a workload picks its queue depth and batch size.
+#[derive(Clone, Copy, Debug)]
+pub enum Dims {
+    /// `--depth` (default `depth`) and `--batch` (default `batch`), batch ≤ depth.
+    Depth {
+        /// Default depth.
+        depth: u32,
+        /// Default batch.
+        batch: u32,
+    },
+    /// `--batch` (default `batch`), depth defaults to the batch.
+    Batch {
+        /// Default batch.
+        batch: u32,
+    },
+    /// Always these.
+    Fixed {
+        /// The depth.
+        depth: u32,
+        /// The batch.
+        batch: u32,
+    },
+}
+
+/// A workload's registration: its name, how it sizes itself, and how it runs.
+#[derive(Clone, Copy)]
+pub struct Spec {
+    /// The name in the output.
+    pub name: &'static str,
+    /// Depth and batch.
+    pub dims: Dims,
+    /// Runs it once with resolved settings; one report per backend measured.
+    pub run: fn(&BenchArgs, &Settings) -> Result<Vec<Report>, CliError>,
+    /// Whether it measures both backends itself when `--backend` is `auto` (the suite
+    /// then runs it once instead of once per backend).
+    pub both_backends: bool,
 }
 
 impl Workload {
+    /// The registry: one line per workload.
+    pub fn spec(self) -> Spec {
+        use Dims::*;
+        let (name, dims, run, both_backends): (_, _, fn(&_, &_) -> _, _) = match self {
+            Workload::Nop => (
+                "nop",
+                Batch { batch: 32 },
+                |a, s| Ok(vec![nop::run(a, s)?]),
+                false,
+            ),
+            Workload::Read => (
+                "read",
+                Depth {
+                    depth: 32,
+                    batch: 1,
+                },
+                |a, s| Ok(vec![read::run(a, s)?]),
+                false,
+            ),
+            Workload::Pingpong => (
+                "pingpong",
+                Fixed { depth: 1, batch: 1 },
+                pingpong::run,
+                true,
+            ),
+            Workload::Drain => (
+                "drain",
+                Fixed {
+                    depth: drain::IN_FLIGHT,
+                    batch: 1,
+                },
+                drain::run,
+                false,
+            ),
+            Workload::Cancel => (
+                "cancel",
+                Depth {
+                    depth: 4096,
+                    batch: 1,
+                },
+                |a, s| Ok(vec![cancel::run(a, s)?]),
+                false,
+            ),
+            Workload::Cp => (
+                "cp",
+                Depth {
+                    depth: 16,
+                    batch: 1,
+                },
+                copy::run,
+                false,
+            ),
+        };
+        Spec {
+            name,
+            dims,
+            run,
+            both_backends,
+        }
+    }
+
     /// The workload's name in the output.
     pub fn name(&self) -> &'static str {
-        match self {
-            Workload::Nop => "nop",
-            Workload::Read => "read",
-            Workload::Pingpong => "pingpong",
-        }
+        self.spec().name
+    }
+
+    /// Every registered workload, in order.
+    pub fn all() -> &'static [Workload] {
+        <Workload as clap::ValueEnum>::value_variants()
     }
 }
 
@@ -80,14 +198,23 @@ impl BackendArg {
 }
 
 /// Arguments of `quell bench`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The workload to run.
+    /// The workload to run; without one, the whole suite on every available backend.
     #[arg(value_enum)]
-    pub workload: Workload,
-    /// Print one JSON object per line (DESIGN.md §7) instead of a Markdown table.
+    pub workload: Option<Workload>,
+    /// Print JSON (DESIGN.md §7) instead of Markdown: one object per line for a workload,
+    /// one document (`{"suite": ..., "workloads": [...]}`) for the suite.
     #[arg(long)]
     pub json: bool,
+    /// A short run (under a minute for the suite): at most 0.25 s and one round per
+    /// contender, files of at most 64 MiB.
+    #[arg(long)]
+    pub quick: bool,
+    /// Draw latency CDFs per workload and the cancel-latency distribution per op class
+    /// into this SVG file (suite only).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Measured seconds per contender, split over the rounds.
     #[arg(long, default_value = "3", value_parser = parse_seconds)]
     pub seconds: f64,
@@ -223,6 +350,7 @@ impl Summary {
 
     /// This contender as a reported result.
     pub fn result(&self) -> PeerResult {
+        capture::note(self.name, &self.hist);
         let mut extra = Map::new();
         extra.insert("best_ops_per_sec".into(), json!(round1(self.best())));
         extra.insert(
@@ -483,7 +611,7 @@ impl Report {
     }
 }
 
-fn group_digits(v: f64) -> String {
+pub(crate) fn group_digits(v: f64) -> String {
     let n = v.round() as u64;
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
@@ -508,49 +636,68 @@ pub fn common_extra(s: &Settings) -> Map<String, Value> {
     m
 }
 
-/// Runs `quell bench`.
-pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+/// Applies `--quick`: shorter runs, one round, smaller files.
+pub fn quickened(args: &BenchArgs) -> BenchArgs {
+    let mut a = args.clone();
+    if a.quick {
+        a.seconds = a.seconds.min(0.25);
+        a.rounds = 1;
+        a.size = a.size.min(64 << 20);
+        a.warmup = Some(a.warmup.unwrap_or(0.05).min(a.seconds / 4.0));
+    }
+    a
+}
+
+/// Resolves the settings of one workload from the arguments (a usage error if they
+/// contradict each other).
+pub fn settings_for(args: &BenchArgs, w: Workload) -> Result<Settings, CliError> {
     let warmup = args
         .warmup
         .unwrap_or_else(|| (args.seconds / 10.0).clamp(0.05, 0.5));
-    let (depth, batch) = match args.workload {
-        Workload::Nop => {
-            let batch = args.batch.unwrap_or(32);
-            let depth = args.depth.unwrap_or(batch);
-            if batch > depth {
-                return Err(usage(&format!(
-                    "--batch ({batch}) cannot exceed --depth ({depth}) for nop"
-                )));
-            }
-            (depth, batch)
+    let spec = w.spec();
+    let (depth, batch) = match spec.dims {
+        Dims::Batch { batch } => {
+            let batch = args.batch.unwrap_or(batch);
+            (args.depth.unwrap_or(batch), batch)
         }
-        Workload::Read => {
-            let depth = args.depth.unwrap_or(32);
-            let batch = args.batch.unwrap_or(1);
-            if batch > depth {
-                return Err(usage(&format!(
-                    "--batch ({batch}) cannot exceed --depth ({depth}) for read"
-                )));
-            }
-            (depth, batch)
-        }
-        // One round trip at a time.
-        Workload::Pingpong => (1, 1),
+        Dims::Depth { depth, batch } => (
+            args.depth.unwrap_or(depth),
+            args.batch
+                .unwrap_or(batch)
+                .min(args.depth.unwrap_or(depth).max(1)),
+        ),
+        Dims::Fixed { depth, batch } => (depth, batch),
     };
-    let settings = Settings {
+    if let (Dims::Batch { .. } | Dims::Depth { .. }, Some(b)) = (spec.dims, args.batch) {
+        if b > depth {
+            return Err(usage(&format!(
+                "--batch ({b}) cannot exceed --depth ({depth}) for {}",
+                spec.name
+            )));
+        }
+    }
+    Ok(Settings {
         seconds: args.seconds,
         rounds: args.rounds,
         warmup: Duration::from_secs_f64(warmup),
         depth,
         batch,
         backend: args.backend,
+    })
+}
+
+/// Runs `quell bench`.
+pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+    let args = &quickened(args);
+    let Some(workload) = args.workload else {
+        return suite::run(args);
     };
+    if args.plot.is_some() {
+        return Err(usage("--plot draws the whole suite: give no workload"));
+    }
+    let settings = settings_for(args, workload)?;
     let started = Instant::now();
-    let mut reports = match args.workload {
-        Workload::Nop => vec![nop::run(args, &settings)?],
-        Workload::Read => vec![read::run(args, &settings)?],
-        Workload::Pingpong => pingpong::run(args, &settings)?,
-    };
+    let mut reports = (workload.spec().run)(args, &settings)?;
     let wall = round3(started.elapsed().as_secs_f64());
     for (i, report) in reports.iter_mut().enumerate() {
         report.extra.insert("wall_s".into(), json!(wall));

@@ -9,6 +9,7 @@
 
 use super::raw::RawRead;
 use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
+use super::uring_peers::{Monoio, TokioUring};
 use super::{
     common_extra, record, run_rounds, BenchArgs, Contender, PeerResult, Report, Sample, Settings,
 };
@@ -445,12 +446,25 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     };
     let mut spawn_blocking = TokioSpawnBlocking::new(fd, nblocks, BLOCK, s.depth, SEED)?;
     let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
+    // The completion-based runtimes need io_uring too.
+    let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
+        .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
+        .ok();
+    let mut monoio = Monoio::new(&path, nblocks, BLOCK, s.depth, SEED)
+        .map_err(|e| skipped.push(("monoio".to_string(), e.to_string())))
+        .ok();
     let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell];
     if let Some(r) = raw.as_mut() {
         contenders.push(r);
     }
     contenders.push(&mut spawn_blocking);
     contenders.push(&mut tokio_fs);
+    if let Some(t) = tokio_uring.as_mut() {
+        contenders.push(t);
+    }
+    if let Some(m) = monoio.as_mut() {
+        contenders.push(m);
+    }
     let mut sums = run_rounds(&mut contenders, s, &mut || cache.check())?.into_iter();
     let quell_sum = sums.next().expect("quell ran");
     let mut peers: Vec<PeerResult> = sums.map(|p| p.result()).collect();

@@ -145,6 +145,28 @@ impl Backend {
         }
     }
 
+    /// Reactor hook (futures layer): a descriptor that becomes readable when the
+    /// backend has something to reap (the io_uring fd, the epoll fd).
+    pub(crate) fn poll_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Backend::Uring(b) => b.poll_fd(),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(_) => -1,
+            Backend::Portable(b) => b.poll_fd(),
+        }
+    }
+
+    /// Reactor hook (futures layer): how soon the backend needs to run again even if
+    /// its descriptor stays quiet (its own timers, interrupt re-sends).
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        match self {
+            Backend::Uring(b) => b.next_wake(),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(_) => None,
+            Backend::Portable(b) => b.next_wake(),
+        }
+    }
+
     /// Moves finished `(key, result)` pairs into `out`.
     #[inline]
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {

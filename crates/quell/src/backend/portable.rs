@@ -600,6 +600,23 @@ impl Portable {
         Ok(())
     }
 
+    /// Readable when a watched descriptor or the doorbell is ready.
+    pub(crate) fn poll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        let pool = self.pool.cap(None);
+        let timer = self
+            .timers
+            .peek()
+            .map(|&Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+        match (pool, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let mut timeout = self.pool.cap(timeout);
         self.expire_timers();

@@ -2,10 +2,14 @@
 //!
 //! Every op becomes one SQE whose user data is the ring's key. Cancels are
 //! `IORING_OP_ASYNC_CANCEL` by user data, one per op (the kernel's match-all flags are
-//! quadratic, see DESIGN.md), tagged so their own CQEs stay inside the backend; a cancel
-//! that finds no room in the submission queue waits in `pending_cancels` and goes out
-//! before anything else. Interruptible ops (FUSE, NFS) carry `IOSQE_ASYNC`: a direct-I/O
-//! FUSE read would otherwise block inside `io_uring_enter` and stall the whole ring.
+//! quadratic, see DESIGN.md), tagged so their own CQEs stay inside the backend.
+//! Interruptible ops (FUSE, NFS) carry `IOSQE_ASYNC`: a direct-I/O FUSE read would
+//! otherwise block inside `io_uring_enter` and stall the whole ring.
+//!
+//! SQEs are staged in a plain vector and copied into the kernel's submission queue once
+//! per flush or wait, so the shared head/tail are synchronised once per batch rather
+//! than once per op. Staging never refuses an entry, so a cancel is never lost to a full
+//! submission queue: it waits in order behind the ops staged before it.
 
 use super::pool::Pool;
 use super::{BackendParts, INTERNAL};
@@ -13,7 +17,6 @@ use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
 use crate::outcome::CancelClass;
 use crate::wake::Doorbell;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +58,8 @@ pub(crate) struct Uring {
     ring: IoUring,
     doorbell: Arc<Doorbell>,
     wake_armed: bool,
-    /// Cancels that found the submission queue full; they go out first.
-    pending_cancels: VecDeque<u64>,
+    /// SQEs not yet copied into the submission queue, in submission order.
+    staged: Vec<squeue::Entry>,
     /// Results produced without the kernel (ops the kernel cannot run).
     ready: Vec<(u64, i64)>,
     /// SQEs pushed since the last submit.
@@ -105,7 +108,7 @@ impl Uring {
             ring,
             doorbell: parts.doorbell.clone(),
             wake_armed: false,
-            pending_cancels: VecDeque::new(),
+            staged: Vec::with_capacity(sq as usize),
             ready: Vec::new(),
             unsubmitted: 0,
             pool: Pool::new(parts.config.pool_threads, parts.doorbell.clone()),
@@ -119,29 +122,37 @@ impl Uring {
             .multi(true)
             .build()
             .user_data(WAKE_KEY);
-        if self.push(&sqe) {
-            self.wake_armed = true;
-        }
+        self.push(sqe);
+        self.wake_armed = true;
     }
 
-    /// Pushes one SQE, submitting once to make room if the queue is full.
+    /// Stages one SQE; it reaches the submission queue at the next flush or wait.
     #[inline]
-    fn push(&mut self, sqe: &squeue::Entry) -> bool {
+    fn push(&mut self, sqe: squeue::Entry) {
+        self.staged.push(sqe);
+    }
+
+    /// Copies as many staged SQEs as fit into the submission queue, syncing its head and
+    /// tail once. Returns how many were copied.
+    fn publish(&mut self) -> usize {
+        if self.staged.is_empty() {
+            return 0;
+        }
+        let mut sq = self.ring.submission();
+        let n = (sq.capacity() - sq.len()).min(self.staged.len());
         // SAFETY: every SQE quell builds points into memory the ring's op table keeps
-        // alive until the matching CQE is reaped (see RawOp).
-        if unsafe { self.ring.submission().push(sqe) }.is_ok() {
-            self.unsubmitted += 1;
-            return true;
+        // alive until the matching CQE is reaped (see RawOp); cancels and the doorbell
+        // poll point to no memory (the eventfd outlives the ring).
+        let pushed = unsafe { sq.push_multiple(&self.staged[..n]) };
+        drop(sq);
+        debug_assert!(pushed.is_ok(), "n entries fit by construction");
+        if n == self.staged.len() {
+            self.staged.clear();
+        } else {
+            self.staged.drain(..n);
         }
-        if self.flush().is_err() {
-            return false;
-        }
-        // SAFETY: as above.
-        let ok = unsafe { self.ring.submission().push(sqe) }.is_ok();
-        if ok {
-            self.unsubmitted += 1;
-        }
-        ok
+        self.unsubmitted += n as u32;
+        n
     }
 
     #[inline]
@@ -160,10 +171,8 @@ impl Uring {
         if class == CancelClass::Interruptible {
             sqe = sqe.flags(squeue::Flags::ASYNC);
         }
-        if !self.pending_cancels.is_empty() {
-            self.push_pending_cancels();
-        }
-        self.push(&sqe)
+        self.push(sqe);
+        true
     }
 
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
@@ -176,32 +185,10 @@ impl Uring {
             self.pool.cancel(key);
             return;
         }
-        if self.pending_cancels.is_empty() && self.push_cancel(key) {
-            return;
-        }
-        self.pending_cancels.push_back(key);
-    }
-
-    fn push_cancel(&mut self, key: u64) -> bool {
         let sqe = opcode::AsyncCancel::new(key)
             .build()
             .user_data(CANCEL_TAG | key);
-        // SAFETY: a cancel SQE points to no memory.
-        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-            self.unsubmitted += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn push_pending_cancels(&mut self) {
-        while let Some(&key) = self.pending_cancels.front() {
-            if !self.push_cancel(key) && (self.submit(0).is_err() || !self.push_cancel(key)) {
-                return;
-            }
-            self.pending_cancels.pop_front();
-        }
+        self.push(sqe);
     }
 
     fn submit(&mut self, want: usize) -> io::Result<()> {
@@ -222,13 +209,31 @@ impl Uring {
     #[inline]
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.pool.tick(); // pool hook: due interrupt re-sends (a Vec length check when none)
-        if !self.pending_cancels.is_empty() {
-            self.push_pending_cancels();
+        loop {
+            self.publish();
+            if self.unsubmitted > 0 || self.ring.submission().need_wakeup() {
+                self.submit(0)?;
+            }
+            if self.staged.is_empty() {
+                return Ok(());
+            }
+            // More was staged than the queue holds. Go again while the kernel takes
+            // entries; when it takes none (CQ backed up: EBUSY) the ring reaps first and
+            // the next flush or wait carries on.
+            if self.publish() == 0 {
+                return Ok(());
+            }
         }
-        if self.unsubmitted > 0 || self.ring.submission().need_wakeup() {
-            self.submit(0)?;
-        }
-        Ok(())
+    }
+
+    /// Readable when the completion queue holds entries (the doorbell's multishot
+    /// poll turns pool and handle wake-ups into entries too).
+    pub(crate) fn poll_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
+    }
+
+    pub(crate) fn next_wake(&mut self) -> Option<Duration> {
+        self.pool.cap(None)
     }
 
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
@@ -240,10 +245,13 @@ impl Uring {
         if !self.wake_armed {
             self.arm_doorbell();
         }
-        if !self.pending_cancels.is_empty() {
-            self.push_pending_cancels();
-        }
         if !self.ready.is_empty() || !self.ring.completion().is_empty() {
+            return self.flush();
+        }
+        self.publish();
+        if !self.staged.is_empty() {
+            // More staged than the queue holds: hand the kernel the rest before sleeping,
+            // or an op (or a cancel) could wait behind the sleep.
             return self.flush();
         }
         let res = match timeout {
@@ -277,14 +285,12 @@ impl Uring {
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i64)>) {
         out.append(&mut self.ready);
         let mut rearm = false;
-        let mut freed = false;
         for cqe in self.ring.completion() {
             let key = cqe.user_data();
             if key & INTERNAL == 0 {
                 out.push((key, cqe.result() as i64));
                 continue;
             }
-            freed = true;
             if key == WAKE_KEY {
                 self.doorbell.clear();
                 if !cqueue::more(cqe.flags()) {
@@ -297,9 +303,6 @@ impl Uring {
         if rearm {
             self.wake_armed = false;
             self.arm_doorbell();
-        }
-        if freed && !self.pending_cancels.is_empty() {
-            self.push_pending_cancels();
         }
         // After the doorbell was cleared above, so no pool wake-up is lost.
         self.pool.reap(out);

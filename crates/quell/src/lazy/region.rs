@@ -12,7 +12,7 @@
 //! the checked API ([`LazyRegion::wait_range`], [`LazyRegion::try_range`],
 //! [`LazyRegion::finish`]).
 //!
-//! Without userfaultfd ([`Mode::Checked`]) the region is plain anonymous memory filled by a
+//! Without userfaultfd ([`LazyMode::Checked`]) the region is plain anonymous memory filled by a
 //! `memcpy` when a chunk is published; only the checked API works and the raw view is refused
 //! (until every chunk is published).
 //!
@@ -40,7 +40,7 @@ use std::sync::atomic::{
     fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::io::Errno;
 use rustix::mm::{Advice, MapFlags, MprotectFlags, ProtFlags};
@@ -78,7 +78,7 @@ struct Mapping {
 
 impl Mapping {
     fn new(len: usize, align: usize, huge: bool, dont_fork: bool) -> std::io::Result<Mapping> {
-        debug_assert!(len > 0 && len.is_multiple_of(page_size()) && align.is_power_of_two());
+        debug_assert!(len > 0 && len % page_size() == 0 && align.is_power_of_two());
         let total = len
             .checked_add(align)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
@@ -184,12 +184,8 @@ impl StagingBuf {
         self.map.len
     }
 
-    /// Always false (a staging buffer has at least one page).
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Start of the buffer.
+    #[cfg(test)]
     pub fn as_ptr(&self) -> *const u8 {
         self.map.ptr.as_ptr()
     }
@@ -238,16 +234,22 @@ impl fmt::Debug for StagingBuf {
 // ---------------------------------------------------------------------------------------------
 // Configuration and probing.
 
-/// How a region is backed.
+/// How a LazyRead's region is backed.
+///
+/// ```
+/// use quell::lazy::{LazyMode, LazyOptions};
+/// let opts = LazyOptions::default().mode(LazyMode::Checked);
+/// # let _ = opts;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub enum LazyMode {
     /// userfaultfd: touching an unpublished page blocks; the raw view works. Fails to create
     /// when userfaultfd is unavailable.
     Uffd,
     /// No userfaultfd: chunks are filled by `memcpy`; only the checked API works; the raw
     /// view is refused until every chunk is published.
     Checked,
-    /// [`Mode::Uffd`] where available, else [`Mode::Checked`].
+    /// [`LazyMode::Uffd`] where available, else [`LazyMode::Checked`].
     Auto,
 }
 
@@ -257,7 +259,7 @@ pub struct Options {
     /// Chunk size in bytes: a non-zero multiple of the page size.
     pub chunk_size: usize,
     /// Backing mode.
-    pub mode: Mode,
+    pub mode: LazyMode,
     /// Use `UFFDIO_COPY` only, never `UFFDIO_MOVE` (for measurements and tests).
     pub force_copy: bool,
     /// Use `UFFDIO_MOVE` whenever the kernel has it, even without transparent huge pages.
@@ -281,7 +283,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             chunk_size: DEFAULT_CHUNK_SIZE,
-            mode: Mode::Auto,
+            mode: LazyMode::Auto,
             force_copy: false,
             force_move: false,
             force_no_poison: false,
@@ -292,13 +294,22 @@ impl Default for Options {
     }
 }
 
-/// What [`LazyRegion::probe`] found.
+/// What this system offers LazyRead, from [`availability`](crate::lazy::availability).
+///
+/// ```
+/// let a = quell::lazy::availability();
+/// if a.usable {
+///     assert!(a.source.is_some());
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Availability {
-    /// Whether [`Mode::Uffd`] regions can be created.
+pub struct LazyAvailability {
+    /// The mode [`LazyMode::Auto`] resolves to here.
+    pub mode: LazyMode,
+    /// Whether [`LazyMode::Uffd`] regions can be created.
     pub usable: bool,
     /// How the userfaultfd descriptor is obtained, when usable.
-    pub source: Option<uffd::Source>,
+    pub source: Option<uffd::UffdSource>,
     /// Whether publishing can use `UFFDIO_MOVE` (Linux 6.8+).
     pub can_move: bool,
     /// Whether failed chunks can be poisoned with `UFFDIO_POISON` (Linux 6.6+).
@@ -351,13 +362,13 @@ pub enum RegionError {
     /// Mapping or advising memory failed.
     #[error("mapping the region failed: {0}")]
     Map(#[source] std::io::Error),
-    /// [`Mode::Uffd`] was asked for but userfaultfd cannot be used.
+    /// [`LazyMode::Uffd`] was asked for but userfaultfd cannot be used.
     #[error("userfaultfd unavailable: {0}")]
     Unavailable(#[source] UffdError),
     /// A userfaultfd ioctl failed.
     #[error(transparent)]
     Uffd(#[from] UffdError),
-    /// The raw view is refused in [`Mode::Checked`] until every chunk is published.
+    /// The raw view is refused in [`LazyMode::Checked`] until every chunk is published.
     #[error("raw view refused: region is in Checked mode (no userfaultfd) and not fully published; use wait_range/try_range")]
     RawViewUnavailable,
     /// No such chunk.
@@ -435,6 +446,11 @@ pub enum ChunkError {
 }
 
 /// Bytes published by each path, for tests and measurements.
+///
+/// ```
+/// let s = quell::lazy::PublishStats::default();
+/// assert_eq!(s.moved + s.copied + s.zeroed, 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishStats {
     /// Bytes moved with `UFFDIO_MOVE`.
@@ -516,13 +532,14 @@ unsafe impl Sync for LazyRegion {}
 
 impl LazyRegion {
     /// What this system offers (cached after the first call).
-    pub fn probe() -> Availability {
-        static AVAIL: OnceLock<Availability> = OnceLock::new();
+    pub fn probe() -> LazyAvailability {
+        static AVAIL: OnceLock<LazyAvailability> = OnceLock::new();
         AVAIL.get_or_init(probe_uncached).clone()
     }
 
     /// A region of `len` bytes in chunks of `chunk_size` bytes (see [`Options`] for the rest).
-    pub fn new(len: usize, chunk_size: usize, mode: Mode) -> Result<LazyRegion, RegionError> {
+    #[cfg(test)]
+    pub fn new(len: usize, chunk_size: usize, mode: LazyMode) -> Result<LazyRegion, RegionError> {
         LazyRegion::with_options(
             len,
             Options {
@@ -539,7 +556,7 @@ impl LazyRegion {
         if len == 0 {
             return Err(RegionError::InvalidLength(len));
         }
-        if opts.chunk_size == 0 || !opts.chunk_size.is_multiple_of(page) {
+        if opts.chunk_size == 0 || opts.chunk_size % page != 0 {
             return Err(RegionError::InvalidChunkSize {
                 chunk_size: opts.chunk_size,
                 page_size: page,
@@ -552,8 +569,8 @@ impl LazyRegion {
             .map_err(RegionError::Map)?;
 
         let uffd = match opts.mode {
-            Mode::Checked => None,
-            Mode::Uffd | Mode::Auto => match open_registered(&map) {
+            LazyMode::Checked => None,
+            LazyMode::Uffd | LazyMode::Auto => match open_registered(&map) {
                 Ok((u, ioctls)) => Some(UffdState {
                     can_move: ioctls & uffd::RANGE_IOCTL_MOVE != 0
                         && u.enabled().contains(Features::MOVE),
@@ -563,7 +580,7 @@ impl LazyRegion {
                     uffd: u,
                     registered: Mutex::new(true),
                 }),
-                Err(e) if opts.mode == Mode::Uffd => return Err(RegionError::Unavailable(e)),
+                Err(e) if opts.mode == LazyMode::Uffd => return Err(RegionError::Unavailable(e)),
                 Err(_) => None,
             },
         };
@@ -594,37 +611,29 @@ impl LazyRegion {
     }
 
     /// A staging buffer sized for this region's chunks.
+    #[cfg(test)]
     pub fn new_staging(&self) -> std::io::Result<StagingBuf> {
         StagingBuf::new(self.chunk_size)
     }
 
-    /// The effective mode: [`Mode::Uffd`] or [`Mode::Checked`].
-    pub fn mode(&self) -> Mode {
+    /// The effective mode: [`LazyMode::Uffd`] or [`LazyMode::Checked`].
+    pub fn mode(&self) -> LazyMode {
         if self.uffd.is_some() {
-            Mode::Uffd
+            LazyMode::Uffd
         } else {
-            Mode::Checked
+            LazyMode::Checked
         }
     }
 
     /// Whether publishing may use `UFFDIO_MOVE`.
+    #[cfg(test)]
     pub fn uses_move(&self) -> bool {
         self.prefer_move && self.uffd.as_ref().is_some_and(|u| u.can_move)
-    }
-
-    /// Whether failed chunks are poisoned with `UFFDIO_POISON` (else `PROT_NONE` in Uffd mode).
-    pub fn uses_poison(&self) -> bool {
-        self.uffd.as_ref().is_some_and(|u| u.can_poison)
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always false (zero-length regions are refused).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Chunk size in bytes.
@@ -659,6 +668,7 @@ impl LazyRegion {
     }
 
     /// Start of the region.
+    #[cfg(test)]
     pub fn as_ptr(&self) -> *const u8 {
         self.map.ptr.as_ptr()
     }
@@ -1060,10 +1070,11 @@ impl LazyRegion {
     }
 
     /// [`LazyRegion::wait_range`] with a timeout: `Ok(None)` if still pending after `timeout`.
+    #[cfg(test)]
     pub fn wait_range_timeout(
         &self,
         range: Range<usize>,
-        timeout: Duration,
+        timeout: std::time::Duration,
     ) -> Result<Option<&[u8]>, ChunkError> {
         match self.wait_until(&range, Some(Instant::now() + timeout)) {
             Some(r) => r.map(Some),
@@ -1073,6 +1084,7 @@ impl LazyRegion {
 
     /// Block until every chunk is resolved, unregister the region, and return the whole region
     /// or the first failure.
+    #[cfg(test)]
     pub fn finish(&self) -> Result<&[u8], ChunkError> {
         let all = 0..self.len;
         loop {
@@ -1187,8 +1199,9 @@ fn open_registered(map: &Mapping) -> Result<(Uffd, u64), UffdError> {
     Ok((u, ioctls))
 }
 
-fn probe_uncached() -> Availability {
-    let unusable = |reason: String| Availability {
+fn probe_uncached() -> LazyAvailability {
+    let unusable = |reason: String| LazyAvailability {
+        mode: LazyMode::Checked,
         usable: false,
         source: None,
         can_move: false,
@@ -1200,7 +1213,8 @@ fn probe_uncached() -> Availability {
         Err(e) => return unusable(format!("mmap: {e}")),
     };
     match open_registered(&map) {
-        Ok((u, ioctls)) => Availability {
+        Ok((u, ioctls)) => LazyAvailability {
+            mode: LazyMode::Uffd,
             usable: true,
             source: Some(u.source()),
             can_move: ioctls & uffd::RANGE_IOCTL_MOVE != 0 && u.enabled().contains(Features::MOVE),
@@ -1219,8 +1233,9 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::{mpsc, Arc};
     use std::thread;
+    use std::time::Duration;
 
-    const CHILD_ENV: &str = "LAZY_PROTO_CHILD";
+    const CHILD_ENV: &str = "QUELL_LAZY_REGION_CHILD";
 
     fn uffd_ok() -> bool {
         let a = LazyRegion::probe();
@@ -1303,7 +1318,7 @@ mod tests {
         }
         let chunk = HUGE_PAGE;
         let len = 3 * chunk + 5000;
-        let region = Arc::new(LazyRegion::new(len, chunk, Mode::Uffd).unwrap());
+        let region = Arc::new(LazyRegion::new(len, chunk, LazyMode::Uffd).unwrap());
         assert_eq!(region.chunk_count(), 4);
         let data = pattern(len, 1);
         for c in [2, 0, 1] {
@@ -1341,7 +1356,7 @@ mod tests {
     #[test]
     fn wait_range_blocks_then_returns_bytes() {
         let len = 2 * HUGE_PAGE + 77;
-        let region = Arc::new(LazyRegion::new(len, HUGE_PAGE, Mode::Auto).unwrap());
+        let region = Arc::new(LazyRegion::new(len, HUGE_PAGE, LazyMode::Auto).unwrap());
         let data = pattern(len, 2);
         let r2 = region.clone();
         let waiter = thread::spawn(move || {
@@ -1374,7 +1389,7 @@ mod tests {
         );
     }
 
-    fn odd_sizes_case(mode: Mode, force_copy: bool, chunk_size: usize, len: usize) {
+    fn odd_sizes_case(mode: LazyMode, force_copy: bool, chunk_size: usize, len: usize) {
         let region = LazyRegion::with_options(
             len,
             Options {
@@ -1403,12 +1418,12 @@ mod tests {
             got == &want[..],
             "content mismatch ({mode:?}, copy={force_copy}, chunk={chunk_size}, len={len})"
         );
-        if region.mode() == Mode::Uffd {
+        if region.mode() == LazyMode::Uffd {
             assert!(region.as_slice().unwrap() == &want[..]);
         }
         let st = region.stats();
         eprintln!("{mode:?} copy={force_copy} chunk={chunk_size} len={len}: {st:?}");
-        if region.mode() == Mode::Uffd {
+        if region.mode() == LazyMode::Uffd {
             assert!(st.zeroed > 0, "EOF tails should be mapped with ZEROPAGE");
             if force_copy || !region.uses_move() || chunk_size < DEFAULT_MOVE_THRESHOLD {
                 assert_eq!(st.moved, 0);
@@ -1428,10 +1443,10 @@ mod tests {
             (HUGE_PAGE, 5 * HUGE_PAGE + 123),
             (3 * page_size(), 20 * page_size() + 1),
         ] {
-            odd_sizes_case(Mode::Checked, false, chunk, len);
+            odd_sizes_case(LazyMode::Checked, false, chunk, len);
             if uffd {
-                odd_sizes_case(Mode::Uffd, false, chunk, len);
-                odd_sizes_case(Mode::Uffd, true, chunk, len);
+                odd_sizes_case(LazyMode::Uffd, false, chunk, len);
+                odd_sizes_case(LazyMode::Uffd, true, chunk, len);
             }
         }
     }
@@ -1443,7 +1458,7 @@ mod tests {
             return;
         }
         let len = 4 * HUGE_PAGE;
-        let region = LazyRegion::new(len, HUGE_PAGE, Mode::Uffd).unwrap();
+        let region = LazyRegion::new(len, HUGE_PAGE, LazyMode::Uffd).unwrap();
         let data = pattern(len, 3);
         for c in 0..4 {
             publish_from(&region, c, &data, HUGE_PAGE);
@@ -1460,7 +1475,7 @@ mod tests {
             eprintln!("SKIP: no UFFDIO_MOVE");
             return;
         }
-        let region = LazyRegion::new(HUGE_PAGE, HUGE_PAGE, Mode::Uffd).unwrap();
+        let region = LazyRegion::new(HUGE_PAGE, HUGE_PAGE, LazyMode::Uffd).unwrap();
         let data = pattern(HUGE_PAGE, 4);
         // A staging buffer that fork shares: its pages lose PageAnonExclusive, so MOVE says EBUSY.
         let mut st = StagingBuf::with_options(HUGE_PAGE, true, false).unwrap();
@@ -1486,8 +1501,8 @@ mod tests {
     #[test]
     fn checked_mode_waits_and_refuses_raw_view() {
         let len = 3 * HUGE_PAGE - 1;
-        let region = Arc::new(LazyRegion::new(len, HUGE_PAGE, Mode::Checked).unwrap());
-        assert_eq!(region.mode(), Mode::Checked);
+        let region = Arc::new(LazyRegion::new(len, HUGE_PAGE, LazyMode::Checked).unwrap());
+        assert_eq!(region.mode(), LazyMode::Checked);
         assert!(matches!(
             region.as_slice(),
             Err(RegionError::RawViewUnavailable)
@@ -1522,7 +1537,7 @@ mod tests {
     #[test]
     fn checked_mode_full_raw_view_after_completion() {
         let len = HUGE_PAGE + 3;
-        let region = LazyRegion::new(len, HUGE_PAGE, Mode::Checked).unwrap();
+        let region = LazyRegion::new(len, HUGE_PAGE, LazyMode::Checked).unwrap();
         let data = pattern(len, 6);
         publish_from(&region, 1, &data, 3);
         publish_from(&region, 0, &data, HUGE_PAGE);
@@ -1531,7 +1546,7 @@ mod tests {
 
     #[test]
     fn bad_publish_returns_the_staging_buffer() {
-        let region = LazyRegion::new(HUGE_PAGE + 1, HUGE_PAGE, Mode::Auto).unwrap();
+        let region = LazyRegion::new(HUGE_PAGE + 1, HUGE_PAGE, LazyMode::Auto).unwrap();
         let st = region.new_staging().unwrap();
         let ptr = st.as_ptr();
         let e = region.publish(5, st, 0).unwrap_err();
@@ -1559,19 +1574,19 @@ mod tests {
             Err(RegionError::AlreadyResolved { .. })
         ));
         assert!(matches!(
-            LazyRegion::new(10, 1000, Mode::Checked),
+            LazyRegion::new(10, 1000, LazyMode::Checked),
             Err(RegionError::InvalidChunkSize { .. })
         ));
         assert!(matches!(
-            LazyRegion::new(0, HUGE_PAGE, Mode::Checked),
+            LazyRegion::new(0, HUGE_PAGE, LazyMode::Checked),
             Err(RegionError::InvalidLength(0))
         ));
     }
 
     #[test]
     fn poison_reports_errno_and_keeps_other_chunks() {
-        for mode in [Mode::Uffd, Mode::Checked] {
-            if mode == Mode::Uffd && !uffd_ok() {
+        for mode in [LazyMode::Uffd, LazyMode::Checked] {
+            if mode == LazyMode::Uffd && !uffd_ok() {
                 continue;
             }
             let len = 3 * HUGE_PAGE;
@@ -1662,7 +1677,7 @@ mod tests {
             LazyRegion::with_options(
                 len,
                 Options {
-                    mode: Mode::Uffd,
+                    mode: LazyMode::Uffd,
                     force_no_poison: which == "noposion",
                     ..Options::default()
                 },
@@ -1699,9 +1714,9 @@ mod tests {
             let data = pattern(8 * HUGE_PAGE + 1, 9);
             for i in 0..64 {
                 let mode = if uffd && i % 2 == 0 {
-                    Mode::Uffd
+                    LazyMode::Uffd
                 } else {
-                    Mode::Checked
+                    LazyMode::Checked
                 };
                 let region = LazyRegion::new(8 * HUGE_PAGE + 1, HUGE_PAGE, mode).unwrap();
                 publish_from(&region, 1, &data, HUGE_PAGE);
@@ -1745,7 +1760,7 @@ mod tests {
                 let region = LazyRegion::with_options(
                     TOTAL,
                     Options {
-                        mode: Mode::Uffd,
+                        mode: LazyMode::Uffd,
                         force_copy,
                         force_move: true,
                         huge_pages: huge,

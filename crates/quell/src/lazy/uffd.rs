@@ -105,21 +105,11 @@ pub const UFFDIO_POISON: u32 = iowr::<UffdioPoison>(NR_POISON);
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
-/// `UFFDIO_COPY_MODE_DONTWAKE` (same bit for ZEROPAGE, MOVE and POISON).
-pub const MODE_DONTWAKE: u64 = 1 << 0;
-/// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`.
-pub const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
-/// `UFFD_USER_MODE_ONLY` flag of `userfaultfd(2)` (not used: kernel accesses must block too).
-pub const UFFD_USER_MODE_ONLY: u32 = 1;
 
 /// Bit of `uffdio_register.ioctls` saying `UFFDIO_MOVE` works on the registered range.
 pub const RANGE_IOCTL_MOVE: u64 = 1 << NR_MOVE;
 /// Bit of `uffdio_register.ioctls` saying `UFFDIO_POISON` works on the registered range.
 pub const RANGE_IOCTL_POISON: u64 = 1 << NR_POISON;
-/// Bit of `uffdio_register.ioctls` saying `UFFDIO_COPY` works on the registered range.
-pub const RANGE_IOCTL_COPY: u64 = 1 << NR_COPY;
-/// Bit of `uffdio_register.ioctls` saying `UFFDIO_ZEROPAGE` works on the registered range.
-pub const RANGE_IOCTL_ZEROPAGE: u64 = 1 << NR_ZEROPAGE;
 
 /// `struct uffdio_api`.
 #[repr(C)]
@@ -299,8 +289,14 @@ impl fmt::Display for Op {
 }
 
 /// How the userfaultfd file descriptor was obtained.
+///
+/// ```
+/// if let Some(src) = quell::lazy::availability().source {
+///     println!("userfaultfd via {src:?}");
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum UffdSource {
     /// The `userfaultfd(2)` system call.
     Syscall,
     /// `open("/dev/userfaultfd")` + `USERFAULTFD_IOC_NEW`.
@@ -355,7 +351,7 @@ impl UffdError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeInfo {
     /// How a descriptor could be obtained.
-    pub source: Source,
+    pub source: UffdSource,
     /// Every feature the kernel reported in the `UFFDIO_API` answer.
     pub available: Features,
 }
@@ -368,7 +364,7 @@ fn last_errno() -> Errno {
     )
 }
 
-fn open_raw() -> Result<(OwnedFd, Source), UffdError> {
+fn open_raw() -> Result<(OwnedFd, UffdSource), UffdError> {
     use rustix::mm::UserfaultfdFlags;
     // SAFETY: userfaultfd(2) creates a new descriptor; no memory is touched. Without
     // UFFD_USER_MODE_ONLY kernel-mode faults on registered ranges block as user ones do,
@@ -377,11 +373,11 @@ fn open_raw() -> Result<(OwnedFd, Source), UffdError> {
     let syscall =
         unsafe { rustix::mm::userfaultfd(UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK) };
     let syscall_err = match syscall {
-        Ok(fd) => return Ok((fd, Source::Syscall)),
+        Ok(fd) => return Ok((fd, UffdSource::Syscall)),
         Err(e) => e,
     };
     match open_dev_node() {
-        Ok(fd) => Ok((fd, Source::DevNode)),
+        Ok(fd) => Ok((fd, UffdSource::DevNode)),
         Err(dev) => Err(UffdError::Unavailable {
             syscall: syscall_err,
             dev,
@@ -460,9 +456,8 @@ const MAX_NO_PROGRESS_RETRIES: u32 = 10_000;
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,
-    source: Source,
+    source: UffdSource,
     enabled: Features,
-    available: Features,
 }
 
 impl Uffd {
@@ -477,7 +472,7 @@ impl Uffd {
         }
         let enable = want.union(require).intersection(info.available);
         let (fd, source) = open_raw()?;
-        let a = api(fd.as_fd(), enable).map_err(|errno| UffdError::Op {
+        api(fd.as_fd(), enable).map_err(|errno| UffdError::Op {
             op: Op::Api,
             done: 0,
             len: 0,
@@ -487,7 +482,6 @@ impl Uffd {
             fd,
             source,
             enabled: enable,
-            available: Features(a.features),
         })
     }
 
@@ -496,13 +490,8 @@ impl Uffd {
         self.enabled
     }
 
-    /// Every feature the kernel reported.
-    pub fn available(&self) -> Features {
-        self.available
-    }
-
     /// How the descriptor was obtained.
-    pub fn source(&self) -> Source {
+    pub fn source(&self) -> UffdSource {
         self.source
     }
 

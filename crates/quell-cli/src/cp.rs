@@ -1,0 +1,595 @@
+//! `quell cp SRC DST`: a parallel copy through one quell ring that shows what
+//! first-class cancellation buys a command-line tool.
+//!
+//! The source is cut into chunks of `--block-size`; up to `--depth` chunks are in
+//! flight, each a read then a write at the same offset. Chunks finish out of order, so
+//! the copy tracks the *frontier*: the prefix of the destination known to be written.
+//!
+//! Stopping early is always honest: the first Ctrl-C drains (reads stop, writes in
+//! flight finish), a second Ctrl-C cancels the writes too, `--deadline` cancels
+//! everything when it passes, and a read or write error stops the copy. In every case
+//! the destination is synced and truncated to the frontier, a checkpoint recording it
+//! is written, and the command says which offset it reached; `--resume` continues from
+//! there. Nothing ever claims bytes that were not written.
+//!
+//! Chunks in a hole of the source (`SEEK_DATA`) are not read, and all-zero chunks are
+//! not written: the destination gets a hole there, so sparse sources stay sparse; the
+//! final length is set with `ftruncate`.
+
+pub mod checkpoint;
+mod frontier;
+mod holes;
+
+use crate::bench::BackendArg;
+use crate::units::{format_size, parse_duration, parse_size};
+use crate::CliError;
+use checkpoint::Checkpoint;
+use frontier::Frontier;
+use holes::Holes;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use quell::{AlignedBuf, GroupId, GroupOptions, Op, Outcome, Ring, SignalAction};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Exit code: the copy finished.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: an I/O error (its offset is in the message) or another runtime error.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: `--deadline` passed before the copy finished.
+pub const EXIT_DEADLINE: u8 = 3;
+/// Exit code: Ctrl-C; in-flight writes finished (drained).
+pub const EXIT_INTERRUPTED: u8 = 4;
+/// Exit code: a second Ctrl-C canceled the writes in flight.
+pub const EXIT_CANCELED: u8 = 5;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  copied completely
+  1  error (an I/O error names its offset), or the copy could not start
+  2  bad usage
+  3  --deadline passed
+  4  interrupted by Ctrl-C; writes in flight finished (drained)
+  5  interrupted by a second Ctrl-C; writes in flight canceled
+For 1 (once copying began), 3, 4 and 5 the destination holds exactly the first N bytes
+of the source, N is printed, and a checkpoint is written: --resume continues from N.";
+
+/// Arguments of `quell cp`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct CpArgs {
+    /// The file to copy.
+    pub src: PathBuf,
+    /// The destination file (created or truncated; with --resume, continued).
+    pub dst: PathBuf,
+    /// Chunks in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub depth: u32,
+    /// Bytes per chunk (K, KiB, M, MiB suffixes); a multiple of 4096 with --direct.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub block_size: u64,
+    /// Open both files with O_DIRECT (page-cache bypass) and use aligned buffers.
+    #[arg(long)]
+    pub direct: bool,
+    /// Stop the copy when this much time has passed (e.g. 1s, 500ms, 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Continue from the checkpoint an earlier interrupted copy wrote.
+    #[arg(long)]
+    pub resume: bool,
+    /// Where the checkpoint is written and read [default: DST.quell-cp.json].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Do not draw the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The quell backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+/// Why a copy stopped before the end.
+#[derive(Debug)]
+enum Stop {
+    Interrupted,
+    Canceled,
+    Deadline,
+    Error(String),
+}
+
+impl Stop {
+    fn reason(&self) -> &'static str {
+        match self {
+            Stop::Interrupted => "interrupted",
+            Stop::Canceled => "canceled",
+            Stop::Deadline => "deadline",
+            Stop::Error(_) => "error",
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Stop::Interrupted => EXIT_INTERRUPTED,
+            Stop::Canceled => EXIT_CANCELED,
+            Stop::Deadline => EXIT_DEADLINE,
+            Stop::Error(_) => EXIT_ERROR,
+        }
+    }
+}
+
+/// A chunk buffer: plain, or aligned for O_DIRECT.
+enum Buf {
+    Plain(Vec<u8>),
+    Aligned(AlignedBuf),
+}
+
+impl Buf {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Plain(v) => v,
+            Buf::Aligned(a) => a,
+        }
+    }
+}
+
+/// One lane of the copy: a chunk's buffer between its read and its write.
+struct Slot {
+    chunk: u64,
+    offset: u64,
+    /// Bytes of the source in this chunk.
+    len: usize,
+    buf: Option<Buf>,
+}
+
+const WRITE: u64 = 1;
+
+/// The open files and what the copy will do.
+struct Plan {
+    src: File,
+    dst: File,
+    size: u64,
+    mtime_ns: i128,
+    start: u64,
+    checkpoint: PathBuf,
+}
+
+/// Runs `quell cp`; returns the exit code (a startup failure is an `Err`, exit 1).
+pub fn run(args: &CpArgs) -> Result<u8, CliError> {
+    if let Some(msg) = check_args(args) {
+        use clap::CommandFactory;
+        crate::Cli::command()
+            .error(clap::error::ErrorKind::InvalidValue, msg)
+            .exit();
+    }
+    let plan = open(args)?;
+    copy(args, plan)
+}
+
+fn check_args(args: &CpArgs) -> Option<String> {
+    let b = args.block_size;
+    if b == 0 || b > 64 << 20 {
+        return Some(format!(
+            "--block-size must be between 1 byte and 64MiB, got {b}"
+        ));
+    }
+    if args.direct && b % 4096 != 0 {
+        return Some(format!(
+            "--block-size must be a multiple of 4096 with --direct, got {b}"
+        ));
+    }
+    None
+}
+
+fn open(args: &CpArgs) -> Result<Plan, CliError> {
+    let direct = if args.direct { libc::O_DIRECT } else { 0 };
+    let src = OpenOptions::new()
+        .read(true)
+        .custom_flags(direct)
+        .open(&args.src)
+        .map_err(|e| format!("cannot open {}: {e}", args.src.display()))?;
+    let meta = src
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", args.src.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", args.src.display()).into());
+    }
+    if let Ok(d) = std::fs::metadata(&args.dst) {
+        if d.dev() == meta.dev() && d.ino() == meta.ino() {
+            return Err(format!(
+                "{} and {} are the same file",
+                args.src.display(),
+                args.dst.display()
+            )
+            .into());
+        }
+    }
+    let size = meta.len();
+    let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| Checkpoint::default_path(&args.dst));
+    let start = if args.resume {
+        let ck = Checkpoint::load(&checkpoint)?;
+        if ck.src_size != size || ck.src_mtime_ns != mtime_ns {
+            return Err(format!(
+                "{} changed since the checkpoint {} was written (size or modification time); copy it again without --resume",
+                args.src.display(),
+                checkpoint.display()
+            )
+            .into());
+        }
+        let have = std::fs::metadata(&args.dst)
+            .map_err(|e| format!("cannot resume into {}: {e}", args.dst.display()))?
+            .len();
+        if have < ck.done {
+            return Err(format!(
+                "{} holds {have} bytes but the checkpoint says {} were copied; copy it again without --resume",
+                args.dst.display(),
+                ck.done
+            )
+            .into());
+        }
+        if args.direct && ck.done % 4096 != 0 && ck.done != size {
+            return Err(format!(
+                "the checkpoint offset {} is not 4096-aligned, which --direct needs; resume without --direct",
+                ck.done
+            )
+            .into());
+        }
+        ck.done
+    } else {
+        0
+    };
+    let dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(!args.resume)
+        .mode(0o644)
+        .custom_flags(direct)
+        .open(&args.dst)
+        .map_err(|e| format!("cannot open {}: {e}", args.dst.display()))?;
+    // Whatever lies past the resume point is unverified: cut it so skipped zero chunks
+    // read back as zeros.
+    dst.set_len(start)
+        .map_err(|e| format!("cannot truncate {}: {e}", args.dst.display()))?;
+    Ok(Plan {
+        src,
+        dst,
+        size,
+        mtime_ns,
+        start,
+        checkpoint,
+    })
+}
+
+fn progress_bar(args: &CpArgs, size: u64, start: u64) -> ProgressBar {
+    if args.no_progress {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_position(start);
+    pb.reset_eta();
+    pb
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the middle.
+    let (head, mid, tail) = unsafe { b.align_to::<u128>() };
+    head.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
+fn io_error(e: quell::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// The copy loop and its honest ending.
+fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
+    let depth = args.depth as usize;
+    let block = args.block_size;
+    let size = plan.size;
+    let (sfd, dfd) = (plan.src.as_raw_fd(), plan.dst.as_raw_fd());
+    let mut ring = Ring::builder()
+        .backend(args.backend.choice())
+        .capacity(depth * 2 + 8)
+        .max_in_flight(args.depth)
+        .sq_entries(args.depth.next_power_of_two())
+        .build()
+        .map_err(|e| format!("cannot build a quell ring: {e}"))?;
+    let top = ring.group(GroupId::ROOT, GroupOptions::default().name("cp"))?;
+    let reads = ring.group(top, GroupOptions::default().name("reads"))?;
+    let writes = ring.group(top, GroupOptions::default().name("writes"))?;
+    ring.bind_signal(libc::SIGINT, top, SignalAction::DrainThenCancel)?;
+    let deadline = args.deadline.map(|d| Instant::now() + d);
+    if let Some(at) = deadline {
+        ring.set_group_deadline(top, at)?;
+    }
+
+    let mut slots: Vec<Slot> = (0..depth)
+        .map(|_| Slot {
+            chunk: 0,
+            offset: 0,
+            len: 0,
+            buf: Some(if args.direct {
+                Buf::Aligned(AlignedBuf::new(block as usize, 4096).expect("4096 is a power of two"))
+            } else {
+                Buf::Plain(Vec::with_capacity(block as usize))
+            }),
+        })
+        .collect();
+    let mut free: Vec<usize> = (0..depth).rev().collect();
+    let nchunks = (size - plan.start).div_ceil(block);
+    let mut next_chunk = 0u64;
+    let mut frontier = Frontier::new(plan.start, block, size);
+    let mut in_flight = 0usize;
+    let mut stop: Option<Stop> = None;
+    let mut written = plan.start;
+    let mut holes = Holes::new(sfd, size);
+    let mut sparse = 0u64;
+    let pb = progress_bar(args, size, plan.start);
+    let started = Instant::now();
+
+    loop {
+        if stop.is_none() {
+            while next_chunk < nchunks {
+                let off = frontier.offset(next_chunk);
+                let len = (size - off).min(block);
+                if holes.is_hole(off, off + len) {
+                    frontier.finish(next_chunk);
+                    written += len;
+                    sparse += len;
+                    next_chunk += 1;
+                    continue;
+                }
+                let Some(si) = free.pop() else { break };
+                let s = &mut slots[si];
+                s.chunk = next_chunk;
+                s.offset = frontier.offset(next_chunk);
+                s.len = (size - s.offset).min(block) as usize;
+                let op = match s.buf.take().expect("a free slot has its buffer") {
+                    Buf::Plain(mut v) => {
+                        v.resize(s.len, 0);
+                        Op::read_at(sfd, s.offset, v)
+                    }
+                    Buf::Aligned(a) => Op::read_aligned(sfd, s.offset, a),
+                };
+                match ring.submit(op.exact().group(reads).user_data((si as u64) << 1)) {
+                    Ok(_) => {
+                        in_flight += 1;
+                        next_chunk += 1;
+                    }
+                    Err(e) => {
+                        let (_, op) = e.into_parts();
+                        s.buf = take_buf(op, args.direct);
+                        free.push(si);
+                        // Refused because a signal or the deadline got there first:
+                        // the state check below says which.
+                        break;
+                    }
+                }
+            }
+        }
+        if in_flight == 0 {
+            if stop.is_none() && next_chunk < nchunks {
+                // Every submission was refused: learn why from the group state.
+                note_group_state(&mut ring, top, reads, deadline, &mut stop, &pb)?;
+                if stop.is_none() {
+                    stop = Some(Stop::Error("the ring refused every read".into()));
+                }
+            }
+            break;
+        }
+        ring.wait(1, Some(Duration::from_millis(100)))
+            .map_err(|e| format!("quell wait: {e}"))?;
+        note_group_state(&mut ring, top, reads, deadline, &mut stop, &pb)?;
+        while let Some(c) = ring.next_completion() {
+            in_flight -= 1;
+            let si = (c.user_data >> 1) as usize;
+            let is_write = c.user_data & WRITE != 0;
+            let outcome = c.outcome;
+            let buf = if args.direct {
+                c.into_aligned().map(Buf::Aligned)
+            } else {
+                c.into_buf().map(Buf::Plain)
+            };
+            let (chunk, offset, len) = (slots[si].chunk, slots[si].offset, slots[si].len);
+            slots[si].buf = buf;
+            let mut release = true;
+            match (is_write, outcome) {
+                (false, Outcome::Done(n)) if stop.is_none() => {
+                    if n < len {
+                        stop = Some(Stop::Error(format!(
+                            "{} ended at offset {} while {size} bytes were expected (it shrank during the copy)",
+                            args.src.display(),
+                            offset + n as u64
+                        )));
+                        ring.cancel_group(reads)?;
+                    } else if is_zero(&slots[si].buf.as_ref().expect("buffer back").bytes()[..len])
+                    {
+                        frontier.finish(chunk);
+                        written += len as u64;
+                        sparse += len as u64;
+                    } else {
+                        let op = match slots[si].buf.take().expect("buffer back") {
+                            Buf::Plain(v) => Op::write_at(dfd, offset, v),
+                            Buf::Aligned(a) => Op::write_aligned(dfd, offset, a),
+                        };
+                        match ring.submit(
+                            op.exact()
+                                .group(writes)
+                                .user_data(((si as u64) << 1) | WRITE),
+                        ) {
+                            Ok(_) => {
+                                in_flight += 1;
+                                release = false;
+                            }
+                            Err(e) => {
+                                let (_, op) = e.into_parts();
+                                slots[si].buf = take_buf(op, args.direct);
+                            }
+                        }
+                    }
+                }
+                (false, Outcome::Failed(e)) if stop.is_none() => {
+                    stop = Some(Stop::Error(format!(
+                        "reading {}: {} in the {len} bytes at offset {offset}",
+                        args.src.display(),
+                        io_error(e)
+                    )));
+                    ring.cancel_group(reads)?;
+                }
+                (true, Outcome::Done(_)) => {
+                    frontier.finish(chunk);
+                    written += len as u64;
+                }
+                (true, Outcome::Failed(e)) => {
+                    if !matches!(stop, Some(Stop::Error(_))) {
+                        stop = Some(Stop::Error(format!(
+                            "writing {}: {} in the {len} bytes at offset {offset}",
+                            args.dst.display(),
+                            io_error(e)
+                        )));
+                    }
+                    ring.cancel_group(reads)?;
+                }
+                // Canceled, timed out, detached, or a read finishing after the stop:
+                // the chunk is simply not done.
+                _ => {}
+            }
+            if release {
+                if slots[si].buf.is_none() {
+                    return Err("quell returned a completion without its buffer".into());
+                }
+                free.push(si);
+            }
+        }
+        pb.set_position(written);
+    }
+
+    // Wait for anything detached (device writes past the deadline) before truncating,
+    // so no write can land after the truncation.
+    let leftovers = ring.shutdown();
+    let leaked = ring.stats().leaked_at_teardown;
+    drop(leftovers);
+    drop(ring);
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+
+    let Some(stop) = stop else {
+        plan.dst
+            .set_len(size)
+            .map_err(|e| format!("cannot set the length of {}: {e}", args.dst.display()))?;
+        if plan.checkpoint.exists() {
+            let _ = std::fs::remove_file(&plan.checkpoint);
+        }
+        let copied = size - plan.start;
+        eprintln!(
+            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s",
+            format_size(copied),
+            elapsed.as_secs_f64(),
+            copied as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9)
+        );
+        return Ok(EXIT_OK);
+    };
+    let done = frontier.done();
+    if let Stop::Error(msg) = &stop {
+        eprintln!("quell cp: error: {msg}");
+    }
+    let keep = || -> std::io::Result<()> {
+        plan.dst.set_len(done)?;
+        plan.dst.sync_data()
+    };
+    if let Err(e) = keep() {
+        eprintln!(
+            "quell cp: error: cannot truncate {} to {done} bytes: {e}; its content past offset {} is not to be trusted",
+            args.dst.display(),
+            plan.start
+        );
+        return Ok(EXIT_ERROR);
+    }
+    if leaked > 0 {
+        eprintln!(
+            "quell cp: warning: {leaked} write(s) were still with the kernel at exit and may land past offset {done}"
+        );
+    }
+    let ck = Checkpoint {
+        version: 1,
+        src: args.src.clone(),
+        dst: args.dst.clone(),
+        src_size: size,
+        src_mtime_ns: plan.mtime_ns,
+        done,
+        reason: stop.reason().into(),
+    };
+    let saved = ck.store(&plan.checkpoint);
+    let what = match &stop {
+        Stop::Interrupted => "interrupted (Ctrl-C): drained, writes in flight finished",
+        Stop::Canceled => "interrupted twice (Ctrl-C): writes in flight canceled",
+        Stop::Deadline => "deadline passed: the copy was canceled",
+        Stop::Error(_) => "stopped by the error",
+    };
+    eprintln!(
+        "quell cp: {what}; {} holds the first {done} bytes of {} (of {size}), consistent up to offset {done}",
+        args.dst.display(),
+        args.src.display()
+    );
+    match saved {
+        Ok(()) => eprintln!(
+            "quell cp: checkpoint {}; run the same command with --resume to finish",
+            plan.checkpoint.display()
+        ),
+        Err(e) => eprintln!("quell cp: error: {e}"),
+    }
+    Ok(stop.code())
+}
+
+/// The buffer of an op the ring refused.
+fn take_buf(op: Op, direct: bool) -> Option<Buf> {
+    if direct {
+        op.into_aligned().map(Buf::Aligned)
+    } else {
+        op.into_buf().map(Buf::Plain)
+    }
+}
+
+/// Turns a Ctrl-C or a passed deadline (seen as the group's state) into a stop.
+fn note_group_state(
+    ring: &mut Ring,
+    top: GroupId,
+    reads: GroupId,
+    deadline: Option<Instant>,
+    stop: &mut Option<Stop>,
+    pb: &ProgressBar,
+) -> Result<(), CliError> {
+    let st = ring.group_stats(top)?;
+    if st.canceled {
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        match stop {
+            Some(Stop::Canceled | Stop::Deadline | Stop::Error(_)) => {}
+            _ if timed_out => *stop = Some(Stop::Deadline),
+            _ => {
+                pb.suspend(|| eprintln!("quell cp: Ctrl-C again: canceling the writes in flight"));
+                *stop = Some(Stop::Canceled);
+            }
+        }
+    } else if st.draining && stop.is_none() {
+        pb.suspend(|| {
+            eprintln!(
+                "quell cp: Ctrl-C: draining (writes in flight finish); Ctrl-C again cancels them"
+            )
+        });
+        *stop = Some(Stop::Interrupted);
+        // Reads in flight would only be thrown away now: stop them.
+        ring.cancel_group(reads)?;
+    }
+    Ok(())
+}

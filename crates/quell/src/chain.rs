@@ -1,0 +1,699 @@
+//! Chains: ops run one after another as one op (open → read → close), sharing one
+//! cancel flag, deadline and group (contract item I6).
+//!
+//! A chain occupies one slot of the op table. The slot holds the step now queued or
+//! running; the steps still to come and the results of finished ones live in a
+//! [`ChainState`] beside the table. When a step finishes, the ring asks this module
+//! what comes next: the following step (loaded into the same slot and queued at the
+//! front, so it rides in the same `io_uring_enter` as the ring's wait), or the chain's
+//! one completion.
+//!
+//! **Why steps are sequenced in user space on io_uring too, not linked SQEs.** The
+//! steps that make chains worth having take the previous step's result: the read needs
+//! the descriptor the open returned. Linked SQEs could only express that through direct
+//! descriptors, which quell cannot classify (I5): it learns whether a descriptor is a
+//! pipe (Prompt), a regular file (Bounded) or a FUSE/NFS file (Interruptible, run on
+//! quell's pool because io_uring mis-reports short FUSE reads, see `backend/uring.rs`)
+//! only by looking at the opened file. A linked failure also cancels every later SQE,
+//! close included, so "close what was opened" would hang on `IOSQE_IO_HARDLINK`
+//! semantics and on a fixed-file table per ring. Sequencing costs no syscall (the next
+//! step is pushed into the SQ before the wait that submits it), keeps exactly one step
+//! in flight (one `ASYNC_CANCEL` stops the chain) and gives both backends the same
+//! code path.
+//!
+//! **Cancel and failure.** Canceling the chain (by id, group, fd, deadline, shutdown)
+//! cancels the running step and every later one. A step that fails does the same. In
+//! both cases every descriptor the chain opened and has not closed yet is still
+//! closed: by the chain's own close step for it when it has one, or by a close the
+//! chain adds. Those cleanup closes are shielded from the chain's cancel flag.
+//! A chain step past its deadline is never detached: the step is asked to stop and the
+//! chain waits for it (a Bounded step ends in finite time), so the cleanup can run.
+
+use crate::error::Error;
+use crate::group::GroupId;
+use crate::op::{Op, OpKind, Payload};
+use crate::outcome::{Errno, Outcome};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+/// A sequence of ops run one after another as one op: one id, one completion, one
+/// cancel flag, one deadline, one group.
+///
+/// A step may use [`Chain::OPENED`] as its descriptor: the one returned by the
+/// latest open step before it. The steps' own user data, group and deadline are
+/// ignored; the chain's apply.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use quell::{Chain, Op, Outcome};
+/// let mut ring = quell::Ring::new()?;
+/// let chain = Chain::new()
+///     .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+///     .then(Op::read_at(Chain::OPENED, 0, vec![0u8; 4]))
+///     .then(Op::close(Chain::OPENED))
+///     .user_data(7);
+/// let id = ring.submit_chain(chain)?;
+/// let c = ring.wait_for(id)?;
+/// assert_eq!(c.user_data, 7);
+/// assert_eq!(c.outcome, Outcome::Done(4)); // bytes moved by the chain's transfers
+/// let steps = c.into_steps().unwrap();
+/// assert_eq!(steps[1].data(), b"\x7fELF");
+/// assert_eq!(steps[2].outcome(), Some(Outcome::Done(0)));
+/// # Ok(()) }
+/// ```
+pub struct Chain {
+    pub(crate) steps: Vec<Op>,
+    pub(crate) user_data: u64,
+    pub(crate) group: Option<GroupId>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl Chain {
+    /// The descriptor placeholder for "the descriptor the latest open step returned".
+    pub const OPENED: RawFd = -0x0c4a_1000;
+
+    /// An empty chain.
+    pub fn new() -> Chain {
+        Chain {
+            steps: Vec::new(),
+            user_data: 0,
+            group: None,
+            deadline: None,
+        }
+    }
+
+    /// Appends a step.
+    pub fn then(mut self, op: Op) -> Chain {
+        self.steps.push(op);
+        self
+    }
+
+    /// Sets the user data carried back in the chain's completion.
+    pub fn user_data(mut self, user_data: u64) -> Chain {
+        self.user_data = user_data;
+        self
+    }
+
+    /// Submits the chain into `group` instead of the ring's root group.
+    pub fn group(mut self, group: GroupId) -> Chain {
+        self.group = Some(group);
+        self
+    }
+
+    /// Gives the whole chain one absolute deadline.
+    pub fn deadline(mut self, deadline: Instant) -> Chain {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether the chain has no step.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Takes the steps back (their buffers with them).
+    pub fn into_ops(self) -> Vec<Op> {
+        self.steps
+    }
+
+    /// Checks the placeholders: every use of [`Chain::OPENED`] follows an open step.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.steps.is_empty() {
+            return Err(Error::InvalidArgument("a chain needs at least one step"));
+        }
+        let mut opened = false;
+        for op in &self.steps {
+            let d = &op.desc;
+            if (d.fd == Chain::OPENED || d.fd2 == Chain::OPENED) && !opened {
+                return Err(Error::InvalidArgument(
+                    "a chain step uses Chain::OPENED before any open step",
+                ));
+            }
+            opened |= d.kind == OpKind::OpenAt;
+        }
+        Ok(())
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain::new()
+    }
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("steps", &self.steps)
+            .field("user_data", &self.user_data)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refused chain: the reason, and the whole chain handed back (every buffer with it).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use quell::{Chain, Op};
+/// let mut ring = quell::Ring::new()?;
+/// let err = ring
+///     .submit_chain(Chain::new().then(Op::read(Chain::OPENED, vec![0; 8])))
+///     .unwrap_err();
+/// assert!(matches!(err.error(), quell::Error::InvalidArgument(_)));
+/// let ops = err.into_chain().into_ops();
+/// assert_eq!(ops.len(), 1);
+/// # Ok(()) }
+/// ```
+pub struct ChainError {
+    inner: Box<(Error, Chain)>,
+}
+
+impl ChainError {
+    pub(crate) fn new(error: Error, chain: Chain) -> ChainError {
+        ChainError {
+            inner: Box::new((error, chain)),
+        }
+    }
+
+    /// Why the chain was refused.
+    pub fn error(&self) -> &Error {
+        &self.inner.0
+    }
+
+    /// The chain, untouched.
+    pub fn into_chain(self) -> Chain {
+        self.inner.1
+    }
+
+    /// Both.
+    pub fn into_parts(self) -> (Error, Chain) {
+        let (e, c) = *self.inner;
+        (e, c)
+    }
+}
+
+impl fmt::Debug for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainError")
+            .field("error", &self.inner.0)
+            .field("steps", &self.inner.1.len())
+            .finish()
+    }
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "chain refused: {}", self.inner.0)
+    }
+}
+
+impl std::error::Error for ChainError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.inner.0)
+    }
+}
+
+/// What one step of a finished chain did, with the memory it owned.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use quell::{Chain, Op, OpKind, Outcome};
+/// let mut ring = quell::Ring::new()?;
+/// let chain = Chain::new()
+///     .then(Op::openat(libc::AT_FDCWD, "/nonexistent/quell", libc::O_RDONLY, 0))
+///     .then(Op::read(Chain::OPENED, vec![0; 8]));
+/// let id = ring.submit_chain(chain)?;
+/// let c = ring.wait_for(id)?;
+/// assert_eq!(c.outcome, Outcome::Failed(quell::Errno::NOENT));
+/// let steps = c.into_steps().unwrap();
+/// assert_eq!(steps[0].kind(), OpKind::OpenAt);
+/// assert_eq!(steps[1].outcome(), None); // never ran
+/// assert_eq!(steps[1].buf().map(|b| b.len()), Some(8)); // its buffer came back
+/// # Ok(()) }
+/// ```
+pub struct StepResult {
+    kind: OpKind,
+    outcome: Option<Outcome>,
+    /// Whether the chain added this step to close a descriptor it opened.
+    added: bool,
+    payload: Payload,
+}
+
+impl StepResult {
+    /// The step's kind.
+    pub fn kind(&self) -> OpKind {
+        self.kind
+    }
+
+    /// What the step did; `None` if it never ran (an earlier step failed or the chain
+    /// was canceled before it).
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    /// Whether the chain added this step itself: a close of a descriptor it opened,
+    /// run because the chain was canceled or failed before its own close.
+    pub fn is_cleanup(&self) -> bool {
+        self.added
+    }
+
+    /// The step's single buffer, if it had one.
+    pub fn buf(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Buf(v) => Some(v),
+            Payload::Aligned(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The bytes the step transferred.
+    pub fn data(&self) -> &[u8] {
+        let n = self.outcome.map_or(0, |o| o.transferred());
+        match self.buf() {
+            Some(b) => &b[..n.min(b.len())],
+            None => &[],
+        }
+    }
+
+    /// Takes the step's single buffer back.
+    pub fn into_buf(self) -> Option<Vec<u8>> {
+        match self.payload {
+            Payload::Buf(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for StepResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepResult")
+            .field("kind", &self.kind)
+            .field("outcome", &self.outcome)
+            .field("cleanup", &self.added)
+            .finish()
+    }
+}
+
+/// The steps of a finished chain, carried in its completion.
+pub(crate) type ChainSteps = Vec<StepResult>;
+
+/// A step waiting to run.
+pub(crate) struct Pending {
+    index: usize,
+    op: Op,
+}
+
+/// The next step the ring should load into the chain's slot.
+pub(crate) struct Next {
+    pub(crate) op: Op,
+    /// A close run because the chain stopped: not reached by the chain's cancel flag.
+    pub(crate) cleanup: bool,
+}
+
+/// One live chain.
+pub(crate) struct ChainState {
+    pending: VecDeque<Pending>,
+    results: Vec<StepResult>,
+    /// Index (in `results`) of the step in the slot now.
+    current: usize,
+    /// Descriptors opened by earlier steps and not closed yet, latest last.
+    opened: Vec<RawFd>,
+    /// Set once the chain was canceled (`Some(timed_out)`).
+    stop: Option<bool>,
+    failed: Option<Errno>,
+    /// The step in the slot is a cleanup close.
+    cleanup: bool,
+}
+
+impl ChainState {
+    /// Splits a checked chain into its first op (to submit) and the state of the rest.
+    pub(crate) fn start(chain: Chain) -> (Op, Box<ChainState>) {
+        let Chain {
+            steps,
+            user_data,
+            group,
+            deadline,
+        } = chain;
+        let mut results = Vec::with_capacity(steps.len());
+        let mut pending = VecDeque::with_capacity(steps.len());
+        for (index, op) in steps.into_iter().enumerate() {
+            results.push(StepResult {
+                kind: op.desc.kind,
+                outcome: None,
+                added: false,
+                payload: Payload::None,
+            });
+            pending.push_back(Pending { index, op });
+        }
+        let mut first = pending.pop_front().expect("checked: not empty").op;
+        first.user_data = user_data;
+        first.group = group;
+        first.deadline = deadline;
+        let st = ChainState {
+            pending,
+            results,
+            current: 0,
+            opened: Vec::new(),
+            stop: None,
+            failed: None,
+            cleanup: false,
+        };
+        (first, Box::new(st))
+    }
+
+    /// Puts the first op back (the submission was refused) and rebuilds the chain.
+    pub(crate) fn refused(self, first: Op) -> Chain {
+        let mut steps = vec![first];
+        steps.extend(self.pending.into_iter().map(|p| p.op));
+        let (user_data, group, deadline) = (
+            steps[0].user_data,
+            steps[0].group.take(),
+            steps[0].deadline.take(),
+        );
+        steps[0].user_data = 0;
+        Chain {
+            steps,
+            user_data,
+            group,
+            deadline,
+        }
+    }
+
+    /// Whether the step in the slot is the chain's first and it has not run yet.
+    pub(crate) fn at_first_step(&self) -> bool {
+        self.current == 0 && self.results[0].outcome.is_none()
+    }
+
+    /// Whether the slot holds a cleanup close (which no cancel reaches).
+    pub(crate) fn in_cleanup(&self) -> bool {
+        self.cleanup
+    }
+
+    /// Records the end of the step in the slot.
+    pub(crate) fn record(&mut self, fd: RawFd, kind: OpKind, outcome: Outcome, payload: Payload) {
+        let r = &mut self.results[self.current];
+        r.outcome = Some(outcome);
+        r.payload = payload;
+        match (kind, outcome) {
+            (OpKind::OpenAt, Outcome::Done(newfd)) => self.opened.push(newfd as RawFd),
+            // A close releases the number whatever it reports (except a bad fd).
+            (OpKind::Close, _) => self.opened.retain(|&f| f != fd),
+            _ => {}
+        }
+        match outcome {
+            Outcome::Failed(e) if self.failed.is_none() && !self.cleanup => self.failed = Some(e),
+            Outcome::Canceled { .. } if self.stop.is_none() => self.stop = Some(false),
+            Outcome::TimedOut { .. } if self.stop.is_none() => self.stop = Some(true),
+            _ => {}
+        }
+    }
+
+    /// Records that the step in the slot could not even start (bad input found when
+    /// its turn came, such as a descriptor that no longer exists).
+    pub(crate) fn refuse_current(&mut self, errno: Errno, op: Op) {
+        let r = &mut self.results[self.current];
+        r.outcome = Some(Outcome::Failed(errno));
+        r.payload = op.desc.payload;
+        if self.failed.is_none() {
+            self.failed = Some(errno);
+        }
+    }
+
+    /// Marks the chain canceled (the flag every later step shares).
+    pub(crate) fn stop(&mut self, timed_out: bool) {
+        if self.stop.is_none() {
+            self.stop = Some(timed_out);
+        }
+    }
+
+    /// Whether the chain was canceled or a step failed.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_some() || self.failed.is_some()
+    }
+
+    /// The next step to run: the next pending one while the chain goes on; once it
+    /// stops, only closes of descriptors it opened (its own close steps for them
+    /// first, else added ones). `None`: the chain is over.
+    pub(crate) fn next(&mut self) -> Option<Next> {
+        if !self.stopping() {
+            let p = self.pending.pop_front()?;
+            self.current = p.index;
+            let mut op = p.op;
+            let latest = self.opened.last().copied().unwrap_or(-1);
+            if op.desc.fd == Chain::OPENED {
+                op.desc.fd = latest;
+            }
+            if op.desc.fd2 == Chain::OPENED {
+                op.desc.fd2 = latest;
+            }
+            return Some(Next { op, cleanup: false });
+        }
+        let fd = *self.opened.last()?;
+        // The chain's own close of this descriptor, if it has one still to run.
+        let own = self.pending.iter().position(|p| {
+            p.op.desc.kind == OpKind::Close
+                && (p.op.desc.fd == fd || (p.op.desc.fd == Chain::OPENED && self.latest_is(fd)))
+        });
+        self.cleanup = true;
+        if let Some(pos) = own {
+            let p = self.pending.remove(pos).expect("position is valid");
+            self.current = p.index;
+            let mut op = p.op;
+            op.desc.fd = fd;
+            return Some(Next { op, cleanup: true });
+        }
+        self.results.push(StepResult {
+            kind: OpKind::Close,
+            outcome: None,
+            added: true,
+            payload: Payload::None,
+        });
+        self.current = self.results.len() - 1;
+        Some(Next {
+            op: Op::close(fd),
+            cleanup: true,
+        })
+    }
+
+    fn latest_is(&self, fd: RawFd) -> bool {
+        self.opened.last() == Some(&fd)
+    }
+
+    /// Ends the chain: the outcome and the steps (every buffer) for its completion.
+    /// Steps that never ran keep their buffers.
+    pub(crate) fn finish(mut self) -> (Outcome, Payload) {
+        for p in self.pending.drain(..) {
+            self.results[p.index].payload = p.op.desc.payload;
+        }
+        let total: usize = self
+            .results
+            .iter()
+            .filter(|r| r.kind.is_transfer())
+            .filter_map(|r| r.outcome)
+            .map(|o| o.transferred())
+            .sum();
+        let all_ran = self
+            .results
+            .iter()
+            .all(|r| r.outcome.is_some_and(|o| o.is_done()));
+        let outcome = if let Some(e) = self.failed {
+            Outcome::Failed(e)
+        } else if all_ran && !self.results.iter().any(|r| r.added) {
+            // A cancel that came after every step had finished changed nothing.
+            Outcome::Done(total)
+        } else if self.stop == Some(true) {
+            Outcome::TimedOut { transferred: total }
+        } else {
+            Outcome::Canceled { transferred: total }
+        };
+        (outcome, Payload::Chain(Box::new(self.results)))
+    }
+}
+
+/// The live chains of a ring, by slot.
+#[derive(Default)]
+pub(crate) struct Chains {
+    live: HashMap<u32, Box<ChainState>>,
+}
+
+impl Chains {
+    pub(crate) fn insert(&mut self, slot: u32, st: Box<ChainState>) {
+        self.live.insert(slot, st);
+    }
+
+    pub(crate) fn get(&mut self, slot: u32) -> &mut ChainState {
+        self.live
+            .get_mut(&slot)
+            .expect("a slot flagged F_CHAIN has chain state")
+    }
+
+    pub(crate) fn peek(&self, slot: u32) -> Option<&ChainState> {
+        self.live.get(&slot).map(|b| &**b)
+    }
+
+    pub(crate) fn take(&mut self, slot: u32) -> Box<ChainState> {
+        self.live
+            .remove(&slot)
+            .expect("a slot flagged F_CHAIN has chain state")
+    }
+
+    /// Chains not yet completed.
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+}
+
+/// The errno a step that cannot start reports (its chain fails with it).
+pub(crate) fn errno_of(e: &Error) -> Errno {
+    Errno::from_raw_os_error(match e {
+        Error::InvalidFd { .. } => libc::EBADF,
+        Error::TooLong { .. } => libc::EFBIG,
+        Error::Unsupported { .. } => libc::EOPNOTSUPP,
+        Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        _ => libc::EINVAL,
+    })
+}
+
+use super::{outcome_of, Ring};
+use crate::error::SubmitError;
+use crate::id::{key_of, OpId};
+use crate::table::{SlotState, F_CANCEL, F_CANCEL_SENT, F_EXACT, F_TIMEOUT};
+
+impl Ring {
+    /// Submits a [`Chain`]: its steps run one after another as one op, with one id,
+    /// one completion (outcome of the whole chain, every step's outcome and buffer in
+    /// [`Completion::steps`](crate::Completion::steps)), one cancel flag, one deadline
+    /// and one group (I6). Canceling it stops the running step and every later one; a
+    /// failing step does the same; either way the descriptors it opened are closed.
+    /// The first step is checked now (a refused chain comes back whole); a later step
+    /// that turns out invalid when its turn comes fails the chain with its errno.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Chain, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit_chain(
+    ///     Chain::new()
+    ///         .then(Op::read(r.as_raw_fd(), vec![0; 8])) // never gets data
+    ///         .then(Op::nop()),
+    /// )?;
+    /// ring.poll()?;
+    /// ring.cancel(id)?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+    /// let steps = c.steps().unwrap();
+    /// assert_eq!(steps[0].outcome(), Some(Outcome::Canceled { transferred: 0 }));
+    /// assert_eq!(steps[1].outcome(), None); // never ran
+    /// # Ok(()) }
+    /// ```
+    pub fn submit_chain(&mut self, chain: Chain) -> Result<OpId, ChainError> {
+        if let Err(e) = chain.check() {
+            return Err(ChainError::new(e, chain));
+        }
+        let (first, st) = ChainState::start(chain);
+        let mut st = Some(st);
+        self.submit_inner(first, &mut st).map_err(|e: SubmitError| {
+            let (error, first) = e.into_parts();
+            let st = st.expect("a refused submission keeps the chain state");
+            ChainError::new(error, st.refused(first))
+        })
+    }
+
+    /// The step in chain slot `idx` ended with `res`: record it and load the next
+    /// step. Returns the chain's outcome when it is over (the slot then holds the
+    /// steps as its payload and completes like any op).
+    pub(super) fn chain_step_ended(&mut self, idx: u32, res: i64) -> Option<Outcome> {
+        let s = self.table.slot_mut(idx);
+        let asked = s.desc.request_len();
+        let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);
+        let (kind, fd, flags) = (s.desc.kind, s.desc.fd, s.flags);
+        let payload = std::mem::take(&mut s.desc.payload);
+        let st = self.chains.get(idx);
+        st.record(fd, kind, outcome, payload);
+        if flags & F_CANCEL != 0 {
+            st.stop(flags & F_TIMEOUT != 0);
+        }
+        if kind == OpKind::OpenAt && res >= 0 {
+            // The number may have named another kind of file before.
+            self.fds.forget(res as RawFd);
+        }
+        self.chain_advance(idx, true)
+    }
+
+    /// Cancel of a chain whose current step waits in quell's queue. `None`: a cleanup
+    /// close was queued instead of completing now (or the chain is already cleaning up).
+    pub(super) fn chain_cancel_queued(&mut self, idx: u32, timed_out: bool) -> Option<Outcome> {
+        if self.chains.get(idx).in_cleanup() {
+            return None;
+        }
+        let s = self.table.slot_mut(idx);
+        let transferred = s.transferred as usize;
+        let (kind, fd) = (s.desc.kind, s.desc.fd);
+        let payload = std::mem::take(&mut s.desc.payload);
+        let outcome = if timed_out {
+            Outcome::TimedOut { transferred }
+        } else {
+            Outcome::Canceled { transferred }
+        };
+        let st = self.chains.get(idx);
+        st.record(fd, kind, outcome, payload);
+        st.stop(timed_out);
+        self.chain_advance(idx, false)
+    }
+
+    /// Loads the chain's next step into its slot and queues it; or ends the chain.
+    /// `from_flight`: the step that just ended was in flight (else it was queued, and
+    /// the slot's key is still in the queue).
+    fn chain_advance(&mut self, idx: u32, from_flight: bool) -> Option<Outcome> {
+        loop {
+            let Some(next) = self.chains.get(idx).next() else {
+                let (outcome, payload) = (*self.chains.take(idx)).finish();
+                self.table.slot_mut(idx).desc.payload = payload;
+                return Some(outcome);
+            };
+            let class = match self.admit(&next.op) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.chains.get(idx).refuse_current(errno_of(&e), next.op);
+                    continue;
+                }
+            };
+            let s = self.table.slot_mut(idx);
+            let had_cancel = s.flags & F_CANCEL != 0;
+            s.flags &= !(F_CANCEL | F_CANCEL_SENT | F_TIMEOUT | F_EXACT);
+            if next.op.exact {
+                s.flags |= F_EXACT;
+            }
+            debug_assert!(
+                next.cleanup || !had_cancel,
+                "a canceled chain only cleans up"
+            );
+            s.desc = next.op.desc;
+            s.class = class;
+            s.transferred = 0;
+            let (gidx, key) = (s.group, key_of(idx, s.gen));
+            let g = self.groups.at(gidx);
+            if had_cancel {
+                g.stats.cancel_requested -= 1;
+            }
+            if from_flight {
+                s.state = SlotState::Queued;
+                g.stats.in_flight -= 1;
+                g.stats.queued += 1;
+                self.in_flight -= 1;
+                // At the front: the chain was already running, it does not queue again.
+                self.queue.push_front(key);
+            }
+            return None;
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! The shared driver: owns a [`Ring`], routes each completion by its [`OpId`] to the
+//! future waiting for it, and settles the completions of futures that were dropped
+//! (I2: their memory stays in the ring until the kernel's own completion; I11: what a
+//! dropped stream read or accept brought in is kept for the next one).
+
+use super::kept::{Kept, StreamKey};
+use crate::completion::Completion;
+use crate::error::{Error, SubmitError};
+use crate::handle::Handle;
+use crate::id::OpId;
+use crate::op::{Op, OpKind, Payload, NO_OFFSET};
+use crate::outcome::Outcome;
+use crate::ring::Ring;
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+/// A ring shared by futures. Cheap to clone, `Send + Sync`: every clone drives the same
+/// ring, and futures created from any clone may be awaited on any thread.
+///
+/// Futures made by a driver need something to run the ring: [`Driver::block_on`] (no
+/// runtime needed), [`Driver::turn`] from an executor of your own, or, with the
+/// `tokio` feature, a reactor task on a tokio runtime (`quell::tokio`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let driver = quell::future::Driver::new(quell::Ring::new()?);
+/// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+/// std::io::Write::write_all(&mut &w, b"hi")?;
+/// let (n, buf) = driver.block_on(driver.read(r.as_raw_fd(), vec![0u8; 16]));
+/// assert_eq!(&buf[..n?], b"hi");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Driver {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// The ring's cross-thread handle, usable without the lock (cancel from a thread
+    /// while another one waits in [`Driver::block_on`]).
+    pub(crate) handle: Handle,
+}
+
+/// Where an op's future is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Vacant,
+    /// A future waits for (or will take) the completion.
+    Waiting,
+    /// The future was dropped; the completion is settled by the driver.
+    Abandoned,
+}
+
+/// What the driver knows of one op it started, indexed by the op's table slot.
+struct Entry {
+    gen: u32,
+    phase: Phase,
+    /// The op's descriptor (-1 for none): a retired descriptor stays open until no
+    /// op on it is left.
+    fd: RawFd,
+    waker: Option<Waker>,
+    done: Option<Completion>,
+    stream: Option<StreamKey>,
+    /// The driver canceled it to serve kept bytes first (not the user's doing).
+    rescued: bool,
+    /// The user asked for a cancel (explicitly or through a deadline).
+    canceled: bool,
+}
+
+impl Entry {
+    const VACANT: Entry = Entry {
+        gen: 0,
+        phase: Phase::Vacant,
+        fd: -1,
+        waker: None,
+        done: None,
+        stream: None,
+        rescued: false,
+        canceled: false,
+    };
+}
+
+/// What a future finds when it looks for its completion.
+pub(crate) enum Take {
+    Pending,
+    Ready {
+        c: Completion,
+        stream: Option<StreamKey>,
+        rescued: bool,
+        canceled: bool,
+    },
+    /// The op is unknown to the driver (cannot happen for ids it issued).
+    Gone,
+}
+
+/// A stream read or accept settled against what is kept for its descriptor.
+pub(crate) enum Settle {
+    Done(Completion),
+    /// The driver's own cancel stopped it and there was nothing to serve: run it again.
+    Again(Completion),
+}
+
+pub(crate) struct State {
+    pub(crate) ring: Ring,
+    ring_id: u32,
+    entries: Vec<Entry>,
+    /// Entries whose table slot the ring reused before their future took the
+    /// completion (rare: a completion waiting for a future that has not run yet).
+    parked: HashMap<OpId, Entry>,
+    pub(crate) kept: Kept,
+    /// Descriptors closed by their quell owner while ops on them were still in flight:
+    /// kept open (so the number is not reused) until the last op on them completes.
+    retired: HashMap<RawFd, OwnedFd>,
+    live: usize,
+    /// The reactor task (tokio), woken when there is work to hand to the kernel.
+    pub(crate) reactor: Option<Waker>,
+    notified: bool,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) reactor_attached: bool,
+    wakers: Vec<Waker>,
+}
+
+/// The id a completion gets when it was served from kept bytes or connections, with no
+/// kernel op behind it: its slot is beyond any table.
+pub(crate) fn served_id(ring: u32) -> OpId {
+    OpId {
+        ring,
+        gen: u32::MAX,
+        slot: u32::MAX,
+    }
+}
+
+/// The stream queue an op reads from, if it is a stream read or an accept.
+pub(crate) fn stream_key(op: &Op) -> Option<StreamKey> {
+    let d = &op.desc;
+    match d.kind {
+        OpKind::Read if d.offset == NO_OFFSET && matches!(d.payload, Payload::Buf(_)) => {
+            Some(StreamKey {
+                fd: d.fd,
+                accept: false,
+            })
+        }
+        OpKind::Recv if d.flags & libc::MSG_PEEK as u32 == 0 => Some(StreamKey {
+            fd: d.fd,
+            accept: false,
+        }),
+        OpKind::Accept => Some(StreamKey {
+            fd: d.fd,
+            accept: true,
+        }),
+        _ => None,
+    }
+}
+
+impl State {
+    fn entry(&mut self, id: OpId) -> Option<&mut Entry> {
+        if id.ring != self.ring_id {
+            return None;
+        }
+        match self.entries.get_mut(id.slot as usize) {
+            Some(e) if e.gen == id.gen && e.phase != Phase::Vacant => Some(e),
+            _ => self.parked.get_mut(&id),
+        }
+    }
+
+    /// Forgets `id`'s entry once its completion has been handed on.
+    fn vacate(&mut self, id: OpId) {
+        match self.entries.get_mut(id.slot as usize) {
+            Some(e) if e.gen == id.gen => *e = Entry::VACANT,
+            _ => {
+                self.parked.remove(&id);
+            }
+        }
+        self.live -= 1;
+    }
+
+    /// Wakes the reactor (once per turn) so it hands new work to the kernel.
+    #[inline]
+    pub(crate) fn notify(&mut self) {
+        if !self.notified {
+            if let Some(w) = &self.reactor {
+                self.notified = true;
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Submits `op` for a future. A stream read or accept with something kept for its
+    /// descriptor is served at once, without a kernel op.
+    pub(crate) fn submit(&mut self, op: Op) -> Result<Submitted, SubmitError> {
+        let stream = stream_key(&op);
+        if let Some(key) = stream {
+            if self.kept.has(key) {
+                return Ok(Submitted::Served(self.serve_new(op, key), key));
+            }
+        }
+        let fd = if op.desc.kind.uses_fd() {
+            op.desc.fd
+        } else {
+            -1
+        };
+        let id = self.ring.submit(op)?;
+        let slot = id.slot as usize;
+        if self.entries.len() <= slot {
+            self.entries.resize_with(slot + 1, || Entry::VACANT);
+        }
+        // The ring frees a slot when it hands the completion over, so a new op may
+        // reuse it before the old op's future took the completion: park the old one.
+        let old = &mut self.entries[slot];
+        if old.phase != Phase::Vacant {
+            let old_id = OpId {
+                ring: self.ring_id,
+                gen: old.gen,
+                slot: id.slot,
+            };
+            let old = std::mem::replace(old, Entry::VACANT);
+            self.parked.insert(old_id, old);
+        }
+        self.entries[slot] = Entry {
+            gen: id.gen,
+            phase: Phase::Waiting,
+            fd,
+            waker: None,
+            done: None,
+            stream,
+            rescued: false,
+            canceled: false,
+        };
+        self.live += 1;
+        self.notify();
+        Ok(Submitted::Op(id))
+    }
+
+    fn serve_new(&mut self, op: Op, key: StreamKey) -> Completion {
+        let kind = op.desc.kind;
+        let user_data = op.user_data;
+        let (outcome, payload) = if key.accept {
+            let conn = self.kept.take_conn(key.fd).expect("checked by has()");
+            (Outcome::Done(into_raw(conn) as usize), Payload::None)
+        } else {
+            let mut buf = op.into_buf().unwrap_or_default();
+            let n = self.kept.take_bytes(key.fd, &mut buf);
+            (Outcome::Done(n), Payload::Buf(buf))
+        };
+        Completion {
+            id: served_id(self.ring_id),
+            user_data,
+            outcome,
+            kind,
+            payload,
+        }
+    }
+
+    /// A future served from kept data was dropped before it was polled: put the data
+    /// back in front, where it came from.
+    pub(crate) fn unserve(&mut self, c: Completion, key: StreamKey) {
+        match c.outcome {
+            Outcome::Done(fd) if key.accept => {
+                // SAFETY: the descriptor was taken from the kept queue for this
+                // completion and nobody else owns it.
+                let conn = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+                self.kept.unshift_conn(key.fd, conn);
+            }
+            _ if !key.accept => self.kept.unshift_bytes(key.fd, c.data()),
+            _ => {}
+        }
+    }
+
+    /// Looks for the completion of `id`, registering `waker` if it is not there yet.
+    pub(crate) fn take(&mut self, id: OpId, waker: &Waker) -> Take {
+        let Some(e) = self.entry(id) else {
+            return Take::Gone;
+        };
+        if e.phase != Phase::Waiting {
+            return Take::Gone;
+        }
+        match e.done.take() {
+            Some(c) => {
+                let t = Take::Ready {
+                    c,
+                    stream: e.stream,
+                    rescued: e.rescued,
+                    canceled: e.canceled,
+                };
+                let fd = e.fd;
+                self.vacate(id);
+                if fd >= 0 && !self.retired.is_empty() {
+                    self.close_if_retired(fd);
+                }
+                t
+            }
+            None => {
+                match &e.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => e.waker = Some(waker.clone()),
+                }
+                Take::Pending
+            }
+        }
+    }
+
+    /// Requests cancellation of a live op on behalf of its user.
+    pub(crate) fn cancel(&mut self, id: OpId) -> Result<crate::CancelStatus, Error> {
+        if let Some(e) = self.entry(id) {
+            e.canceled = true;
+        }
+        let r = self.ring.cancel(id);
+        self.notify();
+        r
+    }
+
+    /// The future of `id` was dropped: cancel the op; its completion is settled here.
+    pub(crate) fn abandon(&mut self, id: OpId) {
+        let Some(e) = self.entry(id) else {
+            return;
+        };
+        e.waker = None;
+        match e.done.take() {
+            Some(c) => {
+                let (stream, fd) = (e.stream, e.fd);
+                self.vacate(id);
+                self.settle_abandoned(c, stream, fd);
+            }
+            None => {
+                e.phase = Phase::Abandoned;
+                let _ = self.ring.cancel(id);
+                self.notify();
+            }
+        }
+    }
+
+    /// Settles a completion nobody waits for: keep stream bytes and connections (I11),
+    /// close descriptors an open or accept produced, free the rest.
+    fn settle_abandoned(&mut self, c: Completion, stream: Option<StreamKey>, fd: RawFd) {
+        let fd_result = matches!(c.kind, OpKind::Accept | OpKind::OpenAt);
+        match (stream, c.outcome) {
+            (Some(key), Outcome::Done(newfd)) if key.accept => {
+                // SAFETY: the kernel just returned this descriptor to us and nothing
+                // else knows it; we take ownership (and close it if it is not kept).
+                let conn = unsafe { OwnedFd::from_raw_fd(newfd as RawFd) };
+                if !self.retired.contains_key(&key.fd) {
+                    self.kept.push_conn(key.fd, conn);
+                    self.rescue(key);
+                }
+            }
+            (Some(key), _)
+                if !key.accept && !c.data().is_empty() && !self.retired.contains_key(&key.fd) =>
+            {
+                self.kept.push_bytes(key.fd, c.data());
+                self.rescue(key);
+            }
+            (_, Outcome::Done(newfd)) if fd_result => {
+                // SAFETY: as above: a fresh descriptor nobody else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(newfd as RawFd) });
+            }
+            _ => {}
+        }
+        if fd >= 0 {
+            self.close_if_retired(fd);
+        }
+    }
+
+    /// Kept data arrived for `key` while other ops wait on the same descriptor: cancel
+    /// them so they come back and serve the kept data first (they are run again if
+    /// the cancel finds nothing to serve).
+    fn rescue(&mut self, key: StreamKey) {
+        let mut ids = Vec::new();
+        for (slot, e) in self.entries.iter_mut().enumerate() {
+            if e.phase == Phase::Waiting && e.done.is_none() && e.stream == Some(key) && !e.rescued
+            {
+                e.rescued = true;
+                ids.push(OpId {
+                    ring: self.ring_id,
+                    gen: e.gen,
+                    slot: slot as u32,
+                });
+            }
+        }
+        for id in ids {
+            let _ = self.ring.cancel(id);
+        }
+    }
+
+    /// Settles a stream read's or accept's completion against what is kept for its
+    /// descriptor, so the kept (earlier) data is served first and nothing is lost.
+    pub(crate) fn settle(
+        &mut self,
+        mut c: Completion,
+        key: StreamKey,
+        rescued: bool,
+        canceled: bool,
+    ) -> Settle {
+        if key.accept {
+            let user_stop = canceled && c.outcome.is_canceled();
+            if self.kept.has(key) && !user_stop {
+                if let Outcome::Done(newfd) = c.outcome {
+                    // SAFETY: a fresh descriptor from the kernel, owned by nobody yet.
+                    let conn = unsafe { OwnedFd::from_raw_fd(newfd as RawFd) };
+                    self.kept.push_conn(key.fd, conn);
+                }
+                let conn = self.kept.take_conn(key.fd).expect("checked by has()");
+                c.outcome = Outcome::Done(into_raw(conn) as usize);
+                return Settle::Done(c);
+            }
+            if rescued && !canceled && c.outcome.is_canceled() {
+                return Settle::Again(c);
+            }
+            return Settle::Done(c);
+        }
+        if self.kept.has(key) {
+            let n = c.outcome.transferred();
+            if let Payload::Buf(buf) = &mut c.payload {
+                self.kept.push_bytes(key.fd, &buf[..n.min(buf.len())]);
+                let m = self.kept.take_bytes(key.fd, buf);
+                c.outcome = match c.outcome {
+                    Outcome::Canceled { .. } if canceled => Outcome::Canceled { transferred: m },
+                    Outcome::TimedOut { .. } if canceled => Outcome::TimedOut { transferred: m },
+                    _ => Outcome::Done(m),
+                };
+            }
+            return Settle::Done(c);
+        }
+        if rescued && !canceled && c.outcome == (Outcome::Canceled { transferred: 0 }) {
+            return Settle::Again(c);
+        }
+        Settle::Done(c)
+    }
+
+    /// Routes one completion from the ring.
+    fn route(&mut self, c: Completion) {
+        let slot = c.id.slot as usize;
+        let Some(e) = self
+            .entries
+            .get_mut(slot)
+            .filter(|e| e.gen == c.id.gen && e.phase != Phase::Vacant)
+        else {
+            // Not one of ours (cannot happen: the driver owns the ring). Dropping it
+            // is safe: the kernel is done with its memory.
+            tracing::debug!(id = ?c.id, "completion for an op the driver does not know");
+            return;
+        };
+        match e.phase {
+            Phase::Waiting => {
+                e.done = Some(c);
+                if let Some(w) = e.waker.take() {
+                    self.wakers.push(w);
+                }
+            }
+            Phase::Abandoned => {
+                let (stream, fd) = (e.stream, e.fd);
+                *e = Entry::VACANT;
+                self.live -= 1;
+                self.settle_abandoned(c, stream, fd);
+            }
+            Phase::Vacant => unreachable!("filtered above"),
+        }
+    }
+
+    /// Runs the ring once without blocking and routes what completed. Returns the
+    /// wakers to wake (after the lock is released) and how soon the ring must run again.
+    pub(crate) fn turn(&mut self) -> Result<(Vec<Waker>, Option<Duration>), Error> {
+        self.notified = false;
+        // Rescue cancels of queued ops complete at once: a second pass routes them.
+        for _ in 0..3 {
+            self.ring.poll()?;
+            let mut any = false;
+            while let Some(c) = self.ring.next_completion() {
+                any = true;
+                self.route(c);
+            }
+            if !any {
+                break;
+            }
+        }
+        let next = self.ring.next_wake();
+        Ok((std::mem::take(&mut self.wakers), next))
+    }
+
+    /// Blocks until something completes, `timeout` passes or a handle wakes the ring.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<Waker>, Error> {
+        self.notified = false;
+        self.ring.wait(1, timeout)?;
+        while let Some(c) = self.ring.next_completion() {
+            self.route(c);
+        }
+        Ok(std::mem::take(&mut self.wakers))
+    }
+
+    /// Closes a retired descriptor once no op on it is left.
+    fn close_if_retired(&mut self, fd: RawFd) {
+        if !self.retired.contains_key(&fd) {
+            return;
+        }
+        let busy = self
+            .entries
+            .iter()
+            .chain(self.parked.values())
+            .any(|e| e.phase != Phase::Vacant && e.fd == fd);
+        if !busy {
+            self.retired.remove(&fd);
+            self.ring.forget_fd(fd);
+        }
+    }
+}
+
+/// What a submission became.
+pub(crate) enum Submitted {
+    Op(OpId),
+    /// Served from kept data; no op was started.
+    Served(Completion, StreamKey),
+}
+
+fn into_raw(fd: OwnedFd) -> RawFd {
+    std::os::fd::IntoRawFd::into_raw_fd(fd)
+}
+
+impl Driver {
+    /// A driver owning `ring`.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// assert_eq!(driver.outstanding(), 0);
+    /// ```
+    pub fn new(ring: Ring) -> Driver {
+        let handle = ring.handle();
+        let ring_id = ring.id();
+        Driver {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    ring,
+                    ring_id,
+                    entries: Vec::new(),
+                    parked: HashMap::new(),
+                    kept: Kept::default(),
+                    retired: HashMap::new(),
+                    live: 0,
+                    reactor: None,
+                    notified: false,
+                    reactor_attached: false,
+                    wakers: Vec::new(),
+                }),
+                handle,
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.shared.state.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Runs `f` with the ring (to make groups, read `ops()`, bind signals...). Ops
+    /// submitted straight to the ring, not through the driver, are not supported.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// let backend = driver.with_ring(|r| r.backend());
+    /// println!("{backend}");
+    /// ```
+    pub fn with_ring<T>(&self, f: impl FnOnce(&mut Ring) -> T) -> T {
+        f(&mut self.lock().ring)
+    }
+
+    /// Futures whose op is still running (dropped ones included, until the kernel is
+    /// done with them).
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// assert_eq!(driver.outstanding(), 0);
+    /// ```
+    pub fn outstanding(&self) -> usize {
+        self.lock().live
+    }
+
+    /// Bytes kept for descriptor `fd` from stream reads whose futures were dropped
+    /// (contract item I11); the next read on `fd` gets them first.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// assert_eq!(driver.kept_bytes(0), 0);
+    /// ```
+    pub fn kept_bytes(&self, fd: RawFd) -> usize {
+        self.lock().kept.bytes_len(fd)
+    }
+
+    /// Connections kept for listening socket `fd` from accepts whose futures were
+    /// dropped; the next accept on `fd` gets them first.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// assert_eq!(driver.kept_connections(0), 0);
+    /// ```
+    pub fn kept_connections(&self, fd: RawFd) -> usize {
+        self.lock().kept.conns_len(fd)
+    }
+
+    /// Forgets what the driver kept for `fd` (bytes, accepted connections, which are
+    /// closed) and what the ring knows of it. Call it after closing a descriptor you
+    /// used with raw-fd futures, before its number can be reused.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// driver.forget_fd(5);
+    /// ```
+    pub fn forget_fd(&self, fd: RawFd) {
+        let mut st = self.lock();
+        st.kept.forget(fd);
+        st.ring.forget_fd(fd);
+    }
+
+    /// Closes `fd` for its quell owner: what was kept for it is dropped, and if ops on
+    /// it are still running (futures dropped a moment ago), the descriptor stays open
+    /// until the last of them completes, so its number is not reused under them.
+    pub(crate) fn retire(&self, fd: OwnedFd) {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let mut st = self.lock();
+        st.kept.forget(raw);
+        st.retired.insert(raw, fd);
+        st.close_if_retired(raw);
+    }
+
+    /// The descriptor an event loop of your own watches for readability to know when
+    /// to call [`turn`](Driver::turn): the io_uring descriptor, or the portable
+    /// backend's epoll descriptor (wake-ups from pool threads and handles make it
+    /// readable too). Watch it edge-triggered and call `turn` after each edge.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// assert!(driver.reactor_fd() >= 0);
+    /// ```
+    pub fn reactor_fd(&self) -> RawFd {
+        self.lock().ring.reactor_fd()
+    }
+
+    /// Runs the ring once without blocking: hands queued ops to the kernel, routes
+    /// what completed and wakes the futures waiting for it. Returns how soon the ring
+    /// must run again even if nothing wakes it (its own timers), for executors that
+    /// drive the ring themselves.
+    ///
+    /// ```
+    /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
+    /// assert_eq!(driver.turn().unwrap(), None);
+    /// ```
+    pub fn turn(&self) -> Result<Option<Duration>, Error> {
+        let (wakers, next) = self.lock().turn()?;
+        for w in wakers {
+            w.wake();
+        }
+        Ok(next)
+    }
+
+    /// Runs `fut` to completion on this thread, driving the ring while it waits. The
+    /// thread sleeps in the ring's wait; a wake from another thread interrupts it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let c = driver.block_on(driver.submit(quell::Op::nop())?);
+    /// assert_eq!(c.outcome, quell::Outcome::Done(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        let signal = Arc::new(BlockOn {
+            woken: AtomicBool::new(true),
+            thread: std::thread::current(),
+            handle: self.shared.handle.clone(),
+        });
+        let waker = Waker::from(signal.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = pin!(fut);
+        loop {
+            if signal.woken.swap(false, Ordering::AcqRel) {
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                    return v;
+                }
+            }
+            let wakers = {
+                let mut st = self.lock();
+                if st.ring.is_empty() {
+                    drop(st);
+                    if !signal.woken.load(Ordering::Acquire) {
+                        std::thread::park_timeout(Duration::from_millis(50));
+                    }
+                    continue;
+                }
+                match st.wait(None) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        // The ring itself failed (not an op): nothing to wait on any
+                        // more; back off rather than spin.
+                        tracing::warn!(error = %e, "driver wait failed");
+                        drop(st);
+                        std::thread::sleep(Duration::from_millis(1));
+                        Vec::new()
+                    }
+                }
+            };
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The waker of [`Driver::block_on`]: marks the future woken and interrupts the ring's
+/// wait (or the park) when woken from elsewhere.
+struct BlockOn {
+    woken: AtomicBool,
+    thread: std::thread::Thread,
+    handle: Handle,
+}
+
+impl Wake for BlockOn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if std::thread::current().id() != self.thread.id() {
+            let _ = self.handle.wake();
+            self.thread.unpark();
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Wake the reactor task so it sees the driver is gone and ends.
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = st.reactor.take() {
+            w.wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}

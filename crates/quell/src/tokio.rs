@@ -1,0 +1,229 @@
+//! tokio integration (feature `tokio`): a [`Driver`]'s ring run by tokio's reactor,
+//! and `AsyncRead`/`AsyncWrite` for quell [`Stream`]s.
+//!
+//! [`attach`] spawns one *reactor task* per driver. It registers the ring's descriptor
+//! (the io_uring fd, or the portable backend's epoll fd; both turn wake-ups from pool
+//! threads and handles into readiness) with tokio through `AsyncFd`, sleeps on tokio's
+//! timer for the ring's own deadlines, and is woken by futures that submitted work,
+//! so one `io_uring_enter` carries a whole batch of submissions.
+//!
+//! A driver is `Send + Sync` and its futures are `Send`: on a multi-thread runtime
+//! every task may share one driver (a lock around the ring, held for a few
+//! microseconds per turn). quell does not hand ops to a ring thread: waking another
+//! thread costs ~30 µs on these machines (DESIGN.md §7), more than a whole batch of
+//! page-cache reads; sharing the ring keeps submissions and completions on whatever
+//! worker runs them. For runtimes with many busy workers, one driver per group of tasks
+//! spreads the lock.
+//!
+//! The runtime must have its I/O and time drivers enabled (`enable_all`).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! rt.block_on(async {
+//!     let driver = quell::tokio::driver()?;
+//!     let (a, b) = std::os::unix::net::UnixStream::pair()?;
+//!     let (mut a, mut b) = (quell::future::Stream::new(&driver, a), quell::future::Stream::new(&driver, b));
+//!     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!     a.write_all(b"over tokio").await?;
+//!     let mut buf = [0u8; 10];
+//!     b.read_exact(&mut buf).await?;
+//!     assert_eq!(&buf, b"over tokio");
+//!     // A timeout drops the read: the op is canceled, its buffer stays safe.
+//!     let r = tokio::time::timeout(std::time::Duration::from_millis(10), b.read(&mut buf)).await;
+//!     assert!(r.is_err());
+//!     Ok::<_, std::io::Error>(())
+//! })?;
+//! # Ok(()) }
+//! ```
+
+use crate::future::{Driver, Stream};
+use crate::ring::Ring;
+use std::future::Future;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Weak;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// A driver for a new default ring, attached to the current tokio runtime.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let c = rt.block_on(async {
+///     let d = quell::tokio::driver()?;
+///     Ok::<_, std::io::Error>(d.submit(quell::Op::nop())?.await)
+/// })?;
+/// assert!(c.outcome.is_done());
+/// # Ok(()) }
+/// ```
+pub fn driver() -> io::Result<Driver> {
+    let d = Driver::new(Ring::new()?);
+    attach(&d)?;
+    Ok(d)
+}
+
+/// Spawns `driver`'s reactor task on the current tokio runtime. The task ends when
+/// the last clone of the driver (and of its futures) is gone. Attaching a driver
+/// twice is refused (`AlreadyExists`); outside a runtime, `Other`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+/// let d = quell::future::Driver::new(quell::Ring::new()?);
+/// rt.block_on(async { quell::tokio::attach(&d) })?;
+/// let c = rt.block_on(async { d.submit(quell::Op::nop()).unwrap().await });
+/// assert!(c.outcome.is_done());
+/// # Ok(()) }
+/// ```
+pub fn attach(driver: &Driver) -> io::Result<()> {
+    let rt = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+    let fd = {
+        let mut st = driver.lock();
+        if st.reactor_attached {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this driver already has a reactor",
+            ));
+        }
+        let raw = st.ring.reactor_fd();
+        // SAFETY: the ring's descriptor is open while the ring lives, and we hold the
+        // ring's lock. The reactor keeps its own duplicate, so tokio never sees a
+        // number that was closed and reused.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) }.try_clone_to_owned()?;
+        st.reactor_attached = true;
+        fd
+    };
+    let afd = {
+        let _guard = rt.enter();
+        // SAFETY: the AsyncFd owns `fd` (our duplicate), so it stays open and refers
+        // to the same file for the AsyncFd's whole life.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+    };
+    let afd = match afd {
+        Ok(a) => a,
+        Err(e) => {
+            driver.lock().reactor_attached = false;
+            return Err(e);
+        }
+    };
+    let reactor = Reactor {
+        driver: std::sync::Arc::downgrade(&driver.shared),
+        fd: afd,
+        sleep: None,
+    };
+    rt.spawn(reactor);
+    Ok(())
+}
+
+/// The task that runs a driver's ring on tokio.
+struct Reactor {
+    driver: Weak<crate::future::driver::Shared>,
+    fd: AsyncFd<OwnedFd>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Reactor {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Some(shared) = self.driver.upgrade() else {
+                return Poll::Ready(());
+            };
+            let driver = Driver { shared };
+            let next = {
+                let mut st = driver.lock();
+                match &st.reactor {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.reactor = Some(cx.waker().clone()),
+                }
+                match st.turn() {
+                    Ok((wakers, next)) => {
+                        drop(st);
+                        for w in wakers {
+                            w.wake();
+                        }
+                        next
+                    }
+                    Err(e) => {
+                        drop(st);
+                        tracing::warn!(error = %e, "quell reactor: ring failed to run");
+                        Some(Duration::from_millis(1))
+                    }
+                }
+            };
+            // Drop our strong reference before sleeping, so the driver can go away.
+            drop(driver);
+            match self.fd.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => {
+                    // Clear before the next turn: readiness that arrives after the
+                    // turn's reap is a new edge and wakes us again.
+                    guard.clear_ready();
+                    continue;
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "quell reactor: descriptor failed");
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
+            }
+            match next {
+                Some(d) => {
+                    let at = tokio::time::Instant::now() + d;
+                    match &mut self.sleep {
+                        Some(s) => s.as_mut().reset(at),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                    let s = self.sleep.as_mut().expect("set above");
+                    if s.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                }
+                None => self.sleep = None,
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let dst = buf.initialize_unfilled();
+        match Stream::poll_read(this, cx, dst) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        src: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Stream::poll_write(self.get_mut(), cx, src)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Stream::poll_flush(self.get_mut(), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Stream::poll_shutdown(self.get_mut(), cx)
+    }
+}

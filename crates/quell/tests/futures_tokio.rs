@@ -1,0 +1,265 @@
+//! The futures layer on tokio (feature `tokio`), on both backends: the reactor wakes
+//! on completions, `tokio::time::timeout` around pending reads cancels them with the
+//! buffers safe, a multi-thread runtime with random drops loses nothing and completes
+//! every op exactly once, and `tokio::io::copy` runs over quell streams.
+#![cfg(feature = "tokio")]
+
+mod common;
+
+use common::*;
+use quell::future::{Driver, Stream};
+use quell::BackendChoice;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn driver(b: BackendChoice, cap: usize) -> Driver {
+    let d = Driver::new(ring(b, cap));
+    quell::tokio::attach(&d).expect("attach");
+    d
+}
+
+/// Waits (yielding to the runtime) until every op the driver started has completed.
+async fn settled(d: &Driver, secs: u64) {
+    let start = Instant::now();
+    while d.outstanding() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{} ops still running after {secs}s",
+            d.outstanding()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn link_of(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn fds_linking_to(target: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.display().to_string() == target)
+        .count()
+}
+
+/// `n` loopback TCP connections: (client, server side wrapped in a quell stream).
+fn loopback_pairs(d: &Driver, n: usize) -> Vec<(std::net::TcpStream, Stream)> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (0..n)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            let (s, _) = l.accept().unwrap();
+            (c, Stream::new(d, s))
+        })
+        .collect()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+both_backends! {
+    fn socket_read_wakes_the_reactor(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+            let f = d.read(r.as_raw_fd(), vec![0u8; 16]);
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                std::io::Write::write_all(&mut &w, b"wake").unwrap();
+                w
+            });
+            let (n, buf) = tokio::time::timeout(Duration::from_secs(10), f).await.expect("read hung");
+            assert_eq!(&buf[..n.unwrap()], b"wake");
+            writer.join().unwrap();
+        });
+    }
+
+    fn timeout_around_a_thousand_pending_socket_reads(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 4096);
+            let pairs = loopback_pairs(&d, 1000);
+            let links: Vec<String> = pairs.iter().map(|(_, s)| link_of(s.fd())).collect();
+            let reads = pairs.iter().map(|(_, s)| {
+                tokio::time::timeout(Duration::from_millis(100), s.read_owned(vec![0u8; 256]))
+            });
+            let results = join_all(reads).await;
+            assert!(results.iter().all(|r| r.is_err()), "a read on a silent socket finished");
+            // Every dropped read is canceled; the kernel gives every buffer back.
+            settled(&d, 10).await;
+            assert!(d.with_ring(|r| r.is_empty() && r.ops().is_empty()));
+            // The sockets still work, and the canceled reads took no byte.
+            for (i, (c, _)) in pairs.iter().enumerate() {
+                std::io::Write::write_all(&mut &*c, format!("{i:04}").as_bytes()).unwrap();
+            }
+            for (i, (_, s)) in pairs.iter().enumerate() {
+                let (n, buf) = tokio::time::timeout(Duration::from_secs(10), s.read_owned(vec![0u8; 16]))
+                    .await
+                    .expect("socket dead after the timeouts");
+                assert_eq!(&buf[..n.unwrap()], format!("{i:04}").as_bytes());
+            }
+            drop(pairs);
+            settled(&d, 10).await;
+            for l in &links {
+                assert_eq!(fds_linking_to(l), 0, "{l} leaked");
+            }
+        });
+    }
+
+    fn timeout_around_async_read_keeps_the_op_for_the_next_call(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut s = Stream::new(&d, y);
+            let mut buf = [0u8; 8];
+            for _ in 0..20 {
+                let r = tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await;
+                assert!(r.is_err());
+            }
+            std::io::Write::write_all(&mut &x, b"still here").unwrap();
+            let mut got = vec![0u8; 10];
+            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+                .await
+                .expect("read hung")
+                .unwrap();
+            assert_eq!(&got, b"still here");
+        });
+    }
+
+    fn multi_thread_tasks_with_random_drops_lose_nothing(b: BackendChoice) {
+        const TASKS: u64 = 8;
+        const MSGS: u32 = 3000;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let d = rt.block_on(async { driver(b, 1024) });
+        let mut writers = Vec::new();
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
+            writers.push(std::thread::spawn(move || {
+                let mut rng = Rng(t + 1);
+                for i in 0..MSGS {
+                    std::io::Write::write_all(&mut &x, &i.to_le_bytes()).unwrap();
+                    if rng.next() % 8 == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                x
+            }));
+            let d = d.clone();
+            tasks.push(rt.spawn(async move {
+                let s = Stream::new(&d, y);
+                let mut rng = Rng(0xdead_beef ^ (t << 8));
+                let (mut got, mut resolved, mut dropped) = (Vec::new(), 0u64, 0u64);
+                while got.len() < (MSGS * 4) as usize {
+                    let len = 1 + (rng.next() % 32) as usize;
+                    let wait = Duration::from_micros(rng.next() % 300);
+                    match tokio::time::timeout(wait, s.read_owned(vec![0u8; len])).await {
+                        Ok((n, buf)) => {
+                            got.extend_from_slice(&buf[..n.unwrap()]);
+                            resolved += 1;
+                        }
+                        Err(_) => dropped += 1,
+                    }
+                    if rng.next() % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                for (i, c) in got.chunks(4).enumerate() {
+                    assert_eq!(u32::from_le_bytes(c.try_into().unwrap()), i as u32, "task {t} message {i}");
+                }
+                assert_eq!(got.len(), (MSGS * 4) as usize);
+                (resolved, dropped)
+            }));
+        }
+        let counts = rt.block_on(async {
+            let mut v = Vec::new();
+            for t in tasks {
+                v.push(tokio::time::timeout(Duration::from_secs(120), t).await.expect("tasks hung").unwrap());
+            }
+            settled(&d, 10).await;
+            v
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        let dropped: u64 = counts.iter().map(|c| c.1).sum();
+        assert!(dropped > 0, "no drop happened: the test tested nothing");
+        let stats = d.with_ring(|r| r.stats());
+        assert_eq!(stats.submitted, stats.completed, "every op completes exactly once");
+        assert!(d.with_ring(|r| r.is_empty()));
+    }
+
+    fn tokio_io_copy_runs_over_quell_streams(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (src_w, src_r) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (dst_w, dst_r) = std::os::unix::net::UnixStream::pair().unwrap();
+            let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+            let expect = data.clone();
+            let feeder = std::thread::spawn(move || {
+                std::io::Write::write_all(&mut &src_w, &data).unwrap();
+            });
+            let sink = std::thread::spawn(move || {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut &dst_r, &mut out).unwrap();
+                out
+            });
+            let mut from = Stream::new(&d, src_r);
+            let mut to = Stream::new(&d, dst_w);
+            let n = tokio::io::copy(&mut from, &mut to).await.unwrap();
+            to.shutdown().await.unwrap();
+            assert_eq!(n, 1_000_000);
+            feeder.join().unwrap();
+            assert!(sink.join().unwrap() == expect);
+        });
+    }
+}
+
+/// Awaits every future concurrently on the current task (no extra dependency).
+async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *o = Some(v);
+                        *f = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
