@@ -696,3 +696,54 @@ fn checkpoint_child_entry() {
 fn sock_file(fd: &OwnedFd) -> std::fs::File {
     std::fs::File::from(fd.try_clone().unwrap())
 }
+
+/// A writer the test can read back while the ring owns it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+mod introspection {
+    use super::*;
+
+    both_backends! {
+        /// Opt-in SIGUSR1: each delivery makes the ring write its op table (table, then
+        /// JSON) the next time it runs; nothing is written before a delivery.
+        fn sigusr1_dumps_the_op_table(b: BackendChoice) {
+            let mut ring = common::ring(b, 16);
+            let out = Shared::default();
+            ring.dump_on_signal(libc::SIGUSR1, Box::new(out.clone()), DumpFormat::Both).unwrap();
+            let (r, _w) = pipe();
+            let tag = if b == BackendChoice::Uring { 7001 } else { 7002 };
+            ring.submit(Op::read(r.as_raw_fd(), vec![0; 8]).user_data(tag)).unwrap();
+            ring.poll().unwrap();
+            assert!(out.0.lock().unwrap().is_empty());
+            // SAFETY: raising a signal this ring has a handler for.
+            assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+            let start = Instant::now();
+            while out.0.lock().unwrap().is_empty() {
+                assert!(start.elapsed() < Duration::from_secs(10), "no dump after SIGUSR1");
+                ring.wait(1, Some(Duration::from_millis(20))).unwrap();
+            }
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let mut lines = text.lines();
+            assert!(lines.next().unwrap().starts_with("ID"), "{text}");
+            let row = lines.next().unwrap();
+            assert!(row.contains(&tag.to_string()) && row.contains("pipe:[") && row.contains("in-flight"), "{row}");
+            assert_eq!(lines.next().unwrap(), "1 ops outstanding");
+            let doc: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+            assert_eq!(doc["ops"][0]["user_data"], tag);
+            assert_eq!(doc["ops"][0]["state"], "in-flight");
+            ring.cancel_all();
+            collect(&mut ring, 1, 10);
+        }
+    }
+}

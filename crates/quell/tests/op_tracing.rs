@@ -70,4 +70,23 @@ both_backends! {
         assert!(ev[s].contains("user_data=42"), "{}", ev[s]);
         assert!(ev[f].contains("canceled"), "{}", ev[f]);
     }
+
+    /// A subscriber that appears after the ring was built is noticed at the next poll
+    /// or wait; before that, and with none, nothing is recorded.
+    fn a_later_subscriber_is_noticed_at_the_next_poll(b: BackendChoice) {
+        let mut ring = ring(b, 8);
+        let id = ring.submit(Op::nop().user_data(1)).unwrap();
+        ring.wait_for(id).unwrap();
+        let rec = Recorder::default();
+        let events = rec.events.clone();
+        tracing::subscriber::with_default(rec, || {
+            ring.poll().unwrap();
+            let id = ring.submit(Op::nop().user_data(2)).unwrap();
+            ring.wait_for(id).unwrap();
+        });
+        let ev = events.lock().unwrap().clone();
+        assert!(ev.iter().any(|e| e.starts_with("submitted") && e.contains("user_data=2")), "{ev:?}");
+        assert!(!ev.iter().any(|e| e.contains("user_data=1")), "{ev:?}");
+        assert!(ev.iter().any(|e| e.starts_with("completed")), "{ev:?}");
+    }
 }
