@@ -42,6 +42,22 @@ pub(crate) mod resubmit;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
 
+/// A `tracing` event of an op's life (target `quell::op`, level TRACE). Guarded by a
+/// flag the ring refreshes once per poll/wait, so with no subscriber interested an
+/// event costs one load and branch of a field, not a global level check per op.
+macro_rules! op_event {
+    ($ring:ident, $($t:tt)*) => {
+        if $ring.trace_ops {
+            tracing::trace!(target: "quell::op", $($t)*);
+        }
+    };
+}
+
+/// Whether a subscriber wants the per-op events.
+fn trace_ops_enabled() -> bool {
+    tracing::enabled!(target: "quell::op", tracing::Level::TRACE)
+}
+
 /// Which backend to use.
 ///
 /// ```
@@ -195,6 +211,8 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
+    /// A subscriber wants `quell::op` events (refreshed with `coarse_now`).
+    trace_ops: bool,
     chains: chain::Chains,
     deadline_memo: (Instant, u64),
     sinks: sink::Sinks,
@@ -256,6 +274,7 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
+            trace_ops: trace_ops_enabled(),
             chains: chain::Chains::default(),
             deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
@@ -482,6 +501,7 @@ impl Ring {
             gen,
             slot: idx,
         };
+        op_event!(self, slot = idx, gen, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         self.groups.at(gidx).stats.queued += 1;
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
@@ -503,7 +523,6 @@ impl Ring {
                 self.queue.push_back(key);
             }
         }
-        tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
     }
 
@@ -581,7 +600,7 @@ impl Ring {
             return false;
         }
         s.state = SlotState::InFlight;
-        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, class = %class, "dispatched");
+        op_event!(self, slot = idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
@@ -660,7 +679,7 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        tracing::trace!(target: "quell::op", op = %idx, %outcome, "completed");
+        op_event!(self, slot = idx, gen, %outcome, "completed");
         self.push_completion(idx, outcome);
         self.stats.completed += 1;
     }
@@ -983,7 +1002,7 @@ impl Ring {
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
         let s = self.table.slot_mut(idx);
-        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
+        op_event!(self, slot = idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 let transferred = s.transferred as usize;
@@ -1006,6 +1025,7 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
+                op_event!(self, slot = idx, %outcome, "completed");
                 self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
@@ -1032,6 +1052,7 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
+                    op_event!(self, slot = idx, outcome = %Outcome::Detached, "completed");
                     self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
@@ -1161,6 +1182,7 @@ impl Ring {
     fn fire_timers(&mut self) {
         let now = self.now_ns();
         self.coarse_now = now;
+        self.trace_ops = trace_ops_enabled();
         let Some(next) = self.timers.next() else {
             return;
         };
