@@ -13,6 +13,7 @@ use crate::group::{GroupId, GroupOptions, GroupStats, Groups};
 use crate::handle::{Handle, Request, Shared};
 use crate::id::{key_of, split_key, OpId};
 use crate::info::{OpInfo, Stats};
+use crate::mailbox::Mailbox;
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
@@ -24,8 +25,8 @@ use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod sink;
@@ -213,6 +214,7 @@ pub struct Ring {
     /// A subscriber wants `quell::op` events (refreshed with `coarse_now`).
     trace_ops: bool,
     chains: chain::Chains,
+    deadline_memo: (Instant, u64),
     sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
@@ -242,9 +244,10 @@ impl Ring {
         };
         let (backend, reason) = choose_backend(b.backend, &parts)?;
         let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
+        let epoch = Instant::now();
         Ok(Ring {
             id,
-            epoch: Instant::now(),
+            epoch,
             table: Table::new(b.capacity),
             queue: VecDeque::new(),
             completions: VecDeque::new(),
@@ -258,10 +261,9 @@ impl Ring {
             requests: Vec::new(),
             shared: Arc::new(Shared {
                 ring_id: id,
-                pending: AtomicBool::new(false),
-                requests: Mutex::new(Vec::new()),
+                requests: Mailbox::new(),
                 doorbell,
-                closed: AtomicBool::new(false),
+                closed: crate::sync::AtomicBool::new(false),
             }),
             closed: false,
             teardown_timeout: b.teardown_timeout,
@@ -274,6 +276,7 @@ impl Ring {
             coarse_now: 0,
             trace_ops: trace_ops_enabled(),
             chains: chain::Chains::default(),
+            deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
             paused: false,
             dumps: Vec::new(),
@@ -465,7 +468,14 @@ impl Ring {
             return Err(SubmitError::new(Error::TableFull { capacity }, op));
         };
         let now = self.coarse_now();
-        let deadline = op.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
+        // An own deadline no earlier than the group's adds nothing: the group's timer
+        // reaches the op first (group deadlines only ever move earlier). Skipping it
+        // keeps a scoped op as cheap as a plain one (I8).
+        let deadline = match op.deadline {
+            Some(d) => Some(self.deadline_ns(d)).filter(|&ns| ns < g_deadline),
+            None => None,
+        }
+        .unwrap_or(u64::MAX);
         let s = self.table.slot_mut(idx);
         s.state = SlotState::Queued;
         s.class = class;
@@ -496,8 +506,7 @@ impl Ring {
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
             self.cancel_slot(idx, g_timed_out);
-        } else if deadline.min(g_deadline) != u64::MAX && deadline.min(g_deadline) <= self.now_ns()
-        {
+        } else if deadline.min(g_deadline) != u64::MAX && self.past(deadline.min(g_deadline)) {
             self.cancel_slot(idx, true);
         } else {
             let key = key_of(idx, gen);
@@ -515,6 +524,26 @@ impl Ring {
             }
         }
         Ok(id)
+    }
+
+    /// Whether deadline `at` has passed. Deadlines more than a second past the ring's
+    /// last run are judged without reading the clock (I8: scoped ops with far
+    /// deadlines cost no clock read); should one have passed anyway because the ring
+    /// sat idle, it fires at the next wait or poll.
+    #[inline]
+    fn past(&self, at: u64) -> bool {
+        at <= self.coarse_now
+            || (at < self.coarse_now.saturating_add(1_000_000_000) && at <= self.now_ns())
+    }
+
+    /// [`instant_ns`](Ring::instant_ns) remembering the last answer: the ops of one
+    /// request or scope usually share one deadline.
+    #[inline]
+    fn deadline_ns(&mut self, t: Instant) -> u64 {
+        if self.deadline_memo.0 != t {
+            self.deadline_memo = (t, self.instant_ns(t));
+        }
+        self.deadline_memo.1
     }
 
     fn instant_ns(&self, t: Instant) -> u64 {
@@ -695,13 +724,13 @@ impl Ring {
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
     fn take_requests(&mut self) -> bool {
-        if !self.shared.pending.load(Ordering::Acquire) {
+        if !self.shared.requests.is_pending() {
             return false;
         }
         self.take_signals();
         self.take_dumps();
         let mut reqs = std::mem::take(&mut self.requests);
-        self.shared.take(&mut reqs);
+        self.shared.requests.take(&mut reqs);
         let mut woken = false;
         for r in reqs.drain(..) {
             match r {
@@ -774,7 +803,7 @@ impl Ring {
         let c = count.clone();
         let handler = move || {
             c.fetch_add(1, Ordering::AcqRel);
-            shared.pending.store(true, Ordering::Release);
+            shared.requests.mark_pending();
             shared.doorbell.ring();
         };
         // SAFETY: the handler only touches atomics and write(2)s an eventfd, all
@@ -842,7 +871,8 @@ impl Ring {
             };
             let remaining = match self.timers.next() {
                 Some(at) => {
-                    let until = Duration::from_nanos(at.saturating_sub(self.now_ns()));
+                    // fire_timers read the clock at the top of this pass.
+                    let until = Duration::from_nanos(at.saturating_sub(self.coarse_now));
                     Some(remaining.map_or(until, |r| r.min(until)))
                 }
                 None => remaining,
@@ -1002,8 +1032,10 @@ impl Ring {
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
-                if s.flags & F_CHAIN != 0 && self.chains.peek(idx).is_some_and(|c| c.in_cleanup()) {
-                    return; // a chain's cleanup close is shielded from its cancel
+                if s.flags & F_CHAIN != 0 && self.chains.get(idx).shielded() {
+                    // A chain's close is shielded from its cancel; no step runs after it.
+                    self.chains.get(idx).stop(timed_out);
+                    return;
                 }
                 // A chain is never detached: it waits for the step, then closes what it opened.
                 if timed_out && s.class == CancelClass::Bounded && s.flags & F_CHAIN == 0 {
