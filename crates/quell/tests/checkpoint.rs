@@ -213,7 +213,13 @@ both_backends! {
         let (m, fs, wd, cached_path) = mixed_fixture("ckpt");
         let mut old = mixed_ring(b);
         submit_mixed(&mut old, &m, &fs, true);
-        let queued = old.ops().iter().filter(|o| o.state == OpState::Queued).count();
+        let listed = old.ops();
+        let bounded_in_flight = listed
+            .iter()
+            .filter(|o| o.class == CancelClass::Bounded && o.state == OpState::InFlight)
+            .count();
+        assert_eq!(bounded_in_flight as u64, CACHED, "the page-cache reads are in flight at quiesce time");
+        let queued = listed.iter().filter(|o| o.state == OpState::Queued).count();
         assert!(queued >= WRITES as usize, "the writes should wait in quell's queue ({queued} queued)");
 
         let t = Instant::now();
@@ -547,6 +553,39 @@ both_backends! {
         let r = ring.wait_for(*ids[1].as_ref().unwrap()).unwrap();
         assert_eq!((r.outcome, r.data()), (Outcome::Done(8), &b"abcdefgh"[..]));
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Without carried data, the old ring's canceled completions hand their buffers to
+    /// the re-issue: a read stopped part-way keeps the bytes it had (no byte lost) and
+    /// continues into the same buffer; finished ops' completions are handed back.
+    fn resubmit_with_the_old_buffers(b: BackendChoice) {
+        let mut ring = common::ring(b, 16);
+        let (r, w) = pipe();
+        let id = ring.submit(Op::read(r.as_raw_fd(), vec![0; 10]).exact().user_data(1)).unwrap();
+        let nop = ring.submit(Op::nop().user_data(2)).unwrap();
+        write_all(w.as_raw_fd(), b"hello");
+        let start = Instant::now();
+        while ring.ops().iter().find(|o| o.id == id).unwrap().transferred < 5 {
+            assert!(start.elapsed() < Duration::from_secs(10));
+            ring.wait(1, Some(Duration::from_millis(10))).unwrap();
+        }
+        let ckpt = ring.quiesce(QuiescePolicy::default().carry_data(false)).unwrap();
+        assert_eq!(ckpt.ops.len(), 1);
+        assert_eq!((ckpt.ops[0].transferred, ckpt.ops[0].data.as_ref()), (5, None));
+        let mut bufs = Buffers::new();
+        let mut back = Vec::new();
+        for c in ring.completions() {
+            back.extend(bufs.keep(c));
+        }
+        assert_eq!(bufs.len(), 1);
+        assert_eq!(back.len(), 1, "the nop's completion is handed back");
+        assert_eq!((back[0].id, back[0].outcome), (nop, Outcome::Done(0)));
+        drop(ring);
+        let mut fresh = common::ring(b, 16);
+        let id = fresh.resubmit(&ckpt, bufs).remove(0).unwrap();
+        write_all(w.as_raw_fd(), b"world");
+        let c = fresh.wait_for(id).unwrap();
+        assert_eq!((c.outcome, c.data()), (Outcome::Done(10), &b"helloworld"[..]));
     }
 
     /// Groups and deadlines survive: the op lands in a group of the same path and its
