@@ -8,26 +8,20 @@
 //! front, so it rides in the same `io_uring_enter` as the ring's wait), or the chain's
 //! one completion.
 //!
-//! **Why steps are sequenced in user space on io_uring too, not linked SQEs.** The
-//! steps that make chains worth having take the previous step's result: the read needs
-//! the descriptor the open returned. Linked SQEs could only express that through direct
-//! descriptors, which quell cannot classify (I5): it learns whether a descriptor is a
-//! pipe (Prompt), a regular file (Bounded) or a FUSE/NFS file (Interruptible, run on
-//! quell's pool because io_uring mis-reports short FUSE reads, see `backend/uring.rs`)
-//! only by looking at the opened file. A linked failure also cancels every later SQE,
-//! close included, so "close what was opened" would hang on `IOSQE_IO_HARDLINK`
-//! semantics and on a fixed-file table per ring. Even where every input is known up
-//! front (write → fsync on a known descriptor), a link hands the kernel the decision
-//! to start step k+1 the moment step k ends; linked requests not yet started are on no
-//! cancel list, so a cancel that arrives while a Bounded step (a regular-file write)
-//! runs cannot keep the kernel from starting the next write. Sequenced in user space,
-//! every step not yet started is certainly canceled (I5 `Queued`), and a write the
-//! user canceled never begins. The cost, measured: one `io_uring_enter` per step
-//! for a lone chain (open → read → close: 3 per chain, 21–47 µs per chain on this
-//! shared machine); with 32 chains in flight the steps share enters (0.11 enters per
-//! chain, ~9 µs per chain). The next step rides in the same enter that waits, so no
-//! syscall is added beyond the one per step. Exactly one step is in flight (one
-//! `ASYNC_CANCEL` stops the chain) and both backends share this code path.
+//! **Two ways to run the steps.** On io_uring, a chain the kernel can sequence (plain
+//! transfers, fsync, fallocate, at most one open that the chain closes itself, nothing
+//! on FUSE/NFS files) goes to the kernel as one batch of linked SQEs, the open into a
+//! direct descriptor: see `chain_link.rs` for the rules, the hard-linked close and the
+//! cancel that follows the running step. Every other chain, and every chain on the
+//! portable backend (or with [`Builder::link_chains(false)`](crate::Builder::link_chains)),
+//! is sequenced in user space as described above: a step's result decides the next
+//! step, which rides in the same `io_uring_enter` as the ring's wait (one enter per
+//! step for a lone chain). Sequencing is what a chain needs when quell must look at
+//! the opened file (to classify it, I5) or when the step on a FUSE file must run on
+//! quell's pool (io_uring mis-reports short FUSE reads, see `backend/uring.rs`), and
+//! it is the stricter about cancel: a step not started is certainly never started,
+//! where a linked step may start in the kernel while the cancel of the step before
+//! it is under way (its outcome then says what it did).
 //!
 //! **Cancel and failure.** Canceling the chain (by id, group, fd, deadline, shutdown)
 //! cancels the running step and every later one. A step that fails does the same. In
@@ -539,6 +533,8 @@ impl ChainState {
 #[derive(Default)]
 pub(crate) struct Chains {
     live: HashMap<u32, Box<ChainState>>,
+    /// File systems of the paths linked chains opened.
+    fs: link::FsClasses,
 }
 
 impl Chains {
@@ -600,6 +596,9 @@ impl Ring {
     /// [`Completion::steps`](crate::Completion::steps)), one cancel flag, one deadline
     /// and one group (I6). Canceling it stops the running step and every later one; a
     /// failing step does the same; either way the descriptors it opened are closed.
+    /// On io_uring a chain the kernel can sequence goes to it as linked SQEs (counted
+    /// in [`Stats::linked_chains`](crate::Stats::linked_chains)); its open step then
+    /// reports `Done(0)`, the file living in a direct descriptor the chain closes.
     /// The first step is checked now (a refused chain comes back whole); a later step
     /// that turns out invalid when its turn comes fails the chain with its errno.
     ///

@@ -95,6 +95,7 @@ pub struct Builder {
     pool_threads: usize,
     teardown_timeout: Duration,
     part_size: u32,
+    link_chains: bool,
 }
 
 impl Default for Builder {
@@ -107,6 +108,7 @@ impl Default for Builder {
             pool_threads: 16,
             teardown_timeout: Duration::from_secs(30),
             part_size: 8 << 20,
+            link_chains: true,
         }
     }
 }
@@ -155,6 +157,19 @@ impl Builder {
     /// or deadline stops the parts not yet dispatched (I6). Rounded down to 4 KiB.
     pub fn part_size(mut self, bytes: u32) -> Builder {
         self.part_size = (bytes & !4095).max(4096);
+        self
+    }
+
+    /// Whether chains the kernel can sequence go to io_uring as linked SQEs (default
+    /// `true`; see [`Ring::submit_chain`]). `false` sequences every chain in user space,
+    /// as the portable backend does.
+    ///
+    /// ```
+    /// let ring = quell::Ring::builder().link_chains(false).build().unwrap();
+    /// assert_eq!(ring.stats().linked_chains, 0);
+    /// ```
+    pub fn link_chains(mut self, on: bool) -> Builder {
+        self.link_chains = on;
         self
     }
 
@@ -214,6 +229,8 @@ pub struct Ring {
     /// A subscriber wants `quell::op` events (refreshed with `coarse_now`).
     trace_ops: bool,
     chains: chain::Chains,
+    /// Chains the kernel can sequence go to it linked (io_uring).
+    link_chains: bool,
     deadline_memo: (Instant, u64),
     sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
@@ -276,6 +293,7 @@ impl Ring {
             coarse_now: 0,
             trace_ops: trace_ops_enabled(),
             chains: chain::Chains::default(),
+            link_chains: b.link_chains,
             deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
             paused: false,
@@ -1158,11 +1176,7 @@ impl Ring {
                 group_path: paths[s.group as usize]
                     .get_or_insert_with(|| self.groups.path(s.group).into())
                     .clone(),
-                kind: if s.flags & F_CHAIN != 0 {
-                    self.linked_kind(idx).unwrap_or(s.desc.kind)
-                } else {
-                    s.desc.kind
-                },
+                kind: s.desc.kind,
                 fd: s.desc.fd,
                 offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
                     .then_some(s.desc.offset)

@@ -396,4 +396,17 @@ both_backends! {
         assert_eq!(ops.len(), 2);
         assert_eq!(ops.into_iter().nth(1).unwrap().into_buf().unwrap().len(), 9);
     }
+
+    fn chain_on_a_fuse_file_is_sequenced(b: BackendChoice) {
+        // Its reads must run on quell's pool (I5): told by the path's file system, the
+        // chain is not given to the kernel linked, on io_uring either.
+        let Some(fs) = mount(Spec::new().file(FileSpec::pattern("f", SIZE))) else { return };
+        let mut ring = ring(b, 16);
+        let id = ring.submit_chain(four_steps(&fs.path("f"))).unwrap();
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Done(8192));
+        assert!(opened_fd(&c) > 0, "a real descriptor, not a direct one");
+        assert_eq!(ring.stats().linked_chains, 0);
+        assert_eq!(fds_into(fs.mountpoint()), 0);
+    }
 }

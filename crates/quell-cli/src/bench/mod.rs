@@ -15,6 +15,7 @@
 pub mod cancel;
 pub mod cancel_latency;
 pub mod capture;
+pub mod chain;
 pub mod copy;
 pub mod drain;
 pub mod lazy;
@@ -61,6 +62,9 @@ pub enum Workload {
     /// against a plain read into a fresh Vec and into a prefaulted buffer. --depth is the
     /// LazyRead window (chunk reads in flight).
     Lazy,
+    /// open → read 4 KiB → close chains on a page-cached file, --depth chains in flight
+    /// [default 1]: linked SQEs (io_uring) against user-space sequencing and plain syscalls.
+    Chain,
 }
 
 /// How a workload picks its queue depth and batch size.
@@ -161,6 +165,12 @@ impl Workload {
                     batch: 1,
                 },
                 lazy::run,
+                false,
+            ),
+            Workload::Chain => (
+                "chain",
+                Depth { depth: 1, batch: 1 },
+                |a, s| Ok(vec![chain::run(a, s)?]),
                 false,
             ),
         };

@@ -80,7 +80,10 @@ impl Uring {
     /// Sets up a ring and checks every opcode quell needs.
     pub(crate) fn new(parts: &BackendParts) -> Result<Uring, Unavailable> {
         let sq = parts.config.sq_entries.clamp(8, 32768).next_power_of_two();
-        let cq = (parts.config.max_in_flight.saturating_mul(2))
+        // Room for a full window of 3-step linked chains (one CQE per step, see
+        // `direct.rs`) plus their cancels: an overflowing CQ still loses nothing, but
+        // every submit then takes the kernel's slow overflow path.
+        let cq = (parts.config.max_in_flight.saturating_mul(4))
             .max(sq * 2)
             .clamp(16, 1 << 16)
             .next_power_of_two();
