@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 mod sink;
 pub(crate) use sink::Sink;
+mod spans;
 // Checkpoint/restore and introspection (DESIGN I9) live in their own files, as child
 // modules so they can read the op table.
 #[path = "introspect.rs"]
@@ -41,22 +42,6 @@ pub(crate) mod quiesce;
 pub(crate) mod resubmit;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
-
-/// A `tracing` event of an op's life (target `quell::op`, level TRACE). Guarded by a
-/// flag the ring refreshes once per poll/wait, so with no subscriber interested an
-/// event costs one load and branch of a field, not a global level check per op.
-macro_rules! op_event {
-    ($ring:ident, $($t:tt)*) => {
-        if $ring.trace_ops {
-            tracing::trace!(target: "quell::op", $($t)*);
-        }
-    };
-}
-
-/// Whether a subscriber wants the per-op events.
-fn trace_ops_enabled() -> bool {
-    tracing::enabled!(target: "quell::op", tracing::Level::TRACE)
-}
 
 /// Which backend to use.
 ///
@@ -211,8 +196,10 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
-    /// A subscriber wants `quell::op` events (refreshed with `coarse_now`).
+    /// A subscriber wants `quell::op` spans, or some are open (refreshed with
+    /// `coarse_now`). Every per-op tracing hook sits behind this one branch.
     trace_ops: bool,
+    spans: spans::Spans,
     chains: chain::Chains,
     deadline_memo: (Instant, u64),
     sinks: sink::Sinks,
@@ -274,7 +261,8 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
-            trace_ops: trace_ops_enabled(),
+            trace_ops: spans::wanted(),
+            spans: spans::Spans::default(),
             chains: chain::Chains::default(),
             deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
@@ -501,7 +489,9 @@ impl Ring {
             gen,
             slot: idx,
         };
-        op_event!(self, slot = idx, gen, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
+        if self.trace_ops {
+            self.trace_submitted(idx, gen);
+        }
         self.groups.at(gidx).stats.queued += 1;
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
@@ -586,6 +576,9 @@ impl Ring {
             self.groups.at(g).stats.queued -= 1;
             self.groups.at(g).stats.in_flight += 1;
             self.backend.start_blocking(key, f);
+            if self.trace_ops {
+                self.trace_dispatched(idx);
+            }
             return true;
         }
         let mut raw = s.desc.raw();
@@ -600,11 +593,13 @@ impl Ring {
             return false;
         }
         s.state = SlotState::InFlight;
-        op_event!(self, slot = idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
         self.in_flight += 1;
+        if self.trace_ops {
+            self.trace_dispatched(idx);
+        }
         true
     }
 
@@ -628,7 +623,7 @@ impl Ring {
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
         if s.gen != gen || s.state != SlotState::InFlight {
-            return self.finish_unusual(idx, key);
+            return self.finish_unusual(idx, key, res);
         }
         // Only transfers have a requested length (and it costs a payload match).
         let asked = if s.desc.kind.is_transfer() {
@@ -679,7 +674,9 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        op_event!(self, slot = idx, gen, %outcome, "completed");
+        if self.trace_ops {
+            self.trace_completed(idx, &outcome);
+        }
         self.push_completion(idx, outcome);
         self.stats.completed += 1;
     }
@@ -687,7 +684,7 @@ impl Ring {
     /// A result for a slot that is not simply in flight: the kernel's late completion of
     /// a detached op, or (never expected) a stale key.
     #[cold]
-    fn finish_unusual(&mut self, idx: u32, key: u64) {
+    fn finish_unusual(&mut self, idx: u32, key: u64, res: i64) {
         let s = self.table.slot_mut(idx);
         if s.gen != split_key(key).1 {
             tracing::error!(key, "completion for a slot that moved on; ignored");
@@ -701,6 +698,9 @@ impl Ring {
         self.in_flight -= 1;
         self.stats.detached_finished += 1;
         self.groups.at(s.group).stats.detached -= 1;
+        if self.trace_ops {
+            self.trace_kernel_done(idx, res);
+        }
         let s = self.table.slot_mut(idx);
         if s.flags & F_DELIVERED != 0 {
             self.table.free(idx);
@@ -948,6 +948,9 @@ impl Ring {
         if !keep {
             self.table.free(idx);
         }
+        if self.trace_ops {
+            self.trace_delivered(idx, keep);
+        }
         c
     }
 
@@ -1001,8 +1004,10 @@ impl Ring {
 
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
+        if self.trace_ops {
+            self.trace_cancel(idx, timed_out);
+        }
         let s = self.table.slot_mut(idx);
-        op_event!(self, slot = idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 let transferred = s.transferred as usize;
@@ -1025,7 +1030,9 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
-                op_event!(self, slot = idx, %outcome, "completed");
+                if self.trace_ops {
+                    self.trace_completed(idx, &outcome);
+                }
                 self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
@@ -1052,7 +1059,9 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
-                    op_event!(self, slot = idx, outcome = %Outcome::Detached, "completed");
+                    if self.trace_ops {
+                        self.trace_completed(idx, &Outcome::Detached);
+                    }
                     self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
@@ -1182,7 +1191,7 @@ impl Ring {
     fn fire_timers(&mut self) {
         let now = self.now_ns();
         self.coarse_now = now;
-        self.trace_ops = trace_ops_enabled();
+        self.refresh_trace();
         let Some(next) = self.timers.next() else {
             return;
         };
