@@ -7,7 +7,7 @@ mod common;
 
 use common::fault::{mount, wait_id, Watchdog};
 use common::*;
-use quell::{CancelClass, Chain, Op, Outcome, Ring};
+use quell::{CancelClass, Chain, GroupId, GroupOptions, Op, OpState, Outcome, Ring};
 use quell_faultfs::{Behavior, FileSpec, Rule, Spec};
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -264,6 +264,29 @@ both_backends! {
             assert_eq!(rec.event(rec.span_of(4).0, "cancel requested").fields["timed_out"], "true");
             // No lifecycle event escaped its span.
             assert!(rec.all_events().iter().all(|e| e.parent.is_some()), "{:?}", rec.all_events());
+        });
+    }
+
+    /// The span names the op's group by path, matching `ops()`; canceling the group
+    /// shows up as a cancel request inside each member's span.
+    fn the_span_names_the_group_and_sees_its_cancel(b: BackendChoice) {
+        let rec = Recorder::default();
+        tracing::subscriber::with_default(rec.clone(), || {
+            let mut ring = ring(b, 8);
+            let (r, _w) = pipe();
+            let job = ring.group(GroupId::ROOT, GroupOptions::default().name("job")).unwrap();
+            let inner = ring.group(job, GroupOptions::default()).unwrap();
+            let id = ring.submit(Op::read(r.as_raw_fd(), vec![0; 4]).group(inner).user_data(11)).unwrap();
+            ring.poll().unwrap();
+            let info = ring.ops().into_iter().find(|o| o.id == id).unwrap();
+            assert_eq!(info.state, OpState::InFlight);
+            let (span, s) = rec.span_of(11);
+            assert_eq!(s.fields["group"], &*info.group_path);
+            assert!(s.fields["group"].starts_with("root/job/"), "{}", s.fields["group"]);
+            ring.cancel_group(job).unwrap();
+            assert_eq!(ring.wait_for(id).unwrap().outcome, Outcome::Canceled { transferred: 0 });
+            in_order(&rec.events_in(span), &["submitted", "dispatched", "cancel requested", "completed"]);
+            assert_eq!(rec.span_of(11).1.closes, 1);
         });
     }
 

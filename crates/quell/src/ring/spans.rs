@@ -58,6 +58,24 @@ impl Spans {
     }
 }
 
+/// A group's "root/parent/child" path (as `Groups::path`), written straight into the
+/// subscriber's formatter: no string is built per op.
+struct GroupPath<'a>(&'a crate::group::Groups, u32);
+
+impl std::fmt::Display for GroupPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.1 == 0 {
+            return f.write_str("root");
+        }
+        let g = &self.0.v[self.1 as usize];
+        write!(f, "{}/", GroupPath(self.0, g.parent))?;
+        match &g.name {
+            Some(n) => f.write_str(n),
+            None => write!(f, "g{}", self.1),
+        }
+    }
+}
+
 /// Whether a subscriber wants the per-op spans and events.
 pub(super) fn wanted() -> bool {
     tracing::enabled!(target: "quell::op", tracing::Level::DEBUG)
@@ -99,7 +117,7 @@ impl Ring {
             id = %id,
             kind = %d.kind,
             fd = d.kind.uses_fd().then_some(d.fd),
-            group = %groups.path(s.group),
+            group = %GroupPath(groups, s.group),
             class = %s.class,
             user_data = s.user_data,
             outcome = Empty,
