@@ -70,9 +70,16 @@ pub struct CpArgs {
     /// Bytes per chunk (K, KiB, M, MiB suffixes); a multiple of 4096 with --direct.
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     pub block_size: u64,
-    /// Open both files with O_DIRECT (page-cache bypass) and use aligned buffers.
+    /// Open both files with O_DIRECT (page-cache bypass) and use aligned buffers
+    /// (implies --engine rw).
     #[arg(long)]
     pub direct: bool,
+    /// How bytes move: `splice` (source → pipe → destination in the kernel, one copy)
+    /// or `rw` (read into a buffer, then write it; all-zero chunks become holes)
+    /// [default: splice from local filesystems; rw with --direct, and from FUSE or
+    /// network filesystems, where a splice cannot be interrupted].
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
     /// Stop the copy when this much time has passed (e.g. 1s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub deadline: Option<Duration>,
@@ -88,6 +95,15 @@ pub struct CpArgs {
     /// The quell backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+}
+
+/// How `quell cp` moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// splice(2) through a pipe per lane: no copy through user memory.
+    Splice,
+    /// read(2) into a buffer, then write(2).
+    Rw,
 }
 
 /// Why a copy stopped before the end.
@@ -119,10 +135,11 @@ impl Stop {
     }
 }
 
-/// A chunk buffer: plain, or aligned for O_DIRECT.
+/// A lane's buffer: plain, aligned for O_DIRECT, or a pipe for splice.
 enum Buf {
     Plain(Vec<u8>),
     Aligned(AlignedBuf),
+    Pipe { r: File, w: File },
 }
 
 impl Buf {
@@ -130,7 +147,32 @@ impl Buf {
         match self {
             Buf::Plain(v) => v,
             Buf::Aligned(a) => a,
+            Buf::Pipe { .. } => &[],
         }
+    }
+
+    fn pipe(size: u64) -> Result<Buf, CliError> {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(format!("pipe2: {}", std::io::Error::last_os_error()).into());
+        }
+        // SAFETY: fresh descriptors, owned by nobody else.
+        let (r, w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        // A pipe as large as a chunk lets one splice move it; where the limit is lower
+        // the lane just loops (best effort, so the result is not checked).
+        // SAFETY: fcntl on our own pipe.
+        unsafe {
+            libc::fcntl(
+                w.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                size.min(1 << 30) as libc::c_int,
+            )
+        };
+        Ok(Buf::Pipe { r, w })
     }
 }
 
@@ -140,6 +182,9 @@ struct Slot {
     offset: u64,
     /// Bytes of the source in this chunk.
     len: usize,
+    /// Splice: bytes of the chunk already written, and bytes waiting in the pipe.
+    pos: usize,
+    in_pipe: usize,
     buf: Option<Buf>,
 }
 
@@ -173,6 +218,9 @@ fn check_args(args: &CpArgs) -> Option<String> {
         return Some(format!(
             "--block-size must be between 1 byte and 64MiB, got {b}"
         ));
+    }
+    if args.direct && args.engine == Some(Engine::Splice) {
+        return Some("--direct needs --engine rw".into());
     }
     if args.direct && b % 4096 != 0 {
         return Some(format!(
@@ -314,18 +362,25 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         ring.set_group_deadline(top, at)?;
     }
 
-    let mut slots: Vec<Slot> = (0..depth)
-        .map(|_| Slot {
+    let engine = engine_of(args, &plan.src);
+    let mut slots: Vec<Slot> = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        let buf = match engine {
+            Engine::Splice => Buf::pipe(block)?,
+            Engine::Rw if args.direct => {
+                Buf::Aligned(AlignedBuf::new(block as usize, 4096).expect("4096 is a power of two"))
+            }
+            Engine::Rw => Buf::Plain(Vec::with_capacity(block as usize)),
+        };
+        slots.push(Slot {
             chunk: 0,
             offset: 0,
             len: 0,
-            buf: Some(if args.direct {
-                Buf::Aligned(AlignedBuf::new(block as usize, 4096).expect("4096 is a power of two"))
-            } else {
-                Buf::Plain(Vec::with_capacity(block as usize))
-            }),
-        })
-        .collect();
+            pos: 0,
+            in_pipe: 0,
+            buf: Some(buf),
+        });
+    }
     let mut free: Vec<usize> = (0..depth).rev().collect();
     let nchunks = (size - plan.start).div_ceil(block);
     let mut next_chunk = 0u64;
@@ -355,21 +410,19 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                 s.chunk = next_chunk;
                 s.offset = frontier.offset(next_chunk);
                 s.len = (size - s.offset).min(block) as usize;
-                let op = match s.buf.take().expect("a free slot has its buffer") {
-                    Buf::Plain(mut v) => {
-                        v.resize(s.len, 0);
-                        Op::read_at(sfd, s.offset, v)
-                    }
-                    Buf::Aligned(a) => Op::read_aligned(sfd, s.offset, a),
-                };
-                match ring.submit(op.exact().group(reads).user_data((si as u64) << 1)) {
+                s.pos = 0;
+                s.in_pipe = 0;
+                let op = read_op(s, sfd);
+                match ring.submit(op.group(reads).user_data((si as u64) << 1)) {
                     Ok(_) => {
                         in_flight += 1;
                         next_chunk += 1;
                     }
                     Err(e) => {
                         let (_, op) = e.into_parts();
-                        s.buf = take_buf(op, args.direct);
+                        if let Some(b) = take_buf(op, args.direct) {
+                            s.buf = Some(b);
+                        }
                         free.push(si);
                         // Refused because a signal or the deadline got there first:
                         // the state check below says which.
@@ -396,14 +449,89 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
             let si = (c.user_data >> 1) as usize;
             let is_write = c.user_data & WRITE != 0;
             let outcome = c.outcome;
-            let buf = if args.direct {
-                c.into_aligned().map(Buf::Aligned)
-            } else {
-                c.into_buf().map(Buf::Plain)
-            };
+            match engine {
+                Engine::Rw if args.direct => slots[si].buf = c.into_aligned().map(Buf::Aligned),
+                Engine::Rw => slots[si].buf = c.into_buf().map(Buf::Plain),
+                // The pipe never left the slot.
+                Engine::Splice => {}
+            }
             let (chunk, offset, len) = (slots[si].chunk, slots[si].offset, slots[si].len);
-            slots[si].buf = buf;
+            let offset_now = offset + slots[si].pos as u64;
             let mut release = true;
+            if engine == Engine::Splice {
+                let s = &mut slots[si];
+                let next = match (is_write, outcome) {
+                    (false, Outcome::Done(0)) if stop.is_none() => {
+                        stop = Some(Stop::Error(format!(
+                            "{} ended at offset {offset_now} while {size} bytes were expected (it shrank during the copy)",
+                            args.src.display()
+                        )));
+                        ring.cancel_group(reads)?;
+                        None
+                    }
+                    (false, Outcome::Done(n)) if stop.is_none() => {
+                        s.in_pipe = n;
+                        Some(
+                            write_op(s, dfd)
+                                .group(writes)
+                                .user_data(((si as u64) << 1) | WRITE),
+                        )
+                    }
+                    (true, Outcome::Done(m)) => {
+                        s.pos += m;
+                        s.in_pipe -= m.min(s.in_pipe);
+                        if s.in_pipe > 0 {
+                            Some(
+                                write_op(s, dfd)
+                                    .group(writes)
+                                    .user_data(((si as u64) << 1) | WRITE),
+                            )
+                        } else if s.pos < s.len && stop.is_none() {
+                            Some(read_op(s, sfd).group(reads).user_data((si as u64) << 1))
+                        } else {
+                            if s.pos >= s.len {
+                                frontier.finish(chunk);
+                            }
+                            written += m as u64;
+                            None
+                        }
+                    }
+                    (false, Outcome::Failed(e)) if stop.is_none() => {
+                        stop = Some(Stop::Error(format!(
+                            "reading {}: {} in the {} bytes at offset {offset_now}",
+                            args.src.display(),
+                            io_error(e),
+                            len - s.pos
+                        )));
+                        ring.cancel_group(reads)?;
+                        None
+                    }
+                    (true, Outcome::Failed(e)) => {
+                        if !matches!(stop, Some(Stop::Error(_))) {
+                            stop = Some(Stop::Error(format!(
+                                "writing {}: {} in the {} bytes at offset {offset_now}",
+                                args.dst.display(),
+                                io_error(e),
+                                s.in_pipe
+                            )));
+                        }
+                        ring.cancel_group(reads)?;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(op) = next {
+                    // Refused: a stop got there first; the lane is not reused.
+                    if ring.submit(op).is_ok() {
+                        in_flight += 1;
+                        release = false;
+                    }
+                }
+                if release {
+                    free.push(si);
+                }
+                continue;
+            }
             match (is_write, outcome) {
                 (false, Outcome::Done(n)) if stop.is_none() => {
                     if n < len {
@@ -422,6 +550,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                         let op = match slots[si].buf.take().expect("buffer back") {
                             Buf::Plain(v) => Op::write_at(dfd, offset, v),
                             Buf::Aligned(a) => Op::write_aligned(dfd, offset, a),
+                            Buf::Pipe { .. } => unreachable!("splice lanes are handled above"),
                         };
                         match ring.submit(
                             op.exact()
@@ -552,8 +681,76 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     Ok(stop.code())
 }
 
+fn engine_of(args: &CpArgs, src: &File) -> Engine {
+    match args.engine {
+        Some(e) => e,
+        None if args.direct => Engine::Rw,
+        None if splice_is_safe(src) => Engine::Splice,
+        None => Engine::Rw,
+    }
+}
+
+/// Whether the source lives on a local filesystem, where a splice from it ends in
+/// bounded time. From FUSE or network filesystems a splice waits uninterruptibly for
+/// the server (a hung server would make the copy unkillable), while a read(2) there can
+/// be interrupted, so those sources use the rw engine.
+fn splice_is_safe(src: &File) -> bool {
+    const LOCAL: [i64; 8] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x8584_58F6, // ramfs
+    ];
+    // SAFETY: statfs fills the zeroed struct for our open descriptor.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; st is a valid out-pointer.
+    if unsafe { libc::fstatfs(src.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    LOCAL.contains(&(st.f_type as i64))
+}
+
+/// The op that reads (the rest of) a lane's chunk.
+fn read_op(s: &mut Slot, sfd: std::os::fd::RawFd) -> Op {
+    let at = s.offset + s.pos as u64;
+    match s.buf.as_mut().expect("a free slot has its buffer") {
+        Buf::Pipe { w, .. } => {
+            Op::splice(sfd, Some(at), w.as_raw_fd(), None, (s.len - s.pos) as u32)
+        }
+        _ => match s.buf.take().expect("checked above") {
+            Buf::Plain(mut v) => {
+                v.resize(s.len, 0);
+                Op::read_at(sfd, at, v).exact()
+            }
+            Buf::Aligned(a) => Op::read_aligned(sfd, at, a).exact(),
+            Buf::Pipe { .. } => unreachable!("matched above"),
+        },
+    }
+}
+
+/// The op that moves a lane's pipe contents to the destination (splice only).
+fn write_op(s: &Slot, dfd: std::os::fd::RawFd) -> Op {
+    let Some(Buf::Pipe { r, .. }) = &s.buf else {
+        unreachable!("write_op is for splice lanes")
+    };
+    Op::splice(
+        r.as_raw_fd(),
+        None,
+        dfd,
+        Some(s.offset + s.pos as u64),
+        s.in_pipe as u32,
+    )
+}
+
 /// The buffer of an op the ring refused.
 fn take_buf(op: Op, direct: bool) -> Option<Buf> {
+    if op.kind() == quell::OpKind::Splice {
+        return None;
+    }
     if direct {
         op.into_aligned().map(Buf::Aligned)
     } else {

@@ -140,6 +140,16 @@ fn bad_arguments_are_clear() {
             vec![os(&src), os(&dst), os("--block-size"), os("0")],
             "--block-size",
         ),
+        (
+            vec![
+                os(&src),
+                os(&dst),
+                os("--direct"),
+                os("--engine"),
+                os("splice"),
+            ],
+            "--engine rw",
+        ),
     ] {
         let o = cp(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -168,8 +178,8 @@ fn copies_are_byte_identical() {
         for &n in &sizes {
             let src = d.path(&format!("src-{n}"));
             std::fs::write(&src, data(n, n as u8)).unwrap();
-            for direct in [false, true] {
-                let dst = d.path(&format!("dst-{backend}-{n}-{direct}"));
+            for (direct, engine) in [(false, "splice"), (false, "rw"), (true, "rw")] {
+                let dst = d.path(&format!("dst-{backend}-{n}-{direct}-{engine}"));
                 std::fs::write(&dst, b"stale bytes that must go").unwrap();
                 let mut args = vec![
                     os(&src),
@@ -180,6 +190,8 @@ fn copies_are_byte_identical() {
                     os("64K"),
                     os("--depth"),
                     os("4"),
+                    os("--engine"),
+                    os(engine),
                 ];
                 if direct {
                     args.push(os("--direct"));
@@ -189,8 +201,15 @@ fn copies_are_byte_identical() {
                     eprintln!("O_DIRECT unsupported in {}; skipped", d.0.display());
                     continue;
                 }
-                assert!(o.status.success(), "{backend} {n} {direct}: {}", stderr(&o));
-                assert!(same_file(&src, &dst), "{backend} {n} bytes direct={direct}");
+                assert!(
+                    o.status.success(),
+                    "{backend} {n} {engine} {direct}: {}",
+                    stderr(&o)
+                );
+                assert!(
+                    same_file(&src, &dst),
+                    "{backend} {n} bytes {engine} direct={direct}"
+                );
             }
         }
     }

@@ -21,6 +21,11 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Version of the checkpoint format written by this build.
+///
+/// ```
+/// let ckpt = quell::Ring::new().unwrap().quiesce(quell::QuiescePolicy::default()).unwrap();
+/// assert_eq!(ckpt.version, quell::CHECKPOINT_VERSION);
+/// ```
 pub const CHECKPOINT_VERSION: u32 = 1;
 
 /// The op table of a quiesced ring, as data.
@@ -272,6 +277,31 @@ pub struct Unfinished {
 }
 
 /// Files reopened by [`Checkpoint::reopen_files`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let path = std::env::temp_dir().join(format!("quell-reopen-doc-{}", std::process::id()));
+/// let file = std::fs::File::create(&path)?;
+/// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+/// ring.submit(quell::Op::timeout(std::time::Duration::from_secs(60)))?; // fills the window
+/// ring.submit(quell::Op::write_at(file.as_raw_fd(), 0, b"hi".to_vec()))?; // stays queued
+/// let mut ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+/// drop(ring);
+/// drop(file); // as if in another process: the descriptor is gone
+/// let reopened = ckpt.reopen_files();
+/// assert_eq!((reopened.fds.len(), reopened.failed.len()), (1, 0));
+/// let mut fresh = quell::Ring::new()?;
+/// let ids = fresh.resubmit(&ckpt, quell::Buffers::new());
+/// for (d, id) in ckpt.ops.iter().zip(ids) {
+///     if d.kind == quell::OpKind::Write {
+///         assert!(fresh.wait_for(id?)?.outcome.is_done());
+///     }
+/// }
+/// assert_eq!(std::fs::read(&path)?, b"hi");
+/// # std::fs::remove_file(&path)?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Default)]
 pub struct Reopened {
     /// The new descriptors (keep them open while the re-issued ops run).

@@ -115,6 +115,24 @@ impl Handle {
 
     /// Asks for a snapshot, waits up to `timeout` for the ring to serve it, and writes
     /// it to `w` in `format`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::timeout(Duration::from_secs(60)).user_data(31))?;
+    /// let handle = ring.handle();
+    /// let watcher = std::thread::spawn(move || {
+    ///     let mut out = Vec::new();
+    ///     handle.dump_ops(quell::DumpFormat::Table, &mut out, Duration::from_secs(10)).unwrap();
+    ///     String::from_utf8(out).unwrap()
+    /// });
+    /// while !watcher.is_finished() {
+    ///     ring.wait(1, Some(Duration::from_millis(10)))?; // serves the request
+    /// }
+    /// assert!(watcher.join().unwrap().contains("timeout"));
+    /// # Ok(()) }
+    /// ```
     pub fn dump_ops(
         &self,
         format: crate::dump::DumpFormat,
