@@ -322,6 +322,7 @@ impl Ring {
     }
 
     /// Checks an op and classifies it. Nothing is allocated or changed on error.
+    #[inline]
     fn admit(&mut self, op: &Op) -> Result<CancelClass, Error> {
         let d = &op.desc;
         match &d.payload {
@@ -618,7 +619,7 @@ impl Ring {
         self.reaped = reaped;
     }
 
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self, key: u64, res: i64) {
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
@@ -712,7 +713,7 @@ impl Ring {
 
     /// Queues a finished op's completion for the user, or hands it at once to the
     /// internal sink that owns the op (see `ring::sink`).
-    #[inline]
+    #[inline(always)]
     fn push_completion(&mut self, idx: u32, outcome: Outcome) {
         if self.table.slot(idx).flags & F_SINK != 0 {
             let c = self.deliver(idx, outcome);
@@ -911,7 +912,7 @@ impl Ring {
     }
 
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
-    #[inline]
+    #[inline(always)]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
         Some(self.deliver(idx, outcome))
@@ -922,7 +923,7 @@ impl Ring {
         std::iter::from_fn(move || self.next_completion())
     }
 
-    #[inline]
+    #[inline(always)]
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
         // A detached op whose kernel completion is still to come: release the user,
