@@ -356,6 +356,34 @@ both_backends! {
                 &rec.events_in(span),
                 &["submitted", "dispatched", "cancel requested", "completed", "detached delivered; kernel still owns the memory", "kernel done"],
             );
+
+            // The other order: the kernel finishes before the Detached completion is
+            // taken. The span stays open until it is taken.
+            let id = ring
+                .submit(
+                    Op::read(r.as_raw_fd(), vec![0; 8])
+                        .class(CancelClass::Bounded)
+                        .deadline(Instant::now() + ms(30))
+                        .user_data(15),
+                )
+                .unwrap();
+            let start = Instant::now();
+            while ring.wait(1, Some(ms(50))).unwrap() == 0 {
+                assert!(start.elapsed() < Duration::from_secs(10));
+            }
+            write_all(w.as_raw_fd(), b"later");
+            while ring.stats().detached_finished < 2 {
+                std::thread::sleep(ms(5));
+                ring.poll().unwrap();
+                assert!(start.elapsed() < Duration::from_secs(10));
+            }
+            let (span, s) = rec.span_of(15);
+            assert_eq!(s.closes, 0, "the Detached completion is not taken yet");
+            assert_eq!(s.fields["kernel_result"], "5");
+            let c = ring.next_completion().unwrap();
+            assert_eq!((c.id, c.outcome), (id, Outcome::Detached));
+            assert_eq!(rec.span_of(15).1.closes, 1, "closed when taken");
+            in_order(&rec.events_in(span), &["submitted", "dispatched", "cancel requested", "completed", "kernel done"]);
         });
     }
 
