@@ -176,6 +176,11 @@ impl Future for Reactor {
                 Poll::Pending => {}
             }
             match next {
+                // The ring has more to do right now: yield to other tasks, then go on.
+                Some(d) if d.is_zero() => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Some(d) => {
                     let at = tokio::time::Instant::now() + d;
                     match &mut self.sleep {

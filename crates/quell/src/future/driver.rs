@@ -474,22 +474,28 @@ impl State {
     /// `out` (empty) receives them; its allocation is kept for the next turn.
     pub(crate) fn turn(&mut self, out: &mut Vec<Waker>) -> Result<Option<Duration>, Error> {
         self.notified = false;
-        // Rescue cancels of queued ops complete at once: a second pass routes them.
-        for _ in 0..3 {
-            self.ring.poll()?;
+        // Settle the ring (nothing left dispatched but unsubmitted, no backend result
+        // unseen), route what completed, and again if routing canceled something (a
+        // rescue: its cancel must reach the kernel, a queued op's completes at once).
+        let mut again = true;
+        for _ in 0..8 {
+            let settled = self.ring.poll_settled(16)?;
             let mut any = false;
             while let Some(c) = self.ring.next_completion() {
                 any = true;
                 self.route(c);
             }
             if !any {
+                again = !settled;
                 break;
             }
         }
-        // The reap may have let queued ops into the dispatch window: hand them to the
-        // kernel now rather than at the next wake-up (no system call when none were).
-        self.ring.flush()?;
-        let next = self.ring.next_wake();
+        // Still busy: run again at once, after other tasks had their turn.
+        let next = if again {
+            Some(Duration::ZERO)
+        } else {
+            self.ring.next_wake()
+        };
         std::mem::swap(&mut self.wakers, out);
         Ok(next)
     }
