@@ -887,6 +887,29 @@ impl Ring {
         }
     }
 
+    /// Futures-layer hook: polls until a pass reaps nothing from the backend, so a ring
+    /// run by an external reactor is left with no op dispatched but unsubmitted and no
+    /// backend result unseen (a backend may complete ops inline while flushing).
+    /// `false` if still busy after `passes` passes.
+    pub(crate) fn poll_settled(&mut self, passes: usize) -> Result<bool, Error> {
+        for _ in 0..passes {
+            self.fire_timers();
+            self.flush()?;
+            self.backend.reap(&mut self.reaped);
+            if self.reaped.is_empty() {
+                return Ok(true);
+            }
+            let mut reaped = std::mem::take(&mut self.reaped);
+            for &(key, res) in &reaped {
+                self.finish(key, res);
+            }
+            reaped.clear();
+            self.reaped = reaped;
+            self.dispatch();
+        }
+        Ok(false)
+    }
+
     /// Futures-layer hook: this ring's id (stamped into its [`OpId`]s).
     pub(crate) fn id(&self) -> u32 {
         self.id
