@@ -10,6 +10,14 @@ echo "== cargo test (workspace, both backends)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 cargo test -p quell --features fuzzing --lib fuzzing
+# The futures layer on tokio, and the examples (echo server with a drain, copy with a
+# deadline, hung-read cancel), built and run on both backends. The workspace run above
+# already enables `tokio` through quell-cli; this keeps them covered if that changes.
+cargo test -p quell --features tokio --test futures_tokio --test examples
+
+echo "== loom: the cross-thread request mailbox (Handle -> ring) under every interleaving with up to 3 preemptions"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p quell --release --lib loom
 
 echo "== AddressSanitizer: teardown and cancellation paths"
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
@@ -20,6 +28,10 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" 
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --target x86_64-unknown-linux-gnu --test faults -- \
   drop_ring fuse_hundred fuse_hung
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test lazy -- \
+  drop_mid_flight cancel_midway many_lazy
 
 echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ_SECS:-60} s, AddressSanitizer)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -71,7 +71,25 @@ pub fn gather() -> Value {
         "kernel": kernel(),
         "io_uring": io_uring_probe(),
         "userfaultfd": userfaultfd(),
+        "lazy_read": lazy_read(),
         "fuse": fuse(),
+    })
+}
+
+/// The mode LazyRead runs in here, as the library probes it (`QUELL_LAZY` included).
+fn lazy_read() -> Value {
+    let a = quell::lazy::availability();
+    json!({
+        "mode": match a.mode {
+            quell::lazy::LazyMode::Uffd => "uffd",
+            _ => "checked",
+        },
+        "userfaultfd_usable": a.usable,
+        "via": a.source.map(|s| format!("{s:?}")),
+        "publish": if a.can_move { "UFFDIO_MOVE (COPY fallback)" } else { "UFFDIO_COPY" },
+        "failed_chunks": if a.can_poison { "UFFDIO_POISON (SIGBUS)" } else { "PROT_NONE (SIGSEGV)" },
+        "reason": a.reason,
+        "quell_lazy_env": std::env::var("QUELL_LAZY").ok(),
     })
 }
 
@@ -373,6 +391,24 @@ pub fn human(r: &Value) -> String {
             .unwrap_or_default();
         let _ = writeln!(o, "userfaultfd     unavailable: {}", errs.join("; "));
     }
+    let l = &r["lazy_read"];
+    let _ = if l["mode"].as_str() == Some("uffd") {
+        writeln!(
+            o,
+            "LazyRead        uffd: raw page-level blocking view; publish by {}; failed chunks {}",
+            text(&l["publish"]),
+            text(&l["failed_chunks"])
+        )
+    } else {
+        writeln!(
+            o,
+            "LazyRead        checked only (raw view refused): {}",
+            match l["quell_lazy_env"].as_str() {
+                Some(e) => format!("QUELL_LAZY={e}"),
+                None => text(&l["reason"]),
+            }
+        )
+    };
     let fu = &r["fuse"];
     let dev = &fu["dev_fuse"];
     let _ = writeln!(

@@ -17,6 +17,7 @@ mod bench;
 mod cp;
 mod faultfs;
 mod info;
+mod ops;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,8 @@ pub enum Command {
     Faultfs(faultfs::FaultfsArgs),
     /// Copy a file through quell: parallel, Ctrl-C drains then cancels, resumable.
     Cp(cp::CpArgs),
+    /// Show a ring's operations in flight: a live demo table, or the listing's cost.
+    Ops(ops::OpsArgs),
 }
 
 /// The error type of the command: a message for standard error.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
+        Command::Ops(args) => ops::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

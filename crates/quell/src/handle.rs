@@ -3,10 +3,11 @@
 use crate::error::Error;
 use crate::id::OpId;
 use crate::info::OpInfo;
+use crate::mailbox::Mailbox;
+use crate::sync::{AtomicBool, Ordering};
 use crate::wake::Doorbell;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// A request another thread leaves for the ring's thread.
@@ -24,23 +25,10 @@ pub(crate) enum Request {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) ring_id: u32,
-    /// Set when `requests` is non-empty; the ring reads it with a plain load per loop.
-    pub(crate) pending: AtomicBool,
-    pub(crate) requests: Mutex<Vec<Request>>,
+    /// Requests for the ring's thread; it checks them with one atomic load per loop.
+    pub(crate) requests: Mailbox<Request>,
     pub(crate) doorbell: Arc<Doorbell>,
     pub(crate) closed: AtomicBool,
-}
-
-impl Shared {
-    /// Takes the queued requests (ring thread only).
-    pub(crate) fn take(&self, into: &mut Vec<Request>) {
-        if !self.pending.load(Ordering::Acquire) {
-            return;
-        }
-        self.pending.store(false, Ordering::Release);
-        let mut q = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        into.append(&mut q);
-    }
 }
 
 /// A `Send + Sync`, clonable handle that lets other threads cancel a ring's operations
@@ -69,15 +57,7 @@ impl Handle {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        {
-            let mut q = self
-                .shared
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            q.push(r);
-            self.shared.pending.store(true, Ordering::Release);
-        }
+        self.shared.requests.post(r);
         self.shared.doorbell.ring();
         Ok(())
     }

@@ -56,7 +56,7 @@ impl Ring {
         let c = count.clone();
         let handler = move || {
             c.fetch_add(1, Ordering::AcqRel);
-            shared.pending.store(true, Ordering::Release);
+            shared.requests.mark_pending();
             shared.doorbell.ring();
         };
         // SAFETY: the handler only touches atomics and write(2)s an eventfd, all

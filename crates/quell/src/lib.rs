@@ -53,11 +53,13 @@ mod handle;
 mod id;
 mod info;
 pub mod lazy;
+mod mailbox;
 mod op;
 mod outcome;
 mod probe;
 mod ring;
 mod signal;
+mod sync;
 mod table;
 mod timer;
 #[cfg(feature = "tokio")]

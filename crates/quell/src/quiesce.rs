@@ -169,8 +169,12 @@ impl Ring {
             })
             .collect();
         for idx in hits {
-            let gen = self.table.slot(idx).gen;
-            marked.push(key_of(idx, gen));
+            let s = self.table.slot(idx);
+            // A chain is canceled (and closes what it opened) but not described: its
+            // slot holds only the current step, which must not be re-issued alone.
+            if s.flags & F_CHAIN == 0 {
+                marked.push(key_of(idx, s.gen));
+            }
             self.cancel_slot(idx, false);
         }
     }

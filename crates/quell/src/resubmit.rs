@@ -48,20 +48,58 @@ impl Buffers {
         Buffers::default()
     }
 
-    /// The buffers of completions (those of canceled ops, taken from the quiesced ring).
+    /// The buffers of the canceled ops among `completions` (taken from the quiesced
+    /// ring: the ops a checkpoint describes complete `Canceled`). Other completions
+    /// are dropped with their buffers; use [`keep`](Buffers::keep) to get them back.
     pub fn from_completions(completions: impl IntoIterator<Item = Completion>) -> Buffers {
         let mut b = Buffers::new();
         for c in completions {
-            let id = CheckpointId::from(c.id);
-            let mem = match c.payload {
-                Payload::Buf(v) => Memory::Plain(v),
-                Payload::Aligned(a) => Memory::Aligned(a),
-                Payload::Bufs(v) => Memory::Vectored(v.bufs),
-                _ => continue,
-            };
-            b.by_id.insert(id, mem);
+            drop(b.keep(c));
         }
         b
+    }
+
+    /// Keeps the buffer of `c` if it is a canceled op's (one a checkpoint may
+    /// describe); any other completion is handed back untouched.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// let done = ring.wait_for(id)?;
+    /// let mut bufs = quell::Buffers::new();
+    /// assert!(bufs.keep(done).is_some()); // finished: not a checkpointed op
+    /// assert!(bufs.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn keep(&mut self, c: Completion) -> Option<Completion> {
+        if !matches!(c.outcome, crate::outcome::Outcome::Canceled { .. }) {
+            return Some(c);
+        }
+        let id = CheckpointId::from(c.id);
+        let Completion {
+            id: cid,
+            user_data,
+            outcome,
+            kind,
+            payload,
+        } = c;
+        let mem = match payload {
+            Payload::Buf(v) => Memory::Plain(v),
+            Payload::Aligned(a) => Memory::Aligned(a),
+            Payload::Bufs(v) => Memory::Vectored(v.bufs),
+            payload => {
+                return Some(Completion {
+                    id: cid,
+                    user_data,
+                    outcome,
+                    kind,
+                    payload,
+                })
+            }
+        };
+        self.by_id.insert(id, mem);
+        None
     }
 
     /// Gives the buffer for the op that had `id` in the old ring.

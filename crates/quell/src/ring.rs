@@ -13,6 +13,7 @@ use crate::group::{GroupId, GroupOptions, GroupStats, Groups};
 use crate::handle::{Handle, Request, Shared};
 use crate::id::{key_of, split_key, OpId};
 use crate::info::{OpInfo, Stats};
+use crate::mailbox::Mailbox;
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
@@ -24,8 +25,8 @@ use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod sink;
@@ -40,6 +41,22 @@ pub(crate) mod quiesce;
 pub(crate) mod resubmit;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A `tracing` event of an op's life (target `quell::op`, level TRACE). Guarded by a
+/// flag the ring refreshes once per poll/wait, so with no subscriber interested an
+/// event costs one load and branch of a field, not a global level check per op.
+macro_rules! op_event {
+    ($ring:ident, $($t:tt)*) => {
+        if $ring.trace_ops {
+            tracing::trace!(target: "quell::op", $($t)*);
+        }
+    };
+}
+
+/// Whether a subscriber wants the per-op events.
+fn trace_ops_enabled() -> bool {
+    tracing::enabled!(target: "quell::op", tracing::Level::TRACE)
+}
 
 /// Which backend to use.
 ///
@@ -194,7 +211,10 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
+    /// A subscriber wants `quell::op` events (refreshed with `coarse_now`).
+    trace_ops: bool,
     chains: chain::Chains,
+    deadline_memo: (Instant, u64),
     sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
@@ -224,9 +244,10 @@ impl Ring {
         };
         let (backend, reason) = choose_backend(b.backend, &parts)?;
         let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
+        let epoch = Instant::now();
         Ok(Ring {
             id,
-            epoch: Instant::now(),
+            epoch,
             table: Table::new(b.capacity),
             queue: VecDeque::new(),
             completions: VecDeque::new(),
@@ -240,10 +261,9 @@ impl Ring {
             requests: Vec::new(),
             shared: Arc::new(Shared {
                 ring_id: id,
-                pending: AtomicBool::new(false),
-                requests: Mutex::new(Vec::new()),
+                requests: Mailbox::new(),
                 doorbell,
-                closed: AtomicBool::new(false),
+                closed: crate::sync::AtomicBool::new(false),
             }),
             closed: false,
             teardown_timeout: b.teardown_timeout,
@@ -254,7 +274,9 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
+            trace_ops: trace_ops_enabled(),
             chains: chain::Chains::default(),
+            deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
             paused: false,
             dumps: Vec::new(),
@@ -446,7 +468,14 @@ impl Ring {
             return Err(SubmitError::new(Error::TableFull { capacity }, op));
         };
         let now = self.coarse_now();
-        let deadline = op.deadline.map(|d| self.instant_ns(d)).unwrap_or(u64::MAX);
+        // An own deadline no earlier than the group's adds nothing: the group's timer
+        // reaches the op first (group deadlines only ever move earlier). Skipping it
+        // keeps a scoped op as cheap as a plain one (I8).
+        let deadline = match op.deadline {
+            Some(d) => Some(self.deadline_ns(d)).filter(|&ns| ns < g_deadline),
+            None => None,
+        }
+        .unwrap_or(u64::MAX);
         let s = self.table.slot_mut(idx);
         s.state = SlotState::Queued;
         s.class = class;
@@ -472,12 +501,12 @@ impl Ring {
             gen,
             slot: idx,
         };
+        op_event!(self, slot = idx, gen, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         self.groups.at(gidx).stats.queued += 1;
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
             self.cancel_slot(idx, g_timed_out);
-        } else if deadline.min(g_deadline) != u64::MAX && deadline.min(g_deadline) <= self.now_ns()
-        {
+        } else if deadline.min(g_deadline) != u64::MAX && self.past(deadline.min(g_deadline)) {
             self.cancel_slot(idx, true);
         } else {
             let key = key_of(idx, gen);
@@ -494,8 +523,27 @@ impl Ring {
                 self.queue.push_back(key);
             }
         }
-        tracing::trace!(target: "quell::op", op = %id, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
         Ok(id)
+    }
+
+    /// Whether deadline `at` has passed. Deadlines more than a second past the ring's
+    /// last run are judged without reading the clock (I8: scoped ops with far
+    /// deadlines cost no clock read); should one have passed anyway because the ring
+    /// sat idle, it fires at the next wait or poll.
+    #[inline]
+    fn past(&self, at: u64) -> bool {
+        at <= self.coarse_now
+            || (at < self.coarse_now.saturating_add(1_000_000_000) && at <= self.now_ns())
+    }
+
+    /// [`instant_ns`](Ring::instant_ns) remembering the last answer: the ops of one
+    /// request or scope usually share one deadline.
+    #[inline]
+    fn deadline_ns(&mut self, t: Instant) -> u64 {
+        if self.deadline_memo.0 != t {
+            self.deadline_memo = (t, self.instant_ns(t));
+        }
+        self.deadline_memo.1
     }
 
     fn instant_ns(&self, t: Instant) -> u64 {
@@ -552,7 +600,7 @@ impl Ring {
             return false;
         }
         s.state = SlotState::InFlight;
-        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, class = %class, "dispatched");
+        op_event!(self, slot = idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
@@ -631,7 +679,7 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        tracing::trace!(target: "quell::op", op = %idx, %outcome, "completed");
+        op_event!(self, slot = idx, gen, %outcome, "completed");
         self.push_completion(idx, outcome);
         self.stats.completed += 1;
     }
@@ -676,13 +724,13 @@ impl Ring {
 
     /// Handles requests left by handles. Returns whether a wake-up was asked for.
     fn take_requests(&mut self) -> bool {
-        if !self.shared.pending.load(Ordering::Acquire) {
+        if !self.shared.requests.is_pending() {
             return false;
         }
         self.take_signals();
         self.take_dumps();
         let mut reqs = std::mem::take(&mut self.requests);
-        self.shared.take(&mut reqs);
+        self.shared.requests.take(&mut reqs);
         let mut woken = false;
         for r in reqs.drain(..) {
             match r {
@@ -755,7 +803,7 @@ impl Ring {
         let c = count.clone();
         let handler = move || {
             c.fetch_add(1, Ordering::AcqRel);
-            shared.pending.store(true, Ordering::Release);
+            shared.requests.mark_pending();
             shared.doorbell.ring();
         };
         // SAFETY: the handler only touches atomics and write(2)s an eventfd, all
@@ -823,7 +871,8 @@ impl Ring {
             };
             let remaining = match self.timers.next() {
                 Some(at) => {
-                    let until = Duration::from_nanos(at.saturating_sub(self.now_ns()));
+                    // fire_timers read the clock at the top of this pass.
+                    let until = Duration::from_nanos(at.saturating_sub(self.coarse_now));
                     Some(remaining.map_or(until, |r| r.min(until)))
                 }
                 None => remaining,
@@ -953,7 +1002,7 @@ impl Ring {
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
         let s = self.table.slot_mut(idx);
-        tracing::trace!(target: "quell::op", op = %idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
+        op_event!(self, slot = idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 let transferred = s.transferred as usize;
@@ -976,14 +1025,17 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
+                op_event!(self, slot = idx, %outcome, "completed");
                 self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
-                if s.flags & F_CHAIN != 0 && self.chains.peek(idx).is_some_and(|c| c.in_cleanup()) {
-                    return; // a chain's cleanup close is shielded from its cancel
+                if s.flags & F_CHAIN != 0 && self.chains.get(idx).shielded() {
+                    // A chain's close is shielded from its cancel; no step runs after it.
+                    self.chains.get(idx).stop(timed_out);
+                    return;
                 }
                 // A chain is never detached: it waits for the step, then closes what it opened.
                 if timed_out && s.class == CancelClass::Bounded && s.flags & F_CHAIN == 0 {
@@ -1000,6 +1052,7 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
+                    op_event!(self, slot = idx, outcome = %Outcome::Detached, "completed");
                     self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
@@ -1129,6 +1182,7 @@ impl Ring {
     fn fire_timers(&mut self) {
         let now = self.now_ns();
         self.coarse_now = now;
+        self.trace_ops = trace_ops_enabled();
         let Some(next) = self.timers.next() else {
             return;
         };

@@ -344,4 +344,56 @@ both_backends! {
         assert_eq!(steps[2].outcome(), Some(Outcome::Failed(quell::Errno::BADF)));
         assert_eq!(steps.into_iter().nth(2).unwrap().into_buf().unwrap().len(), 16);
     }
+
+    fn quiesce_cancels_a_chain_closes_its_fd_and_does_not_describe_it(b: BackendChoice) {
+        let Some(fs) = mount(hang_at(0..4096)) else { return };
+        let _dog = Watchdog::new(&fs, 30);
+        let mut ring = ring(b, 16);
+        let (r, _w) = pipe();
+        let plain = ring.submit(Op::read(raw(&r), vec![0; 8]).user_data(5)).unwrap();
+        let id = ring.submit_chain(four_steps(&fs.path("f"))).unwrap();
+        until_parked(&mut ring, &fs, 1);
+        let ckpt = ring.quiesce(quell::QuiescePolicy::default()).unwrap();
+        assert_eq!(ckpt.ops.len(), 1, "only the plain read is described: {:?}", ckpt.ops);
+        assert_eq!(ckpt.ops[0].user_data, 5);
+        assert!(ckpt.unfinished.is_empty(), "{:?}", ckpt.unfinished);
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+        assert_eq!(outcomes(&c)[3], Some(Outcome::Done(0)), "closed while quiesced");
+        assert_eq!(fds_into(fs.mountpoint()), 0);
+        assert!(ring.wait_for(plain).unwrap().outcome.is_canceled());
+    }
+
+    fn exact_step_retries_inside_a_chain_and_draining_refuses_it_whole(b: BackendChoice) {
+        let mut ring = ring(b, 16);
+        let (r, w) = pipe();
+        let (r2, w2) = pipe();
+        let id = ring
+            .submit_chain(
+                Chain::new()
+                    .then(Op::read(raw(&r), vec![0; 6]).exact())
+                    .then(Op::write(raw(&w2), b"done".to_vec())),
+            )
+            .unwrap();
+        write_all(raw(&w), b"abc");
+        ring.poll().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        ring.poll().unwrap();
+        assert!(drain_nonblocking(raw(&r2)).is_empty(), "the write ran before the read was whole");
+        write_all(raw(&w), b"def");
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Done(10));
+        assert_eq!(c.steps().unwrap()[0].data(), b"abcdef");
+        assert_eq!(drain_nonblocking(raw(&r2)), b"done");
+        // A draining group refuses a new chain and hands every step back.
+        let g = ring.group(GroupId::ROOT, GroupOptions::default()).unwrap();
+        ring.drain(g).unwrap();
+        let e = ring
+            .submit_chain(Chain::new().then(Op::nop()).then(Op::read(raw(&r), vec![0; 9])).group(g))
+            .unwrap_err();
+        assert!(matches!(e.error(), Error::Draining));
+        let ops = e.into_chain().into_ops();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops.into_iter().nth(1).unwrap().into_buf().unwrap().len(), 9);
+    }
 }

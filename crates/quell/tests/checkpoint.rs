@@ -472,6 +472,83 @@ both_backends! {
         assert_eq!((c.user_data, c.data()), (1, &b"abcd"[..]));
     }
 
+    /// Transfers other than read/write continue too: a readv and a writev on a file,
+    /// and a recv on a socket, each described as stopped part-way (hand-made
+    /// descriptors, as another program could write them) are re-issued for the rest.
+    fn resubmit_continues_vectored_and_socket_transfers(b: BackendChoice) {
+        use std::os::unix::fs::MetadataExt;
+        let (path, f) = temp_file(&format!("vec-{b:?}"), b"0123456789");
+        let meta = f.metadata().unwrap();
+        let file = quell::FileRef { dev: meta.dev(), ino: meta.ino(), path: None, status_flags: libc::O_RDWR };
+        let (sa, sb) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sm = rustix::fs::fstat(&sa).unwrap();
+        let sock = quell::FileRef { dev: sm.st_dev, ino: sm.st_ino, path: None, status_flags: libc::O_RDWR };
+        let base = quell::OpDescriptor {
+            id: CheckpointId { slot: 0, generation: 0 },
+            user_data: 0,
+            kind: OpKind::Readv,
+            fd: f.as_raw_fd(),
+            file: Some(file),
+            fd2: -1,
+            file2: None,
+            offset: Some(0),
+            offset2: None,
+            len: 8,
+            transferred: 6,
+            iov_lens: vec![4, 4],
+            flags: 0,
+            mode: 0,
+            exact: false,
+            path: None,
+            path2: None,
+            addr: None,
+            sleep: None,
+            group_path: "root".into(),
+            deadline_left: None,
+            class: CancelClass::Bounded,
+            data: Some(b"012345".to_vec()),
+        };
+        let readv = quell::OpDescriptor { user_data: 1, ..base.clone() };
+        let writev = quell::OpDescriptor {
+            user_data: 2,
+            kind: OpKind::Writev,
+            offset: Some(2),
+            transferred: 5,
+            // "ABCDEFGH" at 2, of which "ABCDE" landed before: only "FGH" remains.
+            data: Some(b"FGH".to_vec()),
+            ..base.clone()
+        };
+        let recv = quell::OpDescriptor {
+            user_data: 3,
+            kind: OpKind::Recv,
+            fd: sa.as_raw_fd(),
+            file: Some(sock),
+            offset: None,
+            len: 8,
+            transferred: 3,
+            iov_lens: Vec::new(),
+            class: CancelClass::Prompt,
+            data: Some(b"abc".to_vec()),
+            ..base.clone()
+        };
+        let mut ring = common::ring(b, 8);
+        let ckpt = Checkpoint { version: quell::CHECKPOINT_VERSION, pid: 0, ops: vec![readv], unfinished: Vec::new() };
+        let id = ring.resubmit(&ckpt, Buffers::new()).remove(0).unwrap();
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Done(8), "the total, as if never interrupted");
+        assert_eq!(c.bufs().unwrap(), &[b"0123".to_vec(), b"4567".to_vec()]);
+
+        let ckpt = Checkpoint { ops: vec![writev, recv], ..ckpt };
+        let ids = ring.resubmit(&ckpt, Buffers::new());
+        (&sb).write_all(b"defgh").unwrap();
+        let w = ring.wait_for(*ids[0].as_ref().unwrap()).unwrap();
+        assert_eq!(w.outcome, Outcome::Done(8));
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456FGH", "only the remaining bytes were written");
+        let r = ring.wait_for(*ids[1].as_ref().unwrap()).unwrap();
+        assert_eq!((r.outcome, r.data()), (Outcome::Done(8), &b"abcdefgh"[..]));
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// Groups and deadlines survive: the op lands in a group of the same path and its
     /// deadline counts on from the time that was left.
     fn resubmit_restores_group_paths_and_remaining_deadlines(b: BackendChoice) {
@@ -695,4 +772,55 @@ fn checkpoint_child_entry() {
 
 fn sock_file(fd: &OwnedFd) -> std::fs::File {
     std::fs::File::from(fd.try_clone().unwrap())
+}
+
+/// A writer the test can read back while the ring owns it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+mod introspection {
+    use super::*;
+
+    both_backends! {
+        /// Opt-in SIGUSR1: each delivery makes the ring write its op table (table, then
+        /// JSON) the next time it runs; nothing is written before a delivery.
+        fn sigusr1_dumps_the_op_table(b: BackendChoice) {
+            let mut ring = common::ring(b, 16);
+            let out = Shared::default();
+            ring.dump_on_signal(libc::SIGUSR1, Box::new(out.clone()), DumpFormat::Both).unwrap();
+            let (r, _w) = pipe();
+            let tag = if b == BackendChoice::Uring { 7001 } else { 7002 };
+            ring.submit(Op::read(r.as_raw_fd(), vec![0; 8]).user_data(tag)).unwrap();
+            ring.poll().unwrap();
+            assert!(out.0.lock().unwrap().is_empty());
+            // SAFETY: raising a signal this ring has a handler for.
+            assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+            let start = Instant::now();
+            while out.0.lock().unwrap().is_empty() {
+                assert!(start.elapsed() < Duration::from_secs(10), "no dump after SIGUSR1");
+                ring.wait(1, Some(Duration::from_millis(20))).unwrap();
+            }
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let mut lines = text.lines();
+            assert!(lines.next().unwrap().starts_with("ID"), "{text}");
+            let row = lines.next().unwrap();
+            assert!(row.contains(&tag.to_string()) && row.contains("pipe:[") && row.contains("in-flight"), "{row}");
+            assert_eq!(lines.next().unwrap(), "1 ops outstanding");
+            let doc: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+            assert_eq!(doc["ops"][0]["user_data"], tag);
+            assert_eq!(doc["ops"][0]["state"], "in-flight");
+            ring.cancel_all();
+            collect(&mut ring, 1, 10);
+        }
+    }
 }

@@ -468,6 +468,25 @@ both_backends! {
         assert!(ring.is_empty());
     }
 
+    fn a_full_op_table_delays_chunk_reads_without_failing_them(b: BackendChoice) {
+        let chunk = 4096;
+        let len = 16 * chunk + 100;
+        let (file, path) = temp_file(&format!("full-{b:?}"), len);
+        let mut ring = ring(b, 4);
+        let opts = LazyOptions::default().chunk_size(chunk).window(8);
+        let lazy = ring.read_lazy(file.as_raw_fd(), 0, len, opts).unwrap();
+        // Three user ops whose completions are not taken hold three of the four slots.
+        let ids: Vec<_> = (0..3)
+            .map(|i| ring.submit(quell::Op::nop().user_data(i)).unwrap())
+            .collect();
+        assert!(lazy.finish(&mut ring).unwrap() == &pattern(0, len)[..]);
+        assert!(ring.submit(quell::Op::nop()).is_ok(), "a slot is free again");
+        let mut got: Vec<_> = ring.completions().map(|c| c.id).collect();
+        got.truncate(3);
+        assert_eq!(got, ids, "user completions are kept, in order");
+        std::fs::remove_file(path).unwrap();
+    }
+
     fn user_ops_and_lazy_reads_share_the_ring(b: BackendChoice) {
         let (file, path) = temp_file(&format!("mixed-{b:?}"), 3 * MB2);
         let mut ring = ring(b, 64);
@@ -483,6 +502,16 @@ both_backends! {
         assert!(lazy.try_range(0..3 * MB2).unwrap().unwrap() == &pattern(0, 3 * MB2)[..]);
         std::fs::remove_file(path).unwrap();
     }
+}
+
+#[test]
+fn lazy_reads_and_views_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<quell::lazy::LazyRead>();
+    send_sync::<quell::lazy::LazyView>();
+    send_sync::<quell::lazy::WaitRange<'static>>();
+    fn send<T: Send>() {}
+    send::<Ring>();
 }
 
 /// A minimal executor: parks the thread until woken.

@@ -322,6 +322,16 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     storm_extra(&per_op.storms, &mut per_op_r);
     storm_extra(&all.storms, &mut all_r);
     let mut extra = common_extra(s);
+    // The fastest storm of each: what a quiet machine gives (others' load only ever
+    // slows a storm down), as a throughput ratio like `ratio`.
+    let qmin = quell.storms.min().max(1) as f64;
+    extra.insert(
+        "ratio_min_storm".into(),
+        json!({
+            "raw-io-uring": (per_op.storms.min() as f64 / qmin * 1000.0).round() / 1000.0,
+            "raw-io-uring-cancel-all": (all.storms.min() as f64 / qmin * 10.0).round() / 10.0,
+        }),
+    );
     extra.insert("pending_reads".into(), json!(STORM));
     extra.insert("unit".into(), json!("one cancellation reaped"));
     extra.insert(

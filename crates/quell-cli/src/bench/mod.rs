@@ -17,13 +17,16 @@ pub mod cancel_latency;
 pub mod capture;
 pub mod copy;
 pub mod drain;
+pub mod lazy;
 pub mod nop;
 pub mod pingpong;
 pub mod plot;
 pub mod raw;
 pub mod read;
+pub mod scope;
 pub mod suite;
 pub mod tokio_peers;
+pub mod tokio_quell;
 pub mod uring_peers;
 
 use crate::units::{parse_seconds, parse_size};
@@ -53,6 +56,11 @@ pub enum Workload {
     Drain,
     /// Copy a page-cached file: `quell cp`'s engine vs GNU cp and tokio::fs::copy.
     Cp,
+    /// LazyRead of a whole page-cached file (256 MiB unless --size is given): time until
+    /// every chunk is published (lazy-total) and until the first one is (lazy-first),
+    /// against a plain read into a fresh Vec and into a prefaulted buffer. --depth is the
+    /// LazyRead window (chunk reads in flight).
+    Lazy,
 }
 
 /// How a workload picks its queue depth and batch size.
@@ -144,6 +152,15 @@ impl Workload {
                     batch: 1,
                 },
                 copy::run,
+                false,
+            ),
+            Workload::Lazy => (
+                "lazy",
+                Depth {
+                    depth: quell::lazy::DEFAULT_WINDOW as u32,
+                    batch: 1,
+                },
+                lazy::run,
                 false,
             ),
         };

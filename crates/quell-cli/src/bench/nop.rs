@@ -3,6 +3,7 @@
 //! the batch size (a clock read per op would cost as much as the op).
 
 use super::raw::RawNop;
+use super::scope::{self, Scope};
 use super::{common_extra, record, run_rounds, BenchArgs, Contender, Report, Sample, Settings};
 use crate::CliError;
 use hdrhistogram::Histogram;
@@ -14,18 +15,33 @@ use std::time::{Duration, Instant};
 pub struct QuellNop {
     ring: Ring,
     batch: u32,
+    scope: Option<Scope>,
 }
 
 impl QuellNop {
     /// A contender on `ring`, `batch` NOPs at a time.
     pub fn new(ring: Ring, batch: u32) -> QuellNop {
-        QuellNop { ring, batch }
+        QuellNop {
+            ring,
+            batch,
+            scope: None,
+        }
+    }
+
+    /// The same loop with every NOP in a nested group and carrying a far deadline.
+    pub fn nested_deadline(mut ring: Ring, batch: u32) -> Result<QuellNop, CliError> {
+        let scope = Some(Scope::nested(&mut ring)?);
+        Ok(QuellNop { ring, batch, scope })
     }
 }
 
 impl Contender for QuellNop {
     fn name(&self) -> &'static str {
-        "quell"
+        if self.scope.is_some() {
+            scope::NAME
+        } else {
+            "quell"
+        }
     }
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
@@ -37,7 +53,7 @@ impl Contender for QuellNop {
         loop {
             for _ in 0..batch {
                 self.ring
-                    .submit(Op::nop())
+                    .submit(Scope::apply(self.scope, Op::nop()))
                     .map_err(|e| format!("quell submit: {e}"))?;
             }
             let mut got = 0;
@@ -72,9 +88,11 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let backend = ring.backend().name().to_string();
     let mut quell = QuellNop::new(ring, s.batch);
     let mut raw = RawNop::new(s.depth, s.batch)?;
-    let mut sums = run_rounds(&mut [&mut quell, &mut raw], s, &mut || Ok(()))?;
-    let raw_sum = sums.pop().expect("two contenders");
-    let quell_sum = sums.pop().expect("two contenders");
+    let mut scoped = QuellNop::nested_deadline(s.quell_ring()?, s.batch)?;
+    let mut sums = run_rounds(&mut [&mut quell, &mut raw, &mut scoped], s, &mut || Ok(()))?;
+    let scoped_sum = sums.pop().expect("three contenders");
+    let raw_sum = sums.pop().expect("three contenders");
+    let quell_sum = sums.pop().expect("three contenders");
     let mut extra = common_extra(s);
     extra.insert("latency".into(), json!("per batch / batch size"));
     extra.insert("raw_setup".into(), json!(raw.setup()));
@@ -82,7 +100,7 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         workload: "nop",
         backend,
         quell: quell_sum.result(),
-        peers: vec![raw_sum.result()],
+        peers: vec![raw_sum.result(), scoped_sum.result()],
         skipped: Vec::new(),
         extra,
     })

@@ -10,6 +10,7 @@
 //! prints one line per backend; the portable line carries `vs_uring_latency`
 //! (portable p50 / io_uring p50) and `vs_uring_p99`.
 
+use super::tokio_quell::QuellTokioPingPong;
 use super::{
     common_extra, record, run_rounds, BackendArg, BenchArgs, Contender, Report, Sample, Settings,
 };
@@ -27,13 +28,13 @@ use std::time::{Duration, Instant};
 pub const MSG: usize = 64;
 
 /// An echo thread on one end of a socket pair; the other end is ours.
-struct Echo {
+pub(super) struct Echo {
     ours: Option<UnixStream>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Echo {
-    fn new() -> Result<Echo, CliError> {
+    pub(super) fn new() -> Result<Echo, CliError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let thread = std::thread::Builder::new()
             .name("quell-echo".into())
@@ -53,7 +54,7 @@ impl Echo {
         })
     }
 
-    fn stream(&self) -> &UnixStream {
+    pub(super) fn stream(&self) -> &UnixStream {
         self.ours.as_ref().expect("stream present until drop")
     }
 }
@@ -255,6 +256,26 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
     if quells.is_empty() {
         return Err("no quell backend could be built".into());
     }
+    // quell through its tokio integration, one per quell backend (peer
+    // `quell-tokio-<backend>`; goal: within 1.2x of the ring loop, faster than tokio-uds).
+    let mut via_tokio: Vec<QuellTokioPingPong> = Vec::new();
+    for q in &quells {
+        let b = match q.ring.backend() {
+            quell::BackendKind::Portable => BackendArg::Portable,
+            _ => BackendArg::Uring,
+        };
+        let ring = Settings {
+            backend: b,
+            ..s.clone()
+        }
+        .quell_ring()?;
+        let name = if b == BackendArg::Portable {
+            "quell-tokio-portable"
+        } else {
+            "quell-tokio-uring"
+        };
+        via_tokio.push(QuellTokioPingPong::new(ring, name)?);
+    }
     let mut tokio_uds = TokioUds::new()?;
     let kinds: Vec<String> = quells
         .iter()
@@ -264,9 +285,13 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
     for q in quells.iter_mut() {
         contenders.push(q);
     }
+    for q in via_tokio.iter_mut() {
+        contenders.push(q);
+    }
     contenders.push(&mut tokio_uds);
     let mut sums = run_rounds(&mut contenders, s, &mut || Ok(()))?;
     let tokio_sum = sums.pop().expect("tokio-uds ran");
+    let via_tokio_sums = sums.split_off(kinds.len());
     let mut extra = common_extra(s);
     extra.insert("message_bytes".into(), json!(MSG));
     extra.insert(
@@ -286,9 +311,20 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
         .find(|(k, _)| k.as_str() == "uring")
         .map(|(_, r)| (r.p50_us, r.p99_us, r.ops_per_sec));
     let mut reports = Vec::new();
-    for (kind, mut q) in kinds.into_iter().zip(results) {
+    for ((kind, mut q), qt) in kinds.into_iter().zip(results).zip(&via_tokio_sums) {
         q.name = "quell".into();
         let mut ex: Map<String, Value> = extra.clone();
+        let qt = qt.result();
+        let tokio_ops = tokio_sum.result().ops_per_sec;
+        ex.insert(
+            "tokio_integration".into(),
+            json!({
+                "contender": qt.name,
+                "ops_per_sec": qt.ops_per_sec.round(),
+                "ring_loop_over_tokio": round3(q.ops_per_sec / qt.ops_per_sec.max(1e-9)),
+                "over_tokio_uds": round3(qt.ops_per_sec / tokio_ops.max(1e-9)),
+            }),
+        );
         if kind == "portable" {
             if let Some((p50, p99, ops)) = uring_p50.filter(|u| u.0 > 0.0) {
                 ex.insert("vs_uring_latency".into(), json!(round3(q.p50_us / p50)));
@@ -303,7 +339,7 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
             workload: "pingpong",
             backend: kind,
             quell: q,
-            peers: vec![tokio_sum.result()],
+            peers: vec![tokio_sum.result(), qt],
             skipped: skipped.clone(),
             extra: ex,
         });

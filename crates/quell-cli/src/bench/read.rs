@@ -8,7 +8,9 @@
 //! every measurement and the lowest value is reported (`resident_min`).
 
 use super::raw::RawRead;
+use super::scope::{self, Scope};
 use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
+use super::tokio_quell::QuellTokioRead;
 use super::uring_peers::{Monoio, TokioUring};
 use super::{
     common_extra, record, run_rounds, BenchArgs, Contender, PeerResult, Report, Sample, Settings,
@@ -67,6 +69,7 @@ pub struct QuellRead {
     depth: u32,
     batch: u32,
     rng: Rng,
+    scope: Option<Scope>,
 }
 
 impl QuellRead {
@@ -81,13 +84,32 @@ impl QuellRead {
             depth,
             batch,
             rng: Rng::new(SEED),
+            scope: None,
         }
+    }
+
+    /// The same loop with every read in a nested group and carrying a far deadline.
+    pub fn nested_deadline(
+        mut ring: Ring,
+        fd: RawFd,
+        nblocks: u64,
+        depth: u32,
+        batch: u32,
+    ) -> Result<QuellRead, CliError> {
+        let scope = Some(Scope::nested(&mut ring)?);
+        let mut q = QuellRead::new(ring, fd, nblocks, depth, batch);
+        q.scope = scope;
+        Ok(q)
     }
 }
 
 impl Contender for QuellRead {
     fn name(&self) -> &'static str {
-        "quell"
+        if self.scope.is_some() {
+            scope::NAME
+        } else {
+            "quell"
+        }
     }
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
@@ -98,10 +120,10 @@ impl Contender for QuellRead {
         for i in 0..self.depth as usize {
             let Some(buf) = self.spare.pop() else { break };
             let off = self.rng.below(self.nblocks) * BLOCK as u64;
-            match self
-                .ring
-                .submit(Op::read_at(self.fd, off, buf).user_data(i as u64))
-            {
+            match self.ring.submit(Scope::apply(
+                self.scope,
+                Op::read_at(self.fd, off, buf).user_data(i as u64),
+            )) {
                 Ok(_) => {
                     self.submitted_at[i] = start;
                     in_flight += 1;
@@ -142,10 +164,10 @@ impl Contender for QuellRead {
                     continue;
                 }
                 let off = self.rng.below(self.nblocks) * BLOCK as u64;
-                match self
-                    .ring
-                    .submit(Op::read_at(self.fd, off, buf).user_data(i as u64))
-                {
+                match self.ring.submit(Scope::apply(
+                    self.scope,
+                    Op::read_at(self.fd, off, buf).user_data(i as u64),
+                )) {
                     Ok(_) => self.submitted_at[i] = now,
                     Err(e) => {
                         let (err, op) = e.into_parts();
@@ -334,7 +356,7 @@ fn prepare_file(args: &BenchArgs) -> Result<(PathBuf, u64, bool), CliError> {
 }
 
 /// Writes `size` bytes of non-zero data to `path` (through a temporary name, then a rename).
-fn create_file(path: &Path, size: u64) -> Result<(), CliError> {
+pub fn create_file(path: &Path, size: u64) -> Result<(), CliError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
@@ -446,6 +468,9 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     };
     let mut spawn_blocking = TokioSpawnBlocking::new(fd, nblocks, BLOCK, s.depth, SEED)?;
     let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
+    let mut scoped = QuellRead::nested_deadline(s.quell_ring()?, fd, nblocks, s.depth, s.batch)?;
+    // quell through its tokio integration.
+    let mut via_tokio = QuellTokioRead::new(s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
     // The completion-based runtimes need io_uring too.
     let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
@@ -453,12 +478,13 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let mut monoio = Monoio::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("monoio".to_string(), e.to_string())))
         .ok();
-    let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell];
+    let mut contenders: Vec<&mut dyn Contender> = vec![&mut quell, &mut scoped];
     if let Some(r) = raw.as_mut() {
         contenders.push(r);
     }
     contenders.push(&mut spawn_blocking);
     contenders.push(&mut tokio_fs);
+    contenders.push(&mut via_tokio);
     if let Some(t) = tokio_uring.as_mut() {
         contenders.push(t);
     }
@@ -480,6 +506,19 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         skipped.push(("fio-io_uring".to_string(), "fio not in PATH".to_string()));
     }
     let mut extra = common_extra(s);
+    if let Some(qt) = peers.iter().find(|p| p.name == "quell-tokio") {
+        // The tokio integration's goals: >= 6x tokio-fs, >= 3x spawn_blocking,
+        // >= 0.95x tokio-uring (same run).
+        let ratios: Map<String, Value> = peers
+            .iter()
+            .filter(|p| p.name != "quell-tokio" && p.ops_per_sec > 0.0)
+            .map(|p| {
+                let r = (qt.ops_per_sec / p.ops_per_sec * 1000.0).round() / 1000.0;
+                (p.name.clone(), json!(r))
+            })
+            .collect();
+        extra.insert("quell_tokio_ratio".into(), Value::Object(ratios));
+    }
     extra.insert("block".into(), json!(BLOCK));
     extra.insert("file".into(), json!(path.display().to_string()));
     extra.insert("file_size".into(), json!(nblocks * BLOCK as u64));

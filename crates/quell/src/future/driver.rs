@@ -480,6 +480,9 @@ impl State {
                 break;
             }
         }
+        // The reap may have let queued ops into the dispatch window: hand them to the
+        // kernel now rather than at the next wake-up (no system call when none were).
+        self.ring.flush()?;
         let next = self.ring.next_wake();
         Ok((std::mem::take(&mut self.wakers), next))
     }

@@ -23,6 +23,10 @@ impl Kept {
     /// Whether something waits to be served for `key`.
     #[inline]
     pub(crate) fn has(&self, key: StreamKey) -> bool {
+        // Nothing kept is the common case: no hashing on the hot path.
+        if self.bytes.is_empty() && self.conns.is_empty() {
+            return false;
+        }
         if key.accept {
             self.conns.get(&key.fd).is_some_and(|q| !q.is_empty())
         } else {

@@ -739,6 +739,9 @@ impl Clone for LazyView {
 
 fn release(state: &State) {
     if state.owners.fetch_sub(1, Ordering::AcqRel) == 1 && !state.region.is_complete() {
+        // The last LazyRead/LazyView is gone, and every reference into the region was
+        // borrowed from one of them: nobody can read it, so skip poisoning its pages.
+        state.region.abandon();
         state.cancel();
     }
 }

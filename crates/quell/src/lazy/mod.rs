@@ -34,8 +34,11 @@
 //! them (`ECANCELED`, or `ETIMEDOUT` for a deadline); published pages keep their data.
 //! Dropping a [`LazyRead`] (and its views) cancels what is left; the staging buffers stay
 //! with the ring until their reads complete (contract I2), so dropping is safe at any time.
+//! Dropping the ring cancels the chunk reads like any op; chunks whose reads never end
+//! (leaked at teardown) are failed with `ECANCELED`, so no waiter or toucher sleeps forever.
 //! The descriptor must stay open until the LazyRead is finished (a closed one fails the
-//! remaining chunks with `EBADF`).
+//! remaining chunks with `EBADF`). The chunk reads count in [`Ring::len`](crate::Ring::len)
+//! and are listed by [`Ring::ops`](crate::Ring::ops) but never yield user completions.
 //!
 //! # Without userfaultfd
 //! Where userfaultfd cannot be used (not permitted, old kernel, seccomp) or when

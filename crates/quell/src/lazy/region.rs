@@ -512,6 +512,8 @@ pub struct LazyRegion {
     epoch: AtomicU32,
     waiters: AtomicU32,
     complete_unregistered: AtomicBool,
+    /// Nothing will read the region again: resolve chunks without populating them.
+    abandoned: AtomicBool,
     moved: AtomicU64,
     copied: AtomicU64,
     zeroed: AtomicU64,
@@ -602,6 +604,7 @@ impl LazyRegion {
             epoch: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
             complete_unregistered: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             moved: AtomicU64::new(0),
             copied: AtomicU64::new(0),
             zeroed: AtomicU64::new(0),
@@ -772,6 +775,7 @@ impl LazyRegion {
         // SAFETY: range.start < len <= map.len, so the pointer stays inside the mapping.
         let dst = unsafe { self.map.ptr.as_ptr().add(range.start) };
         let result = match &self.uffd {
+            _ if self.abandoned.load(Ordering::Acquire) => Ok(()),
             None => {
                 // SAFETY: the chunk is ours (BUSY); no reference to it exists (readers only get
                 // PUBLISHED chunks); staging holds `valid` readable bytes and does not overlap
@@ -933,6 +937,7 @@ impl LazyRegion {
         // SAFETY: inside the mapping (see publish).
         let dst = unsafe { self.map.ptr.as_ptr().add(range.start) };
         let result = match &self.uffd {
+            _ if self.abandoned.load(Ordering::Acquire) => Ok(()),
             None => Ok(()),
             Some(u) => {
                 let mut r = Err(UffdError::MissingFeatures {
@@ -984,6 +989,15 @@ impl LazyRegion {
             },
         )?;
         u.uffd.wake(dst, len)
+    }
+
+    /// Declares that nothing will read the region again (its last reader is gone): chunks
+    /// resolved from now on are only marked, not populated or poisoned, which spares the
+    /// page-table work of poisoning a large canceled region. Touching an unresolved page
+    /// afterwards would read zeros once the region is unregistered, so call this only when
+    /// no reference into the region can exist.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
     }
 
     /// A chunk reached PUBLISHED or FAILED: wake waiters, unregister when everything is

@@ -61,7 +61,6 @@ fn user_data(sink: u32, token: u32) -> u64 {
 fn errno_of(e: &Error) -> Errno {
     match e {
         Error::InvalidFd { .. } => Errno::BADF,
-        Error::TableFull { .. } => Errno::AGAIN,
         Error::Closed | Error::Draining | Error::NoSuchGroup => Errno::CANCELED,
         Error::TooLong { .. } => Errno::FBIG,
         Error::Io { source, .. } => Errno::from_io_error(source).unwrap_or(Errno::IO),
@@ -174,17 +173,25 @@ impl Ring {
     }
 
     /// Submits the follow-ups sinks asked for. A refused one is handed back to its sink
-    /// as `Failed` with its memory.
+    /// as `Failed` with its memory, except for a full op table: then the rest wait here
+    /// for the next dispatch (slots free up as ops complete).
     pub(super) fn submit_sink_next(&mut self) {
         // In the order asked for (LazyRead issues chunks by offset); a refusal may queue more.
         while self.sinks.has_next() {
-            let batch = std::mem::take(&mut self.sinks.next);
-            for (sink, token, mut op) in batch {
+            let mut batch = std::mem::take(&mut self.sinks.next).into_iter();
+            while let Some((sink, token, mut op)) = batch.next() {
                 op.user_data = user_data(sink, token);
                 op.sink = true;
                 let s = self.sinks.entry(sink).sink.clone();
                 match self.submit(op) {
                     Ok(id) => s.submitted(token, id),
+                    Err(e) if matches!(e.error(), Error::TableFull { .. }) && !self.closed => {
+                        let mut rest = vec![(sink, token, e.into_op())];
+                        rest.extend(batch);
+                        rest.append(&mut self.sinks.next);
+                        self.sinks.next = rest;
+                        return;
+                    }
                     Err(e) => {
                         let (err, mut op) = e.into_parts();
                         let payload = std::mem::take(&mut op.desc.payload);
@@ -207,6 +214,15 @@ impl Ring {
         self.dispatch();
         self.reap();
         self.dispatch();
+        if self.outstanding == 0 && self.sinks.has_next() {
+            // Follow-ups wait for table slots, and none will free up by itself: every slot
+            // holds a completion the user has not taken. Fail them rather than spin.
+            for (sink, token, mut op) in std::mem::take(&mut self.sinks.next) {
+                let payload = std::mem::take(&mut op.desc.payload);
+                self.sinks
+                    .hand(sink, token, Outcome::Failed(Errno::AGAIN), payload);
+            }
+        }
         if self.sinks.delivered != before || self.outstanding == 0 {
             return Ok(());
         }

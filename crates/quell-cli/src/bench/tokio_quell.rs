@@ -1,0 +1,250 @@
+//! quell through its tokio integration (`quell::tokio`) as a benchmark contender.
+//!
+//! * `quell-tokio` (read): a current-thread runtime with a quell driver attached;
+//!   `depth` tasks each loop `driver.read_at(fd, offset, buf).await` of one block.
+//!   The reactor task hands each batch of submissions to the kernel in one call.
+//! * `quell-tokio-<backend>` (pingpong): the round trips of the ring loop (a write and
+//!   an exact read submitted together), awaited as futures on a current-thread runtime.
+//!
+//! Offsets come from the same generator as the other contenders: task `i` draws from a
+//! stream seeded with `seed + i`.
+
+use super::pingpong::{Echo, MSG};
+use super::read::Rng;
+use super::{new_histogram, record, Contender, Sample};
+use crate::CliError;
+use hdrhistogram::Histogram;
+use quell::future::Driver;
+use quell::{Op, Outcome, Ring};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// What one task carries between rounds.
+struct Lane {
+    rng: Rng,
+    buf: Vec<u8>,
+    hist: Histogram<u64>,
+}
+
+type LaneResult = (Lane, u64, Option<String>);
+
+fn lanes(depth: u32, block: u32, seed: u64) -> Vec<Lane> {
+    (0..depth as u64)
+        .map(|i| Lane {
+            rng: Rng::new(seed.wrapping_add(i)),
+            buf: vec![0u8; block as usize],
+            hist: new_histogram(),
+        })
+        .collect()
+}
+
+/// Merges what the tasks handed back into `hist`; the first failure wins.
+fn gather(
+    results: Vec<Result<LaneResult, String>>,
+    into: &mut Vec<Lane>,
+    hist: &mut Histogram<u64>,
+) -> Result<u64, CliError> {
+    let mut ops = 0;
+    let mut failure = None;
+    for r in results {
+        match r {
+            Ok((mut lane, n, err)) => {
+                ops += n;
+                hist.add(&lane.hist)
+                    .map_err(|e| format!("histogram: {e}"))?;
+                lane.hist.reset();
+                into.push(lane);
+                failure = failure.or(err);
+            }
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    match failure {
+        Some(f) => Err(f.into()),
+        None => Ok(ops),
+    }
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}").into())
+}
+
+/// `quell-tokio`: random block reads through a quell driver on a tokio runtime.
+pub struct QuellTokioRead {
+    rt: tokio::runtime::Runtime,
+    driver: Driver,
+    lanes: Vec<Lane>,
+    fd: RawFd,
+    nblocks: u64,
+    block: u32,
+}
+
+impl QuellTokioRead {
+    /// `depth` tasks reading `block`-byte blocks at random from the first `nblocks`.
+    pub fn new(
+        ring: Ring,
+        fd: RawFd,
+        nblocks: u64,
+        block: u32,
+        depth: u32,
+        seed: u64,
+    ) -> Result<QuellTokioRead, CliError> {
+        let rt = current_thread()?;
+        let driver = Driver::new(ring);
+        rt.block_on(async { quell::tokio::attach(&driver) })
+            .map_err(|e| format!("quell tokio reactor: {e}"))?;
+        Ok(QuellTokioRead {
+            rt,
+            driver,
+            lanes: lanes(depth, block, seed),
+            fd,
+            nblocks,
+            block,
+        })
+    }
+}
+
+impl Contender for QuellTokioRead {
+    fn name(&self) -> &'static str {
+        "quell-tokio"
+    }
+
+    fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
+        let (fd, nblocks, block) = (self.fd, self.nblocks, self.block);
+        let taken = std::mem::take(&mut self.lanes);
+        let driver = &self.driver;
+        let start = Instant::now();
+        let deadline = start + dur;
+        let results = self.rt.block_on(async {
+            let handles: Vec<_> = taken
+                .into_iter()
+                .map(|mut lane| {
+                    let d = driver.clone();
+                    tokio::spawn(async move {
+                        let mut ops = 0u64;
+                        loop {
+                            let t0 = Instant::now();
+                            if t0 >= deadline {
+                                return (lane, ops, None);
+                            }
+                            let off = lane.rng.below(nblocks) * block as u64;
+                            let buf = std::mem::take(&mut lane.buf);
+                            let (res, buf) = d.read_at(fd, off, buf).await;
+                            lane.buf = buf;
+                            record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                            ops += 1;
+                            match res {
+                                Ok(n) if n == block as usize => {}
+                                Ok(n) => {
+                                    return (lane, ops, Some(format!("short read: {n} of {block}")))
+                                }
+                                Err(e) => {
+                                    return (lane, ops, Some(format!("quell-tokio read: {e}")))
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(handles.len());
+            for h in handles {
+                out.push(h.await.map_err(|e| format!("tokio task: {e}")));
+            }
+            out
+        });
+        let elapsed = start.elapsed();
+        let ops = gather(results, &mut self.lanes, hist)?;
+        Ok(Sample { ops, elapsed })
+    }
+}
+
+/// `quell-tokio-<backend>`: ping-pong round trips awaited through a quell driver.
+pub struct QuellTokioPingPong {
+    rt: tokio::runtime::Runtime,
+    driver: Driver,
+    echo: Echo,
+    bufs: Option<(Vec<u8>, Vec<u8>)>,
+    name: &'static str,
+}
+
+impl QuellTokioPingPong {
+    /// Round trips on `ring` (its backend names the contender).
+    pub fn new(ring: Ring, name: &'static str) -> Result<QuellTokioPingPong, CliError> {
+        let rt = current_thread()?;
+        let driver = Driver::new(ring);
+        rt.block_on(async { quell::tokio::attach(&driver) })
+            .map_err(|e| format!("quell tokio reactor: {e}"))?;
+        Ok(QuellTokioPingPong {
+            rt,
+            driver,
+            echo: Echo::new()?,
+            bufs: Some((vec![0x5a; MSG], vec![0; MSG])),
+            name,
+        })
+    }
+}
+
+impl Contender for QuellTokioPingPong {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
+        let fd = self.echo.stream().as_raw_fd();
+        let d = &self.driver;
+        let (mut w, mut r) = self
+            .bufs
+            .take()
+            .ok_or("quell-tokio pingpong: buffers lost")?;
+        let out = self.rt.block_on(async {
+            let start = Instant::now();
+            let deadline = start + dur;
+            let mut ops = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                let wf = d
+                    .submit(Op::write(fd, w).exact())
+                    .map_err(|e| format!("quell-tokio submit write: {e}"))?;
+                let rf = d
+                    .submit(Op::read(fd, r).exact())
+                    .map_err(|e| format!("quell-tokio submit read: {e}"))?;
+                let cw = wf.await;
+                let cr = rf.await;
+                for c in [&cw, &cr] {
+                    if c.outcome != Outcome::Done(MSG) {
+                        return Err(format!(
+                            "quell-tokio pingpong {:?} ended {}",
+                            c.kind(),
+                            c.outcome
+                        ));
+                    }
+                }
+                w = cw
+                    .into_buf()
+                    .ok_or("quell-tokio pingpong: no write buffer")?;
+                r = cr
+                    .into_buf()
+                    .ok_or("quell-tokio pingpong: no read buffer")?;
+                record(hist, t0.elapsed().as_nanos() as u64);
+                ops += 1;
+            }
+            Ok((
+                Sample {
+                    ops,
+                    elapsed: start.elapsed(),
+                },
+                w,
+                r,
+            ))
+        });
+        let (sample, w, r) = out?;
+        self.bufs = Some((w, r));
+        Ok(sample)
+    }
+}
