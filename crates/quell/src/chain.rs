@@ -39,6 +39,9 @@
 //! A chain step past its deadline is never detached: the step is asked to stop and the
 //! chain waits for it (a Bounded step ends in finite time), so the cleanup can run.
 
+#[path = "chain_link.rs"]
+mod link;
+
 use crate::error::Error;
 use crate::group::GroupId;
 use crate::op::{Op, OpKind, Payload};
@@ -340,11 +343,13 @@ pub(crate) struct ChainState {
     failed: Option<Errno>,
     /// The step in the slot is a cleanup close.
     cleanup: bool,
+    /// The plan to give the steps to the kernel linked (io_uring; see `chain_link.rs`).
+    link: Option<Box<link::Linked>>,
 }
 
 impl ChainState {
     /// Splits a checked chain into its first op (to submit) and the state of the rest.
-    pub(crate) fn start(chain: Chain) -> (Op, Box<ChainState>) {
+    pub(crate) fn start(chain: Chain, link: Option<Box<link::Linked>>) -> (Op, Box<ChainState>) {
         let Chain {
             steps,
             user_data,
@@ -374,6 +379,7 @@ impl ChainState {
             stop: None,
             failed: None,
             cleanup: false,
+            link,
         };
         (first, Box::new(st))
     }
@@ -555,6 +561,16 @@ impl Chains {
         self.live.get(&slot).map(|b| &**b)
     }
 
+    /// Teardown gave up on ops still in flight: a linked chain's steps are the
+    /// kernel's, so their memory is leaked rather than freed under it.
+    pub(crate) fn leak_linked(&mut self) {
+        for (_, st) in self.live.drain() {
+            if st.is_linked() {
+                std::mem::forget(st);
+            }
+        }
+    }
+
     pub(crate) fn take(&mut self, slot: u32) -> Box<ChainState> {
         self.live
             .remove(&slot)
@@ -616,7 +632,8 @@ impl Ring {
         if let Err(e) = chain.check() {
             return Err(ChainError::new(e, chain));
         }
-        let (first, st) = ChainState::start(chain);
+        let plan = self.link_plan(&chain);
+        let (first, st) = ChainState::start(chain, plan);
         let mut st = Some(st);
         self.submit_inner(first, &mut st).map_err(|e: SubmitError| {
             let (error, first) = e.into_parts();
@@ -629,6 +646,9 @@ impl Ring {
     /// step. Returns the chain's outcome when it is over (the slot then holds the
     /// steps as its payload and completes like any op).
     pub(super) fn chain_step_ended(&mut self, idx: u32, res: i64) -> Option<Outcome> {
+        if let Some(outcome) = self.linked_outcome(idx) {
+            return Some(outcome);
+        }
         let s = self.table.slot_mut(idx);
         let asked = s.desc.request_len();
         let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);

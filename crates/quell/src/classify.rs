@@ -50,11 +50,7 @@ pub(crate) fn probe_fd(fd: RawFd) -> Result<FdInfo, i32> {
             let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
             // SAFETY: sf is a valid out-pointer.
             if unsafe { libc::fstatfs(fd, &mut sf) } == 0 {
-                match sf.f_type as i64 {
-                    FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB2_MAGIC_NUMBER | CIFS_MAGIC_NUMBER
-                    | CEPH_SUPER_MAGIC => CancelClass::Interruptible,
-                    _ => CancelClass::Bounded,
-                }
+                class_of_fs(sf.f_type as i64)
             } else {
                 CancelClass::Bounded
             }
@@ -75,6 +71,16 @@ pub(crate) fn probe_fd(fd: RawFd) -> Result<FdInfo, i32> {
         dio_mem_align: mem,
         dio_offset_align: off,
     })
+}
+
+/// The class of a regular file on the file system with magic number `magic`
+/// (`statfs`'s `f_type`): network and FUSE file systems are Interruptible.
+pub(crate) fn class_of_fs(magic: i64) -> CancelClass {
+    match magic {
+        FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB2_MAGIC_NUMBER | CIFS_MAGIC_NUMBER
+        | CEPH_SUPER_MAGIC => CancelClass::Interruptible,
+        _ => CancelClass::Bounded,
+    }
 }
 
 /// Direct-I/O alignment from `statx(STATX_DIOALIGN)`, 512 bytes where the kernel does not say.

@@ -112,4 +112,8 @@ pub struct Stats {
     pub detached_finished: u64,
     /// Ops in flight whose memory was leaked at teardown because they never finished.
     pub leaked_at_teardown: u64,
+    /// Chains given to the kernel as one batch of linked SQEs (io_uring).
+    pub linked_chains: u64,
+    /// io_uring direct descriptors held now by linked chains that opened a file.
+    pub direct_descriptors: u64,
 }

@@ -565,6 +565,11 @@ impl Ring {
     /// Gives one queued slot to the backend. `false`: the backend has no room now.
     #[inline]
     fn start_slot(&mut self, idx: u32, key: u64) -> bool {
+        if self.table.slot(idx).flags & F_CHAIN != 0 {
+            if let Some(started) = self.linked_start(idx, key) {
+                return started;
+            }
+        }
         let s = self.table.slot_mut(idx);
         let class = s.class;
         if s.desc.kind == OpKind::Blocking {
@@ -621,6 +626,9 @@ impl Ring {
 
     #[inline(always)]
     fn finish(&mut self, key: u64, res: i64) {
+        if key & crate::backend::direct::LINK_BITS != 0 {
+            return self.linked_result(key, res);
+        }
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
         if s.gen != gen || s.state != SlotState::InFlight {
@@ -1063,6 +1071,9 @@ impl Ring {
                 self.stats.cancel_requests += 1;
             }
             SlotState::InFlight => {
+                if s.flags & F_CHAIN != 0 && self.chains.get(idx).is_linked() {
+                    return self.linked_cancel(idx, timed_out);
+                }
                 if s.flags & F_CHAIN != 0 && self.chains.get(idx).shielded() {
                     // A chain's close is shielded from its cancel; no step runs after it.
                     self.chains.get(idx).stop(timed_out);
@@ -1180,7 +1191,11 @@ impl Ring {
                 group_path: paths[s.group as usize]
                     .get_or_insert_with(|| self.groups.path(s.group).into())
                     .clone(),
-                kind: s.desc.kind,
+                kind: if s.flags & F_CHAIN != 0 {
+                    self.linked_kind(idx).unwrap_or(s.desc.kind)
+                } else {
+                    s.desc.kind
+                },
                 fd: s.desc.fd,
                 offset: (s.desc.kind.is_transfer() || s.desc.kind == OpKind::Fallocate)
                     .then_some(s.desc.offset)
@@ -1485,6 +1500,7 @@ impl Ring {
                 tracing::warn!(slot = idx, kind = %s.desc.kind, "op still in flight at teardown; its memory is leaked");
             }
         }
+        self.chains.leak_linked();
         self.in_flight = 0;
     }
 }
@@ -1613,7 +1629,11 @@ fn outcome_of(kind: OpKind, flags: u8, prior: u64, asked: u64, res: i64) -> Outc
     if kind == OpKind::Timeout && errno == libc::ETIME {
         return Outcome::Done(0);
     }
-    if errno == libc::ECANCELED || (canceled && errno == libc::EINTR) {
+    // A canceled io-wq worker's blocking syscall (a FIFO open waiting for a partner)
+    // can report the kernel-internal ERESTARTSYS family (512..=516) instead of EINTR.
+    if errno == libc::ECANCELED
+        || (canceled && (errno == libc::EINTR || (512..=516).contains(&errno)))
+    {
         return stopped(prior);
     }
     Outcome::Failed(crate::outcome::Errno::from_raw_os_error(errno))
@@ -1686,6 +1706,11 @@ mod tests {
                 -(libc::ECANCELED as i64)
             ),
             Outcome::TimedOut { transferred: 0 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::OpenAt, F_CANCEL, 0, 0, -512),
+            Outcome::Canceled { transferred: 0 },
+            "ERESTARTSYS from a canceled io-wq open"
         );
         assert_eq!(
             outcome_of(OpKind::Timeout, 0, 0, 0, -(libc::ETIME as i64)),

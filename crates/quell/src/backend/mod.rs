@@ -9,6 +9,7 @@
 //! Keys with bit 63 set are the backend's own (cancel requests, the doorbell poll) and
 //! never reach the ring.
 
+pub(crate) mod direct;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fake;
 pub(crate) mod pool;
@@ -121,6 +122,20 @@ impl Backend {
             #[cfg(feature = "fuzzing")]
             Backend::Fake(b) => b.cancel(key, kind, class),
             Backend::Portable(b) => b.cancel(key, kind, class),
+        }
+    }
+
+    /// Whether chains can go to the kernel as linked batches (io_uring only).
+    #[inline]
+    pub(crate) fn links(&self) -> bool {
+        matches!(self, Backend::Uring(_))
+    }
+
+    /// io_uring only (see [`links`](Backend::links)): the linked-chain calls.
+    pub(crate) fn uring(&mut self) -> &mut uring::Uring {
+        match self {
+            Backend::Uring(b) => b,
+            _ => unreachable!("only io_uring links chains"),
         }
     }
 

@@ -11,6 +11,7 @@
 //! than once per op. Staging never refuses an entry, so a cancel is never lost to a full
 //! submission queue: it waits in order behind the ops staged before it.
 
+use super::direct::{self, DirectTable, LinkRanges, LinkStep, CANCEL_RESULT};
 use super::pool::Pool;
 use super::{BackendParts, INTERNAL};
 use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
@@ -23,6 +24,9 @@ use std::time::Duration;
 
 /// Internal key: a cancel request for the key in the low bits.
 const CANCEL_TAG: u64 = INTERNAL | (1 << 62);
+/// Internal key: a cancel request for a linked chain's step (its result goes to the
+/// ring). Bit 25 lies in the slot half of a key, always clear in ring keys (16-bit slots).
+const STEP_CANCEL_TAG: u64 = INTERNAL | (1 << 25);
 /// Internal key: the doorbell's multishot poll.
 const WAKE_KEY: u64 = INTERNAL | 1;
 
@@ -66,6 +70,10 @@ pub(crate) struct Uring {
     unsubmitted: u32,
     /// The thread pool for `Op::blocking` closures (threads start on first use).
     pool: Pool,
+    /// Direct descriptors for linked chains that open a file (see `direct.rs`).
+    direct: DirectTable,
+    /// Linked batches among the staged SQEs.
+    links: LinkRanges,
 }
 
 impl Uring {
@@ -104,7 +112,10 @@ impl Uring {
                 Vec::new(),
             ));
         }
+        let direct = DirectTable::register(&ring);
         let mut u = Uring {
+            direct,
+            links: LinkRanges::default(),
             ring,
             doorbell: parts.doorbell.clone(),
             wake_armed: false,
@@ -139,7 +150,9 @@ impl Uring {
             return 0;
         }
         let mut sq = self.ring.submission();
-        let n = (sq.capacity() - sq.len()).min(self.staged.len());
+        let n = self
+            .links
+            .cut((sq.capacity() - sq.len()).min(self.staged.len()));
         // SAFETY: every SQE quell builds points into memory the ring's op table keeps
         // alive until the matching CQE is reaped (see RawOp); cancels and the doorbell
         // poll point to no memory (the eventfd outlives the ring).
@@ -151,8 +164,45 @@ impl Uring {
         } else {
             self.staged.drain(..n);
         }
+        self.links.published(n);
         self.unsubmitted += n as u32;
         n
+    }
+
+    /// Stages a linked chain's steps as one batch (see `direct.rs`).
+    pub(crate) fn start_linked(&mut self, steps: &[LinkStep]) {
+        let start = self.staged.len();
+        for s in steps {
+            let sqe = direct::build_step(s).expect("the chain module links only buildable kinds");
+            self.push(sqe);
+        }
+        self.links.push(start, steps.len());
+    }
+
+    /// Asks the kernel to cancel one step of a linked chain; its result comes back to
+    /// the ring tagged [`CANCEL_RESULT`] (a step not started yet is not found, and the
+    /// ring asks again).
+    pub(crate) fn cancel_step(&mut self, user_data: u64) {
+        let sqe = opcode::AsyncCancel::new(user_data)
+            .build()
+            .user_data(STEP_CANCEL_TAG | user_data);
+        self.push(sqe);
+    }
+
+    /// Closes direct descriptor `slot` outside any link, reporting as `user_data`.
+    pub(crate) fn close_direct(&mut self, user_data: u64, slot: u32) {
+        self.push(direct::close_direct(user_data, slot));
+    }
+
+    /// A free direct descriptor, if the table has one.
+    pub(crate) fn alloc_direct(&mut self) -> Option<u32> {
+        self.direct.alloc()
+    }
+
+    /// Gives a direct descriptor back (it was closed, or is empty; an open into it
+    /// would replace whatever it still held).
+    pub(crate) fn free_direct(&mut self, slot: u32) {
+        self.direct.free(slot);
     }
 
     #[inline]
@@ -289,6 +339,14 @@ impl Uring {
             let key = cqe.user_data();
             if key & INTERNAL == 0 {
                 out.push((key, cqe.result() as i64));
+                continue;
+            }
+            if key & STEP_CANCEL_TAG == STEP_CANCEL_TAG {
+                // The ring re-aims a cancel that found no running step.
+                out.push((
+                    (key & !STEP_CANCEL_TAG) | CANCEL_RESULT,
+                    cqe.result() as i64,
+                ));
                 continue;
             }
             if key == WAKE_KEY {
