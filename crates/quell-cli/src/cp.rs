@@ -477,9 +477,20 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                                 .user_data(((si as u64) << 1) | WRITE),
                         )
                     }
+                    (true, Outcome::Done(0)) if s.in_pipe > 0 => {
+                        if !matches!(stop, Some(Stop::Error(_))) {
+                            stop = Some(Stop::Error(format!(
+                                "writing {}: no progress at offset {offset_now}",
+                                args.dst.display()
+                            )));
+                        }
+                        ring.cancel_group(reads)?;
+                        None
+                    }
                     (true, Outcome::Done(m)) => {
                         s.pos += m;
                         s.in_pipe -= m.min(s.in_pipe);
+                        written += m as u64;
                         if s.in_pipe > 0 {
                             Some(
                                 write_op(s, dfd)
@@ -492,7 +503,6 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                             if s.pos >= s.len {
                                 frontier.finish(chunk);
                             }
-                            written += m as u64;
                             None
                         }
                     }

@@ -406,7 +406,26 @@ fn bench_suite_quick_json_has_every_workload_and_a_plot() {
         .map(|b| b.as_str().unwrap())
         .collect();
     assert!(backends.contains(&"portable"));
-    for w in ["nop", "read", "pingpong", "drain", "drain-cancel", "cp"] {
+    // Every registered workload (as `bench --help` lists them) must be in the suite.
+    let help = stdout(&quell(&["bench", "--help"]));
+    let registered: Vec<String> = help
+        .split("Possible values:")
+        .nth(1)
+        .expect("bench --help lists the workloads")
+        .lines()
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .map(|l| l.split(':').next().unwrap().trim().to_string())
+        .collect();
+    for w in ["nop", "read", "pingpong", "drain", "cp"] {
+        assert!(
+            registered.iter().any(|r| r == w),
+            "{w} not in {registered:?}"
+        );
+    }
+    let mut expect: Vec<&str> = registered.iter().map(|s| s.as_str()).collect();
+    expect.push("drain-cancel");
+    for w in expect {
         for b in &backends {
             assert!(
                 rows.iter()

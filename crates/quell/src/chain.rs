@@ -401,6 +401,11 @@ impl ChainState {
         self.current == 0 && self.results[0].outcome.is_none()
     }
 
+    /// The index (in the chain as built) of the step in the slot.
+    pub(crate) fn step(&self) -> usize {
+        self.current
+    }
+
     /// Whether the step in the slot is out of the cancel flag's reach: a close (of
     /// the chain's own or added for cleanup). Canceling a close could only leak the
     /// descriptor, and a close ends in finite time.
@@ -713,6 +718,11 @@ impl Ring {
             s.desc = next.op.desc;
             s.class = class;
             s.transferred = 0;
+            if self.trace_ops {
+                let step = self.chains.get(idx).step();
+                self.trace_chain_step(idx, step, next.cleanup);
+            }
+            let s = self.table.slot_mut(idx);
             let (gidx, key) = (s.group, key_of(idx, s.gen));
             let g = self.groups.at(gidx);
             if had_cancel {

@@ -33,6 +33,25 @@
 //! assert_eq!(ring.wait_for(id)?.data(), b"ping");
 //! # Ok(()) }
 //! ```
+//!
+//! ## Tracing
+//!
+//! Each op's life can be followed with [`tracing`](https://docs.rs/tracing): when a
+//! subscriber enables target `quell::op` at DEBUG, every op submitted gets a span
+//! `quell.op` (fields `ring`, `id`, `kind`, `fd`, `group` path, `class`, `user_data`;
+//! `outcome` and `transferred` recorded when it completes, `kernel_result` when a
+//! detached op's kernel completion arrives). At TRACE the span also holds the events
+//! `submitted`, `dispatched`, `part dispatched` (later parts and exact retries),
+//! `chain step queued`, `cancel requested`, `completed` and, for detached ops,
+//! `kernel done`. The span closes when the completion is taken (a detached op's when
+//! the kernel is done with its memory).
+//!
+//! The ring asks whether such a subscriber exists when it is built and then once per
+//! [`poll`](Ring::poll) or [`wait`](Ring::wait) (including [`wait_for`](Ring::wait_for)),
+//! not per op: an op submitted before the first poll or wait after a subscriber
+//! appeared has no span (its later events, if any, are emitted where the ring is). With
+//! no subscriber, tracing costs one predictable branch per lifecycle step and no
+//! allocation.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 mod sink;
 pub(crate) use sink::Sink;
+mod spans;
 // Checkpoint/restore and introspection (DESIGN I9) live in their own files, as child
 // modules so they can read the op table.
 #[path = "introspect.rs"]
@@ -41,22 +42,6 @@ pub(crate) mod quiesce;
 pub(crate) mod resubmit;
 
 static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
-
-/// A `tracing` event of an op's life (target `quell::op`, level TRACE). Guarded by a
-/// flag the ring refreshes once per poll/wait, so with no subscriber interested an
-/// event costs one load and branch of a field, not a global level check per op.
-macro_rules! op_event {
-    ($ring:ident, $($t:tt)*) => {
-        if $ring.trace_ops {
-            tracing::trace!(target: "quell::op", $($t)*);
-        }
-    };
-}
-
-/// Whether a subscriber wants the per-op events.
-fn trace_ops_enabled() -> bool {
-    tracing::enabled!(target: "quell::op", tracing::Level::TRACE)
-}
 
 /// Which backend to use.
 ///
@@ -226,8 +211,10 @@ pub struct Ring {
     signals: Vec<Binding>,
     part_size: u32,
     coarse_now: u64,
-    /// A subscriber wants `quell::op` events (refreshed with `coarse_now`).
+    /// A subscriber wants `quell::op` spans, or some are open (refreshed with
+    /// `coarse_now`). Every per-op tracing hook sits behind this one branch.
     trace_ops: bool,
+    spans: spans::Spans,
     chains: chain::Chains,
     /// Chains the kernel can sequence go to it linked (io_uring).
     link_chains: bool,
@@ -291,7 +278,8 @@ impl Ring {
             signals: Vec::new(),
             part_size: b.part_size,
             coarse_now: 0,
-            trace_ops: trace_ops_enabled(),
+            trace_ops: spans::wanted(),
+            spans: spans::Spans::default(),
             chains: chain::Chains::default(),
             link_chains: b.link_chains,
             deadline_memo: (epoch, 0),
@@ -352,6 +340,7 @@ impl Ring {
     }
 
     /// Checks an op and classifies it. Nothing is allocated or changed on error.
+    #[inline]
     fn admit(&mut self, op: &Op) -> Result<CancelClass, Error> {
         let d = &op.desc;
         match &d.payload {
@@ -519,7 +508,9 @@ impl Ring {
             gen,
             slot: idx,
         };
-        op_event!(self, slot = idx, gen, kind = %self.table.slot(idx).desc.kind, user_data = self.table.slot(idx).user_data, "submitted");
+        if self.trace_ops {
+            self.trace_submitted(idx, gen);
+        }
         self.groups.at(gidx).stats.queued += 1;
         // A canceled scope stays canceled; a deadline already past fires at once.
         if g_canceled {
@@ -609,6 +600,9 @@ impl Ring {
             self.groups.at(g).stats.queued -= 1;
             self.groups.at(g).stats.in_flight += 1;
             self.backend.start_blocking(key, f);
+            if self.trace_ops {
+                self.trace_dispatched(idx);
+            }
             return true;
         }
         let mut raw = s.desc.raw();
@@ -623,11 +617,13 @@ impl Ring {
             return false;
         }
         s.state = SlotState::InFlight;
-        op_event!(self, slot = idx, gen = s.gen, class = %class, "dispatched");
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
         g.stats.in_flight += 1;
         self.in_flight += 1;
+        if self.trace_ops {
+            self.trace_dispatched(idx);
+        }
         true
     }
 
@@ -646,7 +642,7 @@ impl Ring {
         self.reaped = reaped;
     }
 
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self, key: u64, res: i64) {
         if key & crate::backend::direct::LINK_BITS != 0 {
             return self.linked_result(key, res);
@@ -654,7 +650,7 @@ impl Ring {
         let (idx, gen) = split_key(key);
         let s = self.table.slot_mut(idx);
         if s.gen != gen || s.state != SlotState::InFlight {
-            return self.finish_unusual(idx, key);
+            return self.finish_unusual(idx, key, res);
         }
         // Only transfers have a requested length (and it costs a payload match).
         let asked = if s.desc.kind.is_transfer() {
@@ -705,7 +701,9 @@ impl Ring {
         if matches!(kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
             self.fds.forget(res as RawFd);
         }
-        op_event!(self, slot = idx, gen, %outcome, "completed");
+        if self.trace_ops {
+            self.trace_completed(idx, &outcome);
+        }
         self.push_completion(idx, outcome);
         self.stats.completed += 1;
     }
@@ -713,7 +711,7 @@ impl Ring {
     /// A result for a slot that is not simply in flight: the kernel's late completion of
     /// a detached op, or (never expected) a stale key.
     #[cold]
-    fn finish_unusual(&mut self, idx: u32, key: u64) {
+    fn finish_unusual(&mut self, idx: u32, key: u64, res: i64) {
         let s = self.table.slot_mut(idx);
         if s.gen != split_key(key).1 {
             tracing::error!(key, "completion for a slot that moved on; ignored");
@@ -727,6 +725,9 @@ impl Ring {
         self.in_flight -= 1;
         self.stats.detached_finished += 1;
         self.groups.at(s.group).stats.detached -= 1;
+        if self.trace_ops {
+            self.trace_kernel_done(idx, res);
+        }
         let s = self.table.slot_mut(idx);
         if s.flags & F_DELIVERED != 0 {
             self.table.free(idx);
@@ -738,7 +739,7 @@ impl Ring {
 
     /// Queues a finished op's completion for the user, or hands it at once to the
     /// internal sink that owns the op (see `ring::sink`).
-    #[inline]
+    #[inline(always)]
     fn push_completion(&mut self, idx: u32, outcome: Outcome) {
         if self.table.slot(idx).flags & F_SINK != 0 {
             let c = self.deliver(idx, outcome);
@@ -912,6 +913,29 @@ impl Ring {
         }
     }
 
+    /// Futures-layer hook: polls until a pass reaps nothing from the backend, so a ring
+    /// run by an external reactor is left with no op dispatched but unsubmitted and no
+    /// backend result unseen (a backend may complete ops inline while flushing).
+    /// `false` if still busy after `passes` passes.
+    pub(crate) fn poll_settled(&mut self, passes: usize) -> Result<bool, Error> {
+        for _ in 0..passes {
+            self.fire_timers();
+            self.flush()?;
+            self.backend.reap(&mut self.reaped);
+            if self.reaped.is_empty() {
+                return Ok(true);
+            }
+            let mut reaped = std::mem::take(&mut self.reaped);
+            for &(key, res) in &reaped {
+                self.finish(key, res);
+            }
+            reaped.clear();
+            self.reaped = reaped;
+            self.dispatch();
+        }
+        Ok(false)
+    }
+
     /// Futures-layer hook: this ring's id (stamped into its [`OpId`]s).
     pub(crate) fn id(&self) -> u32 {
         self.id
@@ -937,7 +961,7 @@ impl Ring {
     }
 
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
-    #[inline]
+    #[inline(always)]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
         Some(self.deliver(idx, outcome))
@@ -948,7 +972,7 @@ impl Ring {
         std::iter::from_fn(move || self.next_completion())
     }
 
-    #[inline]
+    #[inline(always)]
     fn deliver(&mut self, idx: u32, outcome: Outcome) -> Completion {
         let s = self.table.slot_mut(idx);
         // A detached op whose kernel completion is still to come: release the user,
@@ -973,6 +997,9 @@ impl Ring {
         };
         if !keep {
             self.table.free(idx);
+        }
+        if self.trace_ops {
+            self.trace_delivered(idx, keep);
         }
         c
     }
@@ -1027,8 +1054,10 @@ impl Ring {
 
     /// Cancels the live slot `idx` (queued or in flight).
     fn cancel_slot(&mut self, idx: u32, timed_out: bool) {
+        if self.trace_ops {
+            self.trace_cancel(idx, timed_out);
+        }
         let s = self.table.slot_mut(idx);
-        op_event!(self, slot = idx, gen = s.gen, state = ?s.state, timed_out, "cancel requested");
         match s.state {
             SlotState::Queued => {
                 let transferred = s.transferred as usize;
@@ -1051,7 +1080,9 @@ impl Ring {
                     self.note_timer_stale();
                 }
                 self.outstanding -= 1;
-                op_event!(self, slot = idx, %outcome, "completed");
+                if self.trace_ops {
+                    self.trace_completed(idx, &outcome);
+                }
                 self.push_completion(idx, outcome);
                 self.stats.completed += 1;
                 self.stats.canceled_queued += 1;
@@ -1081,7 +1112,9 @@ impl Ring {
                     }
                     g.stats.detached += 1;
                     self.outstanding -= 1;
-                    op_event!(self, slot = idx, outcome = %Outcome::Detached, "completed");
+                    if self.trace_ops {
+                        self.trace_completed(idx, &Outcome::Detached);
+                    }
                     self.push_completion(idx, Outcome::Detached);
                     self.stats.completed += 1;
                     self.stats.detached += 1;
@@ -1211,7 +1244,7 @@ impl Ring {
     fn fire_timers(&mut self) {
         let now = self.now_ns();
         self.coarse_now = now;
-        self.trace_ops = trace_ops_enabled();
+        self.refresh_trace();
         let Some(next) = self.timers.next() else {
             return;
         };

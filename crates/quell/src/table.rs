@@ -149,7 +149,7 @@ impl Table {
     }
 
     /// Takes a free slot; `None` when the table is full. Returns (index, generation).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc(&mut self) -> Option<(u32, u32)> {
         let idx = if self.free_head != NONE {
             let idx = self.free_head;
@@ -158,7 +158,7 @@ impl Table {
         } else if self.fresh < self.capacity {
             let idx = self.fresh;
             if idx as usize % PAGE_SLOTS == 0 {
-                self.pages.push(new_page());
+                self.add_page();
             }
             self.fresh += 1;
             idx
@@ -176,9 +176,15 @@ impl Table {
         Some((idx, s.gen))
     }
 
+    /// Allocates the next page (out of line: once per 256 slots ever).
+    #[cold]
+    fn add_page(&mut self) {
+        self.pages.push(new_page());
+    }
+
     /// Returns a slot to the free list, bumping its generation so old ids go stale.
     /// The caller has already taken what it needs out of the payload.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free(&mut self, idx: u32) {
         let head = self.free_head;
         let s = self.slot_mut(idx);

@@ -115,6 +115,7 @@ pub fn attach(driver: &Driver) -> io::Result<()> {
         driver: std::sync::Arc::downgrade(&driver.shared),
         fd: afd,
         sleep: None,
+        wakers: Vec::new(),
     };
     rt.spawn(reactor);
     Ok(())
@@ -125,6 +126,8 @@ struct Reactor {
     driver: Weak<crate::future::driver::Shared>,
     fd: AsyncFd<OwnedFd>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Reused between turns: waking a batch allocates nothing.
+    wakers: Vec<std::task::Waker>,
 }
 
 impl Future for Reactor {
@@ -142,16 +145,16 @@ impl Future for Reactor {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => st.reactor = Some(cx.waker().clone()),
                 }
-                match st.turn() {
-                    Ok((wakers, next)) => {
-                        drop(st);
-                        for w in wakers {
-                            w.wake();
-                        }
-                        next
-                    }
+                let mut wakers = std::mem::take(&mut self.wakers);
+                let r = st.turn(&mut wakers);
+                drop(st);
+                for w in wakers.drain(..) {
+                    w.wake();
+                }
+                self.wakers = wakers;
+                match r {
+                    Ok(next) => next,
                     Err(e) => {
-                        drop(st);
                         tracing::warn!(error = %e, "quell reactor: ring failed to run");
                         Some(Duration::from_millis(1))
                     }
@@ -173,6 +176,11 @@ impl Future for Reactor {
                 Poll::Pending => {}
             }
             match next {
+                // The ring has more to do right now: yield to other tasks, then go on.
+                Some(d) if d.is_zero() => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Some(d) => {
                     let at = tokio::time::Instant::now() + d;
                     match &mut self.sleep {

@@ -338,3 +338,47 @@ fn settle_routed(d: &Driver) {
 }
 
 use std::future::Future;
+
+/// Round trips to an echo thread through `block_on` (no runtime), as a reference for
+/// the tokio reactor's version of the same test.
+fn pingpong_block_on(b: BackendChoice) {
+    let d = driver(b, 64);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while std::io::Read::read_exact(&mut &theirs, &mut buf).is_ok() {
+            if std::io::Write::write_all(&mut &theirs, &buf).is_err() {
+                break;
+            }
+        }
+    });
+    let fd = ours.as_raw_fd();
+    let (mut w, mut r) = (vec![1u8; 64], vec![0u8; 64]);
+    for _ in 0..3000 {
+        let wf = d.submit(Op::write(fd, w).exact()).unwrap();
+        let rf = d
+            .submit(
+                Op::read(fd, r)
+                    .exact()
+                    .deadline(Instant::now() + Duration::from_secs(10)),
+            )
+            .unwrap();
+        let (cw, cr) = d.block_on(async { (wf.await, rf.await) });
+        assert_eq!(cw.outcome, Outcome::Done(64));
+        assert_eq!(cr.outcome, Outcome::Done(64), "round trip lost");
+        w = cw.into_buf().unwrap();
+        r = cr.into_buf().unwrap();
+    }
+    drop(ours);
+    echo.join().unwrap();
+}
+
+#[test]
+fn pingpong_block_on_uring() {
+    pingpong_block_on(BackendChoice::Uring)
+}
+
+#[test]
+fn pingpong_block_on_portable() {
+    pingpong_block_on(BackendChoice::Portable)
+}

@@ -263,3 +263,68 @@ async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> 
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
 }
+
+/// Round trips to an echo thread, in several `block_on` sessions of one runtime (the
+/// reactor task sleeps between them), as the pingpong benchmark runs them.
+fn pingpong_sessions(b: BackendChoice) {
+    use quell::Op;
+    let rt = current_thread();
+    let d = rt.block_on(async { driver(b, 64) });
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while std::io::Read::read_exact(&mut &theirs, &mut buf).is_ok() {
+            if std::io::Write::write_all(&mut &theirs, &buf).is_err() {
+                break;
+            }
+        }
+    });
+    let fd = ours.as_raw_fd();
+    let (mut w, mut r) = (vec![1u8; 64], vec![0u8; 64]);
+    for session in 0..6 {
+        // The runtime sits idle between sessions (the benchmark runs other contenders).
+        std::thread::sleep(Duration::from_millis(300));
+        let out = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                for _ in 0..3000 {
+                    let wf = d.submit(Op::write(fd, w).exact()).unwrap();
+                    let rf = d.submit(Op::read(fd, r).exact()).unwrap();
+                    let cw = wf.await;
+                    assert_eq!(cw.outcome, quell::Outcome::Done(64), "write");
+                    let cr = rf.await;
+                    assert_eq!(cr.outcome, quell::Outcome::Done(64), "read");
+                    w = cw.into_buf().unwrap();
+                    r = cr.into_buf().unwrap();
+                }
+                (w, r)
+            })
+            .await
+        });
+        (w, r) = out.unwrap_or_else(|_| {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 0) };
+            panic!(
+                "session {session} hung: ops {:?}, socket revents {:#x}",
+                d.with_ring(|r| r.ops()),
+                p.revents
+            )
+        });
+    }
+    drop(ours);
+    echo.join().unwrap();
+}
+
+#[test]
+fn pingpong_sessions_uring() {
+    pingpong_sessions(BackendChoice::Uring)
+}
+
+#[test]
+fn pingpong_sessions_portable() {
+    pingpong_sessions(BackendChoice::Portable)
+}

@@ -470,7 +470,10 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     let mut tokio_fs = TokioFs::new(&path, nblocks, BLOCK, s.depth, SEED)?;
     let mut scoped = QuellRead::nested_deadline(s.quell_ring()?, fd, nblocks, s.depth, s.batch)?;
     // quell through its tokio integration.
-    let mut via_tokio = QuellTokioRead::new(s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
+    let mut via_tokio =
+        QuellTokioRead::new(false, s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
+    let mut via_tokio_mt =
+        QuellTokioRead::new(true, s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
     // The completion-based runtimes need io_uring too.
     let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
@@ -485,6 +488,7 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     contenders.push(&mut spawn_blocking);
     contenders.push(&mut tokio_fs);
     contenders.push(&mut via_tokio);
+    contenders.push(&mut via_tokio_mt);
     if let Some(t) = tokio_uring.as_mut() {
         contenders.push(t);
     }
@@ -506,18 +510,23 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         skipped.push(("fio-io_uring".to_string(), "fio not in PATH".to_string()));
     }
     let mut extra = common_extra(s);
-    if let Some(qt) = peers.iter().find(|p| p.name == "quell-tokio") {
-        // The tokio integration's goals: >= 6x tokio-fs, >= 3x spawn_blocking,
-        // >= 0.95x tokio-uring (same run).
-        let ratios: Map<String, Value> = peers
-            .iter()
-            .filter(|p| p.name != "quell-tokio" && p.ops_per_sec > 0.0)
-            .map(|p| {
-                let r = (qt.ops_per_sec / p.ops_per_sec * 1000.0).round() / 1000.0;
-                (p.name.clone(), json!(r))
-            })
-            .collect();
-        extra.insert("quell_tokio_ratio".into(), Value::Object(ratios));
+    // The tokio integration's goals: >= 6x tokio-fs, >= 3x spawn_blocking,
+    // >= 0.95x tokio-uring (same run). Throughput of quell-tokio(-mt) over each peer.
+    for (contender, key) in [
+        ("quell-tokio", "quell_tokio_ratio"),
+        ("quell-tokio-mt", "quell_tokio_mt_ratio"),
+    ] {
+        if let Some(qt) = peers.iter().find(|p| p.name == contender) {
+            let ratios: Map<String, Value> = peers
+                .iter()
+                .filter(|p| !p.name.starts_with("quell-tokio") && p.ops_per_sec > 0.0)
+                .map(|p| {
+                    let r = (qt.ops_per_sec / p.ops_per_sec * 1000.0).round() / 1000.0;
+                    (p.name.clone(), json!(r))
+                })
+                .collect();
+            extra.insert(key.into(), Value::Object(ratios));
+        }
     }
     extra.insert("block".into(), json!(BLOCK));
     extra.insert("file".into(), json!(path.display().to_string()));

@@ -3,6 +3,9 @@
 //! * `quell-tokio` (read): a current-thread runtime with a quell driver attached;
 //!   `depth` tasks each loop `driver.read_at(fd, offset, buf).await` of one block.
 //!   The reactor task hands each batch of submissions to the kernel in one call.
+//! * `quell-tokio-mt` (read): the same on a multi-thread runtime (default workers),
+//!   every task sharing one driver (the `Send` way: one ring behind a lock, run by
+//!   whichever worker runs its reactor task; no ring thread).
 //! * `quell-tokio-<backend>` (pingpong): the round trips of the ring loop (a write and
 //!   an exact read submitted together), awaited as futures on a current-thread runtime.
 //!
@@ -74,6 +77,7 @@ fn current_thread() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// `quell-tokio`: random block reads through a quell driver on a tokio runtime.
 pub struct QuellTokioRead {
+    name: &'static str,
     rt: tokio::runtime::Runtime,
     driver: Driver,
     lanes: Vec<Lane>,
@@ -83,8 +87,11 @@ pub struct QuellTokioRead {
 }
 
 impl QuellTokioRead {
-    /// `depth` tasks reading `block`-byte blocks at random from the first `nblocks`.
+    /// `depth` tasks reading `block`-byte blocks at random from the first `nblocks`,
+    /// on a current-thread runtime, or a multi-thread one if `multi`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        multi: bool,
         ring: Ring,
         fd: RawFd,
         nblocks: u64,
@@ -92,11 +99,23 @@ impl QuellTokioRead {
         depth: u32,
         seed: u64,
     ) -> Result<QuellTokioRead, CliError> {
-        let rt = current_thread()?;
+        let rt = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?
+        } else {
+            current_thread()?
+        };
         let driver = Driver::new(ring);
         rt.block_on(async { quell::tokio::attach(&driver) })
             .map_err(|e| format!("quell tokio reactor: {e}"))?;
         Ok(QuellTokioRead {
+            name: if multi {
+                "quell-tokio-mt"
+            } else {
+                "quell-tokio"
+            },
             rt,
             driver,
             lanes: lanes(depth, block, seed),
@@ -109,7 +128,7 @@ impl QuellTokioRead {
 
 impl Contender for QuellTokioRead {
     fn name(&self) -> &'static str {
-        "quell-tokio"
+        self.name
     }
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {

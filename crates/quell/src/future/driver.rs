@@ -59,9 +59,21 @@ enum Phase {
     Abandoned,
 }
 
-/// What the driver knows of one op it started, indexed by the op's table slot.
+/// Names a driver entry: its index in the driver's own table (carried to the kernel
+/// and back as the op's user data) and the ring's id of the op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    pub(crate) idx: u32,
+    pub(crate) id: OpId,
+}
+
+/// What the driver knows of one op it started. Entries live in the driver's own table,
+/// not by ring slot: the ring frees a slot when it hands the completion over, which
+/// may be long before the op's future runs and takes it.
 struct Entry {
-    gen: u32,
+    id: OpId,
+    /// The user data the op was submitted with (the ring carries the entry index).
+    user_data: u64,
     phase: Phase,
     /// The op's descriptor (-1 for none): a retired descriptor stays open until no
     /// op on it is left.
@@ -77,7 +89,12 @@ struct Entry {
 
 impl Entry {
     const VACANT: Entry = Entry {
-        gen: 0,
+        id: OpId {
+            ring: 0,
+            gen: 0,
+            slot: 0,
+        },
+        user_data: 0,
         phase: Phase::Vacant,
         fd: -1,
         waker: None,
@@ -112,9 +129,7 @@ pub(crate) struct State {
     pub(crate) ring: Ring,
     ring_id: u32,
     entries: Vec<Entry>,
-    /// Entries whose table slot the ring reused before their future took the
-    /// completion (rare: a completion waiting for a future that has not run yet).
-    parked: HashMap<OpId, Entry>,
+    free: Vec<u32>,
     pub(crate) kept: Kept,
     /// Descriptors closed by their quell owner while ops on them were still in flight:
     /// kept open (so the number is not reused) until the last op on them completes.
@@ -161,24 +176,16 @@ pub(crate) fn stream_key(op: &Op) -> Option<StreamKey> {
 }
 
 impl State {
-    fn entry(&mut self, id: OpId) -> Option<&mut Entry> {
-        if id.ring != self.ring_id {
-            return None;
-        }
-        match self.entries.get_mut(id.slot as usize) {
-            Some(e) if e.gen == id.gen && e.phase != Phase::Vacant => Some(e),
-            _ => self.parked.get_mut(&id),
-        }
+    fn entry(&mut self, t: Ticket) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(t.idx as usize)
+            .filter(|e| e.id == t.id && e.phase != Phase::Vacant)
     }
 
-    /// Forgets `id`'s entry once its completion has been handed on.
-    fn vacate(&mut self, id: OpId) {
-        match self.entries.get_mut(id.slot as usize) {
-            Some(e) if e.gen == id.gen => *e = Entry::VACANT,
-            _ => {
-                self.parked.remove(&id);
-            }
-        }
+    /// Forgets an entry once its completion has been handed on.
+    fn vacate(&mut self, idx: u32) {
+        self.entries[idx as usize] = Entry::VACANT;
+        self.free.push(idx);
         self.live -= 1;
     }
 
@@ -207,25 +214,27 @@ impl State {
         } else {
             -1
         };
-        let id = self.ring.submit(op)?;
-        let slot = id.slot as usize;
-        if self.entries.len() <= slot {
-            self.entries.resize_with(slot + 1, || Entry::VACANT);
-        }
-        // The ring frees a slot when it hands the completion over, so a new op may
-        // reuse it before the old op's future took the completion: park the old one.
-        let old = &mut self.entries[slot];
-        if old.phase != Phase::Vacant {
-            let old_id = OpId {
-                ring: self.ring_id,
-                gen: old.gen,
-                slot: id.slot,
-            };
-            let old = std::mem::replace(old, Entry::VACANT);
-            self.parked.insert(old_id, old);
-        }
-        self.entries[slot] = Entry {
-            gen: id.gen,
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.entries.push(Entry::VACANT);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let mut op = op;
+        let user_data = std::mem::replace(&mut op.user_data, idx as u64);
+        let id = match self.ring.submit(op) {
+            Ok(id) => id,
+            Err(e) => {
+                self.free.push(idx);
+                let (err, mut op) = e.into_parts();
+                op.user_data = user_data;
+                return Err(SubmitError::new(err, op));
+            }
+        };
+        self.entries[idx as usize] = Entry {
+            id,
+            user_data,
             phase: Phase::Waiting,
             fd,
             waker: None,
@@ -236,7 +245,7 @@ impl State {
         };
         self.live += 1;
         self.notify();
-        Ok(Submitted::Op(id))
+        Ok(Submitted::Op(Ticket { idx, id }))
     }
 
     fn serve_new(&mut self, op: Op, key: StreamKey) -> Completion {
@@ -275,8 +284,8 @@ impl State {
     }
 
     /// Looks for the completion of `id`, registering `waker` if it is not there yet.
-    pub(crate) fn take(&mut self, id: OpId, waker: &Waker) -> Take {
-        let Some(e) = self.entry(id) else {
+    pub(crate) fn take(&mut self, t: Ticket, waker: &Waker) -> Take {
+        let Some(e) = self.entry(t) else {
             return Take::Gone;
         };
         if e.phase != Phase::Waiting {
@@ -284,18 +293,18 @@ impl State {
         }
         match e.done.take() {
             Some(c) => {
-                let t = Take::Ready {
+                let ready = Take::Ready {
                     c,
                     stream: e.stream,
                     rescued: e.rescued,
                     canceled: e.canceled,
                 };
                 let fd = e.fd;
-                self.vacate(id);
+                self.vacate(t.idx);
                 if fd >= 0 && !self.retired.is_empty() {
                     self.close_if_retired(fd);
                 }
-                t
+                ready
             }
             None => {
                 match &e.waker {
@@ -308,30 +317,30 @@ impl State {
     }
 
     /// Requests cancellation of a live op on behalf of its user.
-    pub(crate) fn cancel(&mut self, id: OpId) -> Result<crate::CancelStatus, Error> {
-        if let Some(e) = self.entry(id) {
+    pub(crate) fn cancel(&mut self, t: Ticket) -> Result<crate::CancelStatus, Error> {
+        if let Some(e) = self.entry(t) {
             e.canceled = true;
         }
-        let r = self.ring.cancel(id);
+        let r = self.ring.cancel(t.id);
         self.notify();
         r
     }
 
     /// The future of `id` was dropped: cancel the op; its completion is settled here.
-    pub(crate) fn abandon(&mut self, id: OpId) {
-        let Some(e) = self.entry(id) else {
+    pub(crate) fn abandon(&mut self, t: Ticket) {
+        let Some(e) = self.entry(t) else {
             return;
         };
         e.waker = None;
         match e.done.take() {
             Some(c) => {
                 let (stream, fd) = (e.stream, e.fd);
-                self.vacate(id);
+                self.vacate(t.idx);
                 self.settle_abandoned(c, stream, fd);
             }
             None => {
                 e.phase = Phase::Abandoned;
-                let _ = self.ring.cancel(id);
+                let _ = self.ring.cancel(t.id);
                 self.notify();
             }
         }
@@ -373,15 +382,11 @@ impl State {
     /// the cancel finds nothing to serve).
     fn rescue(&mut self, key: StreamKey) {
         let mut ids = Vec::new();
-        for (slot, e) in self.entries.iter_mut().enumerate() {
+        for e in self.entries.iter_mut() {
             if e.phase == Phase::Waiting && e.done.is_none() && e.stream == Some(key) && !e.rescued
             {
                 e.rescued = true;
-                ids.push(OpId {
-                    ring: self.ring_id,
-                    gen: e.gen,
-                    slot: slot as u32,
-                });
+                ids.push(e.id);
             }
         }
         for id in ids {
@@ -435,18 +440,19 @@ impl State {
     }
 
     /// Routes one completion from the ring.
-    fn route(&mut self, c: Completion) {
-        let slot = c.id.slot as usize;
+    fn route(&mut self, mut c: Completion) {
+        let idx = c.user_data;
         let Some(e) = self
             .entries
-            .get_mut(slot)
-            .filter(|e| e.gen == c.id.gen && e.phase != Phase::Vacant)
+            .get_mut(idx as usize)
+            .filter(|e| e.id == c.id && e.phase != Phase::Vacant)
         else {
             // Not one of ours (cannot happen: the driver owns the ring). Dropping it
             // is safe: the kernel is done with its memory.
             tracing::debug!(id = ?c.id, "completion for an op the driver does not know");
             return;
         };
+        c.user_data = e.user_data;
         match e.phase {
             Phase::Waiting => {
                 e.done = Some(c);
@@ -456,8 +462,7 @@ impl State {
             }
             Phase::Abandoned => {
                 let (stream, fd) = (e.stream, e.fd);
-                *e = Entry::VACANT;
-                self.live -= 1;
+                self.vacate(idx as u32);
                 self.settle_abandoned(c, stream, fd);
             }
             Phase::Vacant => unreachable!("filtered above"),
@@ -466,35 +471,44 @@ impl State {
 
     /// Runs the ring once without blocking and routes what completed. Returns the
     /// wakers to wake (after the lock is released) and how soon the ring must run again.
-    pub(crate) fn turn(&mut self) -> Result<(Vec<Waker>, Option<Duration>), Error> {
+    /// `out` (empty) receives them; its allocation is kept for the next turn.
+    pub(crate) fn turn(&mut self, out: &mut Vec<Waker>) -> Result<Option<Duration>, Error> {
         self.notified = false;
-        // Rescue cancels of queued ops complete at once: a second pass routes them.
-        for _ in 0..3 {
-            self.ring.poll()?;
+        // Settle the ring (nothing left dispatched but unsubmitted, no backend result
+        // unseen), route what completed, and again if routing canceled something (a
+        // rescue: its cancel must reach the kernel, a queued op's completes at once).
+        let mut again = true;
+        for _ in 0..8 {
+            let settled = self.ring.poll_settled(16)?;
             let mut any = false;
             while let Some(c) = self.ring.next_completion() {
                 any = true;
                 self.route(c);
             }
             if !any {
+                again = !settled;
                 break;
             }
         }
-        // The reap may have let queued ops into the dispatch window: hand them to the
-        // kernel now rather than at the next wake-up (no system call when none were).
-        self.ring.flush()?;
-        let next = self.ring.next_wake();
-        Ok((std::mem::take(&mut self.wakers), next))
+        // Still busy: run again at once, after other tasks had their turn.
+        let next = if again {
+            Some(Duration::ZERO)
+        } else {
+            self.ring.next_wake()
+        };
+        std::mem::swap(&mut self.wakers, out);
+        Ok(next)
     }
 
     /// Blocks until something completes, `timeout` passes or a handle wakes the ring.
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<Waker>, Error> {
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Waker>) -> Result<(), Error> {
         self.notified = false;
         self.ring.wait(1, timeout)?;
         while let Some(c) = self.ring.next_completion() {
             self.route(c);
         }
-        Ok(std::mem::take(&mut self.wakers))
+        std::mem::swap(&mut self.wakers, out);
+        Ok(())
     }
 
     /// Closes a retired descriptor once no op on it is left.
@@ -505,7 +519,6 @@ impl State {
         let busy = self
             .entries
             .iter()
-            .chain(self.parked.values())
             .any(|e| e.phase != Phase::Vacant && e.fd == fd);
         if !busy {
             self.retired.remove(&fd);
@@ -516,7 +529,7 @@ impl State {
 
 /// What a submission became.
 pub(crate) enum Submitted {
-    Op(OpId),
+    Op(Ticket),
     /// Served from kept data; no op was started.
     Served(Completion, StreamKey),
 }
@@ -541,7 +554,7 @@ impl Driver {
                     ring,
                     ring_id,
                     entries: Vec::new(),
-                    parked: HashMap::new(),
+                    free: Vec::new(),
                     kept: Kept::default(),
                     retired: HashMap::new(),
                     live: 0,
@@ -660,7 +673,8 @@ impl Driver {
     /// assert_eq!(driver.turn().unwrap(), None);
     /// ```
     pub fn turn(&self) -> Result<Option<Duration>, Error> {
-        let (wakers, next) = self.lock().turn()?;
+        let mut wakers = Vec::new();
+        let next = self.lock().turn(&mut wakers)?;
         for w in wakers {
             w.wake();
         }
@@ -686,13 +700,14 @@ impl Driver {
         let waker = Waker::from(signal.clone());
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
+        let mut wakers = Vec::new();
         loop {
             if signal.woken.swap(false, Ordering::AcqRel) {
                 if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
                     return v;
                 }
             }
-            let wakers = {
+            {
                 let mut st = self.lock();
                 if st.ring.is_empty() {
                     drop(st);
@@ -701,19 +716,14 @@ impl Driver {
                     }
                     continue;
                 }
-                match st.wait(None) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        // The ring itself failed (not an op): nothing to wait on any
-                        // more; back off rather than spin.
-                        tracing::warn!(error = %e, "driver wait failed");
-                        drop(st);
-                        std::thread::sleep(Duration::from_millis(1));
-                        Vec::new()
-                    }
+                if let Err(e) = st.wait(None, &mut wakers) {
+                    // The ring itself failed (not an op): back off rather than spin.
+                    tracing::warn!(error = %e, "driver wait failed");
+                    drop(st);
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            };
-            for w in wakers {
+            }
+            for w in wakers.drain(..) {
                 w.wake();
             }
         }

@@ -1,7 +1,7 @@
 //! The future of one op: owned memory in, [`Completion`] (with the memory) out;
 //! dropping it is a cancel request that leaves the memory with the ring (I2).
 
-use super::driver::{Driver, Settle, Submitted, Take};
+use super::driver::{Driver, Settle, Submitted, Take, Ticket};
 use super::kept::StreamKey;
 use crate::completion::Completion;
 use crate::error::{Error, SubmitError};
@@ -65,7 +65,7 @@ impl Redo {
 
 enum State {
     Live {
-        id: OpId,
+        t: Ticket,
         redo: Option<Redo>,
     },
     /// Served at submission from what was kept for its descriptor (I11).
@@ -117,7 +117,7 @@ impl Driver {
     pub fn submit(&self, op: Op) -> Result<OpFuture, SubmitError> {
         let redo = super::driver::stream_key(&op).map(|_| Redo::of(&op));
         let state = match self.lock().submit(op)? {
-            Submitted::Op(id) => State::Live { id, redo },
+            Submitted::Op(t) => State::Live { t, redo },
             Submitted::Served(c, key) => State::Served(c, key),
         };
         Ok(OpFuture {
@@ -140,7 +140,7 @@ impl OpFuture {
     /// ```
     pub fn id(&self) -> Option<OpId> {
         match self.state {
-            State::Live { id, .. } => Some(id),
+            State::Live { t, .. } => Some(t.id),
             _ => None,
         }
     }
@@ -159,10 +159,10 @@ impl OpFuture {
     /// ```
     pub fn cancel(&mut self) -> CancelStatus {
         match self.state {
-            State::Live { id, .. } => self
+            State::Live { t, .. } => self
                 .driver
                 .lock()
-                .cancel(id)
+                .cancel(t)
                 .unwrap_or(CancelStatus::NotFound),
             State::Served(..) => CancelStatus::AlreadyDone,
             State::Taken => CancelStatus::NotFound,
@@ -185,9 +185,9 @@ impl OpFuture {
     /// ```
     pub fn canceller(&self) -> Option<Canceller> {
         match self.state {
-            State::Live { id, .. } => Some(Canceller {
+            State::Live { t, .. } => Some(Canceller {
                 driver: self.driver.clone(),
-                id,
+                t,
             }),
             _ => None,
         }
@@ -213,7 +213,7 @@ impl OpFuture {
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {
         loop {
-            let (id, redo) = match &mut self.state {
+            let (t, redo) = match &mut self.state {
                 State::Served(..) => {
                     let State::Served(c, _) = std::mem::replace(&mut self.state, State::Taken)
                     else {
@@ -222,15 +222,15 @@ impl OpFuture {
                     return Poll::Ready(c);
                 }
                 State::Taken => panic!("OpFuture polled after it resolved"),
-                State::Live { id, redo } => (*id, *redo),
+                State::Live { t, redo } => (*t, *redo),
             };
             let mut st = self.driver.lock();
-            let (c, stream, rescued, canceled) = match st.take(id, cx.waker()) {
+            let (c, stream, rescued, canceled) = match st.take(t, cx.waker()) {
                 Take::Pending => return Poll::Pending,
                 Take::Gone => {
                     drop(st);
                     self.state = State::Taken;
-                    panic!("quell driver lost op {id:?} (a driver bug)");
+                    panic!("quell driver lost op {:?} (a driver bug)", t.id);
                 }
                 Take::Ready {
                     c,
@@ -249,9 +249,9 @@ impl OpFuture {
                     let redo = redo.expect("stream ops carry a redo");
                     let op = redo.op(&mut c);
                     match st.submit(op) {
-                        Ok(Submitted::Op(id)) => {
+                        Ok(Submitted::Op(t)) => {
                             self.state = State::Live {
-                                id,
+                                t,
                                 redo: Some(redo),
                             }
                         }
@@ -283,7 +283,7 @@ impl Future for OpFuture {
 impl Drop for OpFuture {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Taken) {
-            State::Live { id, .. } => self.driver.lock().abandon(id),
+            State::Live { t, .. } => self.driver.lock().abandon(t),
             State::Served(c, key) => self.driver.lock().unserve(c, key),
             State::Taken => {}
         }
@@ -310,7 +310,7 @@ impl std::fmt::Debug for OpFuture {
 #[derive(Clone, Debug)]
 pub struct Canceller {
     driver: Driver,
-    id: OpId,
+    t: Ticket,
 }
 
 impl Canceller {
@@ -320,17 +320,17 @@ impl Canceller {
     pub fn cancel(&self) {
         match self.driver.try_lock() {
             Some(mut st) => {
-                let _ = st.cancel(self.id);
+                let _ = st.cancel(self.t);
             }
             None => {
-                let _ = self.driver.shared.handle.cancel(self.id);
+                let _ = self.driver.shared.handle.cancel(self.t.id);
             }
         }
     }
 
     /// The op this cancels.
     pub fn id(&self) -> OpId {
-        self.id
+        self.t.id
     }
 }
 
