@@ -404,6 +404,7 @@ impl Ring {
         st.begin_link(first);
         let steps = st.link.as_deref_mut().expect("just planned").batch(key);
         self.backend.uring().start_linked(&steps);
+        let n = steps.len();
         s.state = SlotState::InFlight;
         let g = self.groups.at(s.group);
         g.stats.queued -= 1;
@@ -411,6 +412,10 @@ impl Ring {
         self.in_flight += 1;
         self.stats.linked_chains += 1;
         self.show_running(idx);
+        if self.trace_ops {
+            self.trace_dispatched(idx);
+            self.trace_linked_batch(idx, 0, n);
+        }
         Some(true)
     }
 
@@ -476,6 +481,9 @@ impl Ring {
         l.res[step] = Some(res);
         l.flags_at[step] = flags;
         l.waiting -= 1;
+        if self.trace_ops {
+            self.trace_linked_step(idx, step, res);
+        }
         if flags & F_CANCEL != 0 {
             // The step the cancel aimed at ended; the next may be starting.
             self.aim_cancel(idx, key);
@@ -487,8 +495,13 @@ impl Ring {
         }
         match st.settle() {
             Settle::Reissue => {
-                let steps = st.link.as_deref_mut().expect("linked").batch(key);
+                let l = st.link.as_deref_mut().expect("linked");
+                let steps = l.batch(key);
+                let from = l.from;
                 self.backend.uring().start_linked(&steps);
+                if self.trace_ops {
+                    self.trace_linked_batch(idx, from, steps.len());
+                }
                 if flags & F_CANCEL != 0 {
                     self.aim_cancel(idx, key);
                 }
@@ -499,6 +512,9 @@ impl Ring {
                 self.backend
                     .uring()
                     .close_direct(step_key(key, close), slot);
+                if self.trace_ops {
+                    self.trace_linked_batch(idx, close, 1);
+                }
             }
             Settle::Done => {
                 if let Some(slot) = st.link.as_deref_mut().and_then(|l| l.direct.take()) {

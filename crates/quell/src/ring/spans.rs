@@ -150,6 +150,38 @@ impl Ring {
         op_event!(self.spans, idx, slot = idx, gen = s.gen, step, kind = %s.desc.kind, cleanup, "chain step queued");
     }
 
+    /// A linked chain in slot `idx` gave steps `from..from + steps` to the kernel as
+    /// one batch (see `chain_link.rs`).
+    #[cold]
+    pub(super) fn trace_linked_batch(&self, idx: u32, from: usize, steps: usize) {
+        let s = self.table.slot(idx);
+        op_event!(
+            self.spans,
+            idx,
+            slot = idx,
+            gen = s.gen,
+            from,
+            steps,
+            "linked batch"
+        );
+    }
+
+    /// Step `step` of the linked chain in slot `idx` reported `res` (its own result,
+    /// or `-ECANCELED` when the kernel skipped it).
+    #[cold]
+    pub(super) fn trace_linked_step(&self, idx: u32, step: usize, res: i64) {
+        let s = self.table.slot(idx);
+        op_event!(
+            self.spans,
+            idx,
+            slot = idx,
+            gen = s.gen,
+            step,
+            res,
+            "linked step ended"
+        );
+    }
+
     /// A cancel was asked for slot `idx` (by the user, a group, a deadline or a fd).
     #[cold]
     pub(super) fn trace_cancel(&self, idx: u32, timed_out: bool) {
