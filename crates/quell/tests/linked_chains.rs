@@ -470,4 +470,44 @@ both_backends! {
         assert_path(&ring, b, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    fn a_full_window_of_long_chains_overflowing_the_cq_all_complete(b: BackendChoice) {
+        // 64 chains of 8 linked steps: 512 step completions against a completion queue
+        // sized for 256. The kernel holds the overflow; every chain still completes once.
+        let mut ring = Ring::builder().backend(b).max_in_flight(64).sq_entries(8).build().unwrap();
+        let (r, w) = pipe();
+        let mut ids = Vec::new();
+        for i in 0..64u64 {
+            let mut chain = Chain::new().user_data(i);
+            for _ in 0..7 {
+                chain = chain.then(Op::nop());
+            }
+            ids.push(ring.submit_chain(chain.then(Op::write(raw(&w), vec![b'x']))).unwrap());
+        }
+        let done = collect(&mut ring, 64, 30);
+        assert_eq!(done.len(), 64);
+        let mut seen: Vec<u64> = done
+            .iter()
+            .map(|c| {
+                assert_eq!(c.outcome, Outcome::Done(1), "{:?}", c.steps());
+                c.user_data
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..64).collect::<Vec<_>>());
+        assert_eq!(drain_nonblocking(raw(&r)).len(), 64);
+        assert_path(&ring, b, 64);
+        // A chain on descriptors the caller owns, canceled while its read waits.
+        let (r2, w2) = pipe();
+        let id = ring
+            .submit_chain(Chain::new().then(Op::read(raw(&r), vec![0; 8])).then(Op::write(raw(&w2), b"no".to_vec())))
+            .unwrap();
+        until_running(&mut ring, OpKind::Read);
+        ring.cancel(id).unwrap();
+        let c = ring.wait_for(id).unwrap();
+        assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+        assert_eq!(outcomes(&c), [Some(Outcome::Canceled { transferred: 0 }), None]);
+        assert!(drain_nonblocking(raw(&r2)).is_empty(), "the write after the canceled read ran");
+        assert_path(&ring, b, 65);
+    }
 }
