@@ -468,3 +468,46 @@ fn bench_suite_quick_json_has_every_workload_and_a_plot() {
         &plot[..plot.len().min(200)]
     );
 }
+
+#[test]
+fn bench_chain_json_links_on_io_uring_only() {
+    let dir = std::env::temp_dir().join(format!("quell-cli-chain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for backend in ["uring", "portable"] {
+        if backend == "uring" && !io_uring_usable() {
+            continue;
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_quell"))
+            .args([
+                "bench",
+                "chain",
+                "--seconds",
+                "0.2",
+                "--rounds",
+                "1",
+                "--json",
+            ])
+            .args(["--backend", backend])
+            .env("QUELL_BENCH_DIR", &dir)
+            .output()
+            .unwrap();
+        let v = json_line(&o);
+        for peer in [
+            "quell-declared",
+            "quell-sequenced",
+            "quell-sequenced-declared",
+            "sync-syscalls",
+        ] {
+            check_peer(&v, "chain", peer);
+        }
+        assert_eq!(v["backend"], backend);
+        assert_eq!(v["sequenced_linked_chains"], 0, "{v}");
+        let linked = v["linked_chains"].as_u64().unwrap();
+        if backend == "uring" {
+            assert!(linked > 0, "{v}");
+        } else {
+            assert_eq!(linked, 0, "{v}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
