@@ -46,6 +46,8 @@ pub fn probe() -> ProbeReport {
                     sq_entries: 8,
                     max_in_flight: 16,
                     pool_threads: 1,
+                    // A probe links no chain.
+                    direct_slots: 0,
                 },
                 doorbell: Arc::new(bell),
             };

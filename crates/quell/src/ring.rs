@@ -81,6 +81,7 @@ pub struct Builder {
     teardown_timeout: Duration,
     part_size: u32,
     link_chains: bool,
+    direct_slots: u32,
 }
 
 impl Default for Builder {
@@ -94,6 +95,7 @@ impl Default for Builder {
             teardown_timeout: Duration::from_secs(30),
             part_size: 8 << 20,
             link_chains: true,
+            direct_slots: 1024,
         }
     }
 }
@@ -155,6 +157,20 @@ impl Builder {
     /// ```
     pub fn link_chains(mut self, on: bool) -> Builder {
         self.link_chains = on;
+        self
+    }
+
+    /// How many chains that open a file may be linked at once on io_uring (default
+    /// 1,024, at most the `RLIMIT_NOFILE` soft limit): each holds one io_uring direct
+    /// descriptor from its open to its close. A chain that finds none free is
+    /// sequenced in user space (and opens a normal descriptor). 0 links no such chain.
+    ///
+    /// ```
+    /// let ring = quell::Ring::builder().direct_descriptors(64).build().unwrap();
+    /// assert_eq!(ring.stats().direct_descriptors, 0); // none held yet
+    /// ```
+    pub fn direct_descriptors(mut self, n: u32) -> Builder {
+        self.direct_slots = n;
         self
     }
 
@@ -243,6 +259,7 @@ impl Ring {
                 sq_entries: b.sq_entries,
                 max_in_flight: b.max_in_flight,
                 pool_threads: b.pool_threads,
+                direct_slots: b.direct_slots,
             },
             doorbell: doorbell.clone(),
         };

@@ -64,6 +64,16 @@ fn fifo_reader_now(fifo: &Path) -> bool {
     false
 }
 
+/// Descriptors of this process that refer to something under `prefix`.
+fn fds_into(prefix: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|p| p.starts_with(prefix))
+        .count()
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -509,5 +519,42 @@ both_backends! {
         assert_eq!(outcomes(&c), [Some(Outcome::Canceled { transferred: 0 }), None]);
         assert!(drain_nonblocking(raw(&r2)).is_empty(), "the write after the canceled read ran");
         assert_path(&ring, b, 65);
+    }
+
+    fn chains_beyond_the_direct_descriptors_are_sequenced(b: BackendChoice) {
+        let dir = scratch("exhausted", b);
+        let fifo = fifo_in(&dir);
+        let mut ring = Ring::builder().backend(b).direct_descriptors(2).build().unwrap();
+        let ids: Vec<_> = (0..4)
+            .map(|_| {
+                ring.submit_chain(
+                    Chain::new()
+                        .then(Op::openat(libc::AT_FDCWD, &fifo, libc::O_RDWR, 0))
+                        .then(Op::read(Chain::OPENED, vec![0; 8]))
+                        .then(Op::close(Chain::OPENED)),
+                )
+                .unwrap()
+            })
+            .collect();
+        let start = Instant::now();
+        while ring.ops().iter().filter(|o| o.kind == OpKind::Read && o.state == OpState::InFlight).count() < 4 {
+            assert!(start.elapsed() < Duration::from_secs(10), "{:?}", ring.ops());
+            ring.wait(1, Some(Duration::from_millis(5))).unwrap();
+        }
+        // Two in direct descriptors (not in the process's table), two in real ones.
+        let (linked, real) = if b == BackendChoice::Uring { (2, 2) } else { (0, 4) };
+        assert_eq!(ring.stats().linked_chains, linked);
+        assert_eq!(ring.stats().direct_descriptors, linked);
+        assert_eq!(fds_into(&dir), real);
+        ring.cancel_all();
+        for id in ids {
+            let c = ring.wait_for(id).unwrap();
+            assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+            assert_eq!(outcomes(&c)[2], Some(Outcome::Done(0)));
+        }
+        assert_eq!(fds_into(&dir), 0);
+        assert!(!fifo_has_reader(&fifo));
+        assert_path(&ring, b, linked);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

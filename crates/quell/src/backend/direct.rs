@@ -24,8 +24,6 @@ pub(crate) const LINK_BITS: u64 = STEP_BITS | CANCEL_RESULT;
 /// Longest linked chain: a batch must fit an empty submission queue (8 entries at
 /// least), so that it is never split across two submissions.
 pub(crate) const MAX_LINKED: usize = 8;
-/// Direct descriptors registered per ring (at most; fewer under a low `RLIMIT_NOFILE`).
-const DIRECT_SLOTS: u32 = 1024;
 
 /// The user data of step `step` of the chain whose slot key is `key`.
 #[inline]
@@ -146,9 +144,9 @@ pub(crate) struct DirectTable {
 }
 
 impl DirectTable {
-    /// Registers a sparse table on `ring`; an empty table (no chain opens into one)
-    /// when the kernel refuses.
-    pub(crate) fn register(ring: &io_uring::IoUring) -> DirectTable {
+    /// Registers a sparse table of `want` slots (fewer under a low `RLIMIT_NOFILE`) on
+    /// `ring`; an empty table (no chain opens into one) when the kernel refuses.
+    pub(crate) fn register(ring: &io_uring::IoUring, want: u32) -> DirectTable {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -159,7 +157,7 @@ impl DirectTable {
         } else {
             0
         };
-        let n = DIRECT_SLOTS.min(nofile);
+        let n = want.min(nofile);
         if n == 0 || ring.submitter().register_files_sparse(n).is_err() {
             return DirectTable::default();
         }

@@ -71,6 +71,8 @@ pub(crate) struct BackendConfig {
     pub(crate) max_in_flight: u32,
     /// Worker threads of the blocking pool.
     pub(crate) pool_threads: usize,
+    /// io_uring direct descriptors for linked chains that open a file.
+    pub(crate) direct_slots: u32,
 }
 
 /// The backend in use, dispatched statically.

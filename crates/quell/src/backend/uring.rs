@@ -115,7 +115,7 @@ impl Uring {
                 Vec::new(),
             ));
         }
-        let direct = DirectTable::register(&ring);
+        let direct = DirectTable::register(&ring, parts.config.direct_slots);
         let mut u = Uring {
             direct,
             links: LinkRanges::default(),
