@@ -32,6 +32,10 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" 
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --target x86_64-unknown-linux-gnu --test lazy -- \
   drop_mid_flight cancel_midway many_lazy
+# Linked chains: the kernel owns every step's memory until its last CQE.
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test linked_chains
 
 echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ_SECS:-60} s, AddressSanitizer)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
