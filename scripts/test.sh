@@ -28,6 +28,11 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" 
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --target x86_64-unknown-linux-gnu --test faults -- \
   drop_ring fuse_hundred fuse_hung
+# Futures dropped mid-flight: the buffers stay with the ring until the kernel is done (I2).
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test futures -- \
+  ten_thousand drops_while dropping dropped
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --target x86_64-unknown-linux-gnu --test lazy -- \
