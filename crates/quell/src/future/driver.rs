@@ -138,6 +138,9 @@ pub(crate) struct State {
     /// The reactor task (tokio), woken when there is work to hand to the kernel.
     pub(crate) reactor: Option<Waker>,
     notified: bool,
+    /// Routing canceled ops (a rescue) since the ring last settled: their cancels must
+    /// reach the kernel before the turn ends.
+    recanceled: bool,
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) reactor_attached: bool,
     wakers: Vec<Waker>,
@@ -184,7 +187,12 @@ impl State {
 
     /// Forgets an entry once its completion has been handed on.
     fn vacate(&mut self, idx: u32) {
-        self.entries[idx as usize] = Entry::VACANT;
+        // Every path here took `done` first, and `submit` rewrites the whole entry:
+        // only the phase and the waker need resetting (cheaper than a full rewrite).
+        let e = &mut self.entries[idx as usize];
+        debug_assert!(e.done.is_none());
+        e.phase = Phase::Vacant;
+        e.waker = None;
         self.free.push(idx);
         self.live -= 1;
     }
@@ -204,6 +212,16 @@ impl State {
     /// descriptor is served at once, without a kernel op.
     pub(crate) fn submit(&mut self, op: Op) -> Result<Submitted, SubmitError> {
         let stream = stream_key(&op);
+        self.submit_keyed(op, stream)
+    }
+
+    /// [`submit`](State::submit) with the op's stream key already known.
+    #[inline]
+    pub(crate) fn submit_keyed(
+        &mut self,
+        op: Op,
+        stream: Option<StreamKey>,
+    ) -> Result<Submitted, SubmitError> {
         if let Some(key) = stream {
             if self.kept.has(key) {
                 return Ok(Submitted::Served(self.serve_new(op, key), key));
@@ -232,17 +250,17 @@ impl State {
                 return Err(SubmitError::new(err, op));
             }
         };
-        self.entries[idx as usize] = Entry {
-            id,
-            user_data,
-            phase: Phase::Waiting,
-            fd,
-            waker: None,
-            done: None,
-            stream,
-            rescued: false,
-            canceled: false,
-        };
+        // A vacant entry has no waker and no completion (see `vacate`): set the rest
+        // field by field rather than rewriting the whole (large) entry.
+        let e = &mut self.entries[idx as usize];
+        debug_assert!(e.phase == Phase::Vacant && e.waker.is_none() && e.done.is_none());
+        e.id = id;
+        e.user_data = user_data;
+        e.phase = Phase::Waiting;
+        e.fd = fd;
+        e.stream = stream;
+        e.rescued = false;
+        e.canceled = false;
         self.live += 1;
         self.notify();
         Ok(Submitted::Op(Ticket { idx, id }))
@@ -389,6 +407,7 @@ impl State {
                 ids.push(e.id);
             }
         }
+        self.recanceled |= !ids.is_empty();
         for id in ids {
             let _ = self.ring.cancel(id);
         }
@@ -479,13 +498,14 @@ impl State {
         // rescue: its cancel must reach the kernel, a queued op's completes at once).
         let mut again = true;
         for _ in 0..8 {
+            self.recanceled = false;
             let settled = self.ring.poll_settled(16)?;
-            let mut any = false;
             while let Some(c) = self.ring.next_completion() {
-                any = true;
                 self.route(c);
             }
-            if !any {
+            // Routing only touches the driver's table unless it rescued (canceled ops
+            // on the ring): a settled ring then stays settled, with no second pass.
+            if !self.recanceled {
                 again = !settled;
                 break;
             }
@@ -560,6 +580,7 @@ impl Driver {
                     live: 0,
                     reactor: None,
                     notified: false,
+                    recanceled: false,
                     reactor_attached: false,
                     wakers: Vec::new(),
                 }),

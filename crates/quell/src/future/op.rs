@@ -115,8 +115,9 @@ impl Driver {
     /// # Ok(()) }
     /// ```
     pub fn submit(&self, op: Op) -> Result<OpFuture, SubmitError> {
-        let redo = super::driver::stream_key(&op).map(|_| Redo::of(&op));
-        let state = match self.lock().submit(op)? {
+        let stream = super::driver::stream_key(&op);
+        let redo = stream.map(|_| Redo::of(&op));
+        let state = match self.lock().submit_keyed(op, stream)? {
             Submitted::Op(t) => State::Live { t, redo },
             Submitted::Served(c, key) => State::Served(c, key),
         };
@@ -206,14 +207,14 @@ impl OpFuture {
     /// ```
     pub fn buf(self) -> BufFuture {
         BufFuture {
-            inner: Ok(self),
-            refused: None,
+            inner: BufInner::Op(self),
         }
     }
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {
         loop {
-            let (t, redo) = match &mut self.state {
+            let t = match &self.state {
+                State::Live { t, .. } => *t,
                 State::Served(..) => {
                     let State::Served(c, _) = std::mem::replace(&mut self.state, State::Taken)
                     else {
@@ -222,7 +223,6 @@ impl OpFuture {
                     return Poll::Ready(c);
                 }
                 State::Taken => panic!("OpFuture polled after it resolved"),
-                State::Live { t, redo } => (*t, *redo),
             };
             let mut st = self.driver.lock();
             let (c, stream, rescued, canceled) = match st.take(t, cx.waker()) {
@@ -239,9 +239,13 @@ impl OpFuture {
                     canceled,
                 } => (c, stream, rescued, canceled),
             };
-            self.state = State::Taken;
             let Some(key) = stream else {
+                self.state = State::Taken;
                 return Poll::Ready(c);
+            };
+            let redo = match std::mem::replace(&mut self.state, State::Taken) {
+                State::Live { redo, .. } => redo,
+                _ => None,
             };
             match st.settle(c, key, rescued, canceled) {
                 Settle::Done(c) => return Poll::Ready(c),
@@ -349,23 +353,32 @@ impl Canceller {
 #[must_use = "dropping it cancels the op"]
 #[derive(Debug)]
 pub struct BufFuture {
-    inner: Result<OpFuture, ()>,
-    refused: Option<(Error, Vec<u8>)>,
+    inner: BufInner,
+}
+
+/// A refused submission is rare: boxing it keeps the common future small (it is
+/// moved into every task that awaits it).
+#[derive(Debug)]
+enum BufInner {
+    Op(OpFuture),
+    Refused(Option<Box<(Error, Vec<u8>)>>),
 }
 
 impl BufFuture {
     fn refused(e: SubmitError) -> BufFuture {
         let (err, op) = e.into_parts();
         BufFuture {
-            inner: Err(()),
-            refused: Some((err, op.into_buf().unwrap_or_default())),
+            inner: BufInner::Refused(Some(Box::new((err, op.into_buf().unwrap_or_default())))),
         }
     }
 
     /// The op's future, to cancel it or take a [`Canceller`] (`None` if the
     /// submission was refused).
     pub fn op_mut(&mut self) -> Option<&mut OpFuture> {
-        self.inner.as_mut().ok()
+        match &mut self.inner {
+            BufInner::Op(f) => Some(f),
+            BufInner::Refused(_) => None,
+        }
     }
 }
 
@@ -374,14 +387,11 @@ impl Future for BufFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.inner {
-            Err(()) => {
-                let (e, buf) = self
-                    .refused
-                    .take()
-                    .expect("BufFuture polled after it resolved");
+            BufInner::Refused(r) => {
+                let (e, buf) = *r.take().expect("BufFuture polled after it resolved");
                 Poll::Ready((Err(e.into()), buf))
             }
-            Ok(f) => f.poll_inner(cx).map(|c| {
+            BufInner::Op(f) => f.poll_inner(cx).map(|c| {
                 let res = match c.outcome {
                     Outcome::Done(n) => Ok(n),
                     o => o.into_result(),
