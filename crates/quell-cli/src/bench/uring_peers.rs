@@ -79,6 +79,36 @@ fn check(r: std::io::Result<usize>, block: u32) -> Option<String> {
     }
 }
 
+/// One task's loop, the same on both runtimes: random block reads through `read`
+/// (the runtime's `File::read_at`) until `deadline`, each timed from issue to result.
+async fn lane<F, Fut>(
+    (mut rng, mut buf, mut h): (Rng, Vec<u8>, Histogram<u64>),
+    nblocks: u64,
+    block: u32,
+    deadline: Instant,
+    read: F,
+) -> Lane
+where
+    F: Fn(Vec<u8>, u64) -> Fut,
+    Fut: std::future::Future<Output = (std::io::Result<usize>, Vec<u8>)>,
+{
+    let mut ops = 0;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= deadline {
+            return (rng, buf, h, ops, None);
+        }
+        let off = rng.below(nblocks) * block as u64;
+        let (r, b) = read(buf, off).await;
+        buf = b;
+        record(&mut h, t0.elapsed().as_nanos() as u64);
+        ops += 1;
+        if let Some(e) = check(r, block) {
+            return (rng, buf, h, ops, Some(e));
+        }
+    }
+}
+
 /// `tokio-uring`: `depth` tasks on tokio-uring's runtime.
 pub struct TokioUring {
     rt: tokio_uring::Runtime,
@@ -126,24 +156,13 @@ impl Contender for TokioUring {
             };
             let tasks: Vec<_> = lanes
                 .into_iter()
-                .map(|(mut rng, mut buf, mut h)| {
+                .map(|l| {
                     let file = file.clone();
                     tokio_uring::spawn(async move {
-                        let mut ops = 0;
-                        loop {
-                            let t0 = Instant::now();
-                            if t0 >= deadline {
-                                return (rng, buf, h, ops, None);
-                            }
-                            let off = rng.below(nblocks) * block as u64;
-                            let (r, b) = file.read_at(buf, off).await;
-                            buf = b;
-                            record(&mut h, t0.elapsed().as_nanos() as u64);
-                            ops += 1;
-                            if let Some(e) = check(r, block) {
-                                return (rng, buf, h, ops, Some(e));
-                            }
-                        }
+                        lane(l, nblocks, block, deadline, |buf, off| {
+                            file.read_at(buf, off)
+                        })
+                        .await
                     })
                 })
                 .collect();
@@ -218,24 +237,13 @@ impl Contender for Monoio {
             };
             let tasks: Vec<_> = lanes
                 .into_iter()
-                .map(|(mut rng, mut buf, mut h)| {
+                .map(|l| {
                     let file = file.clone();
                     monoio::spawn(async move {
-                        let mut ops = 0;
-                        loop {
-                            let t0 = Instant::now();
-                            if t0 >= deadline {
-                                return (rng, buf, h, ops, None);
-                            }
-                            let off = rng.below(nblocks) * block as u64;
-                            let (r, b) = file.read_at(buf, off).await;
-                            buf = b;
-                            record(&mut h, t0.elapsed().as_nanos() as u64);
-                            ops += 1;
-                            if let Some(e) = check(r, block) {
-                                return (rng, buf, h, ops, Some(e));
-                            }
-                        }
+                        lane(l, nblocks, block, deadline, |buf, off| {
+                            file.read_at(buf, off)
+                        })
+                        .await
                     })
                 })
                 .collect();
