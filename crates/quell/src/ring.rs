@@ -924,6 +924,11 @@ impl Ring {
             if remaining.is_some_and(|r| r.is_zero()) {
                 continue;
             }
+            // `reap` cleared the doorbell after this pass took the requests: one posted
+            // in between rang a bell that is gone, so look before sleeping.
+            if self.shared.requests.is_pending() {
+                continue;
+            }
             self.backend
                 .wait(remaining)
                 .map_err(|e| Error::io("waiting for completions", e))?;
@@ -939,7 +944,9 @@ impl Ring {
             self.fire_timers();
             self.flush()?;
             self.backend.reap(&mut self.reaped);
-            if self.reaped.is_empty() {
+            // A request posted after `flush` took them may have had its doorbell cleared
+            // by this reap: not settled until it is taken.
+            if self.reaped.is_empty() && !self.shared.requests.is_pending() {
                 return Ok(true);
             }
             let mut reaped = std::mem::take(&mut self.reaped);

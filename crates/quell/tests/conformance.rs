@@ -23,6 +23,41 @@ fn tmpdir() -> std::path::PathBuf {
 }
 
 both_backends! {
+    /// A handle request posted while the ring serves an earlier one (between taking the
+    /// requests and clearing the doorbell) still wakes the ring: the cancel that follows
+    /// a snapshot lands without any timeout to rescue it.
+    fn a_request_posted_while_another_is_served_is_not_lost(b: BackendChoice) {
+        for _ in 0..300 {
+            let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut ring = ring(b, 16);
+            let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8])).unwrap();
+            let handle = ring.handle();
+            let watcher = std::thread::spawn(move || {
+                let ops = handle
+                    .request_ops()
+                    .unwrap()
+                    .wait(std::time::Duration::from_secs(10))
+                    .expect("snapshot served");
+                handle.cancel(ops[0].id).unwrap();
+            });
+            let start = std::time::Instant::now();
+            let c = loop {
+                // Long enough that only a lost wake-up makes it expire.
+                ring.wait(1, Some(std::time::Duration::from_secs(10))).unwrap();
+                if let Some(c) = ring.next_completion() {
+                    break c;
+                }
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(5),
+                    "the cancel posted after the snapshot never woke the ring"
+                );
+            };
+            assert_eq!(c.id, id);
+            assert!(c.outcome.is_canceled(), "{:?}", c.outcome);
+            watcher.join().unwrap();
+        }
+    }
+
     /// Every op kind completes exactly once with its real result.
     fn every_op_kind_completes_once(b: BackendChoice) {
         let mut ring = ring(b, 256);
