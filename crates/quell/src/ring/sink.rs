@@ -223,7 +223,12 @@ impl Ring {
                     .hand(sink, token, Outcome::Failed(Errno::AGAIN), payload);
             }
         }
-        if self.sinks.delivered != before || self.outstanding == 0 {
+        // A request posted after `take_requests` may have had its doorbell cleared by the
+        // reap: return so the next turn takes it instead of sleeping on it.
+        if self.sinks.delivered != before
+            || self.outstanding == 0
+            || self.shared.requests.is_pending()
+        {
             return Ok(());
         }
         let remaining = match self.timers.next() {
