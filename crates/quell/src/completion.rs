@@ -31,7 +31,58 @@ pub struct Completion {
     /// What happened.
     pub outcome: Outcome,
     pub(crate) kind: OpKind,
-    pub(crate) payload: Payload,
+    pub(crate) payload: Held,
+}
+
+/// A completion's payload. Most completions carry none (NOPs, polls, closes) or hand
+/// theirs back to the caller, so dropping one is usually a no-op: this wrapper tests for
+/// that inline and calls the payload's drop glue (a call into a large match) only when
+/// something is left to free.
+#[derive(Default)]
+pub(crate) struct Held(std::mem::ManuallyDrop<Payload>);
+
+impl Held {
+    /// Takes the payload out, leaving nothing to drop.
+    #[inline]
+    pub(crate) fn into_inner(mut self) -> Payload {
+        std::mem::take(&mut *self.0)
+    }
+}
+
+impl From<Payload> for Held {
+    #[inline]
+    fn from(p: Payload) -> Held {
+        Held(std::mem::ManuallyDrop::new(p))
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Payload;
+    #[inline]
+    fn deref(&self) -> &Payload {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Payload {
+        &mut self.0
+    }
+}
+
+impl Drop for Held {
+    #[inline]
+    fn drop(&mut self) {
+        if !matches!(*self.0, Payload::None) {
+            drop_payload(std::mem::take(&mut *self.0));
+        }
+    }
+}
+
+#[inline(never)]
+fn drop_payload(p: Payload) {
+    drop(p);
 }
 
 impl Completion {
@@ -42,7 +93,7 @@ impl Completion {
 
     /// The whole single buffer (read, write, send, recv), if the op had one.
     pub fn buf(&self) -> Option<&[u8]> {
-        match &self.payload {
+        match &*self.payload {
             Payload::Buf(v) => Some(v),
             Payload::Aligned(a) => Some(a),
             _ => None,
@@ -61,7 +112,7 @@ impl Completion {
 
     /// Takes the single buffer back.
     pub fn into_buf(self) -> Option<Vec<u8>> {
-        match self.payload {
+        match self.payload.into_inner() {
             Payload::Buf(v) => Some(v),
             _ => None,
         }
@@ -69,7 +120,7 @@ impl Completion {
 
     /// Takes the aligned buffer back (ops built with `read_aligned`/`write_aligned`).
     pub fn into_aligned(self) -> Option<AlignedBuf> {
-        match self.payload {
+        match self.payload.into_inner() {
             Payload::Aligned(v) => Some(v),
             _ => None,
         }
@@ -77,7 +128,7 @@ impl Completion {
 
     /// Takes the buffers of a vectored op back.
     pub fn into_bufs(self) -> Option<Vec<Vec<u8>>> {
-        match self.payload {
+        match self.payload.into_inner() {
             Payload::Bufs(v) => Some(v.bufs),
             _ => None,
         }
@@ -85,7 +136,7 @@ impl Completion {
 
     /// The buffers of a vectored op.
     pub fn bufs(&self) -> Option<&[Vec<u8>]> {
-        match &self.payload {
+        match &*self.payload {
             Payload::Bufs(v) => Some(&v.bufs),
             _ => None,
         }
@@ -105,7 +156,7 @@ impl Completion {
     /// # Ok(()) }
     /// ```
     pub fn steps(&self) -> Option<&[crate::StepResult]> {
-        match &self.payload {
+        match &*self.payload {
             Payload::Chain(s) => Some(s),
             _ => None,
         }
@@ -113,7 +164,7 @@ impl Completion {
 
     /// Takes the steps of a [`Chain`](crate::Chain) back, buffers included.
     pub fn into_steps(self) -> Option<Vec<crate::StepResult>> {
-        match self.payload {
+        match self.payload.into_inner() {
             Payload::Chain(s) => Some(*s),
             _ => None,
         }
@@ -121,7 +172,7 @@ impl Completion {
 
     /// The result of a `statx` op that finished.
     pub fn statx(&self) -> Option<&libc::statx> {
-        match (&self.payload, self.outcome) {
+        match (&*self.payload, self.outcome) {
             (Payload::Statx(s), Outcome::Done(_)) => Some(&s.stx),
             _ => None,
         }

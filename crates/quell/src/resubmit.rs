@@ -84,7 +84,7 @@ impl Buffers {
             kind,
             payload,
         } = c;
-        let mem = match payload {
+        let mem = match payload.into_inner() {
             Payload::Buf(v) => Memory::Plain(v),
             Payload::Aligned(a) => Memory::Aligned(a),
             Payload::Bufs(v) => Memory::Vectored(v.bufs),
@@ -94,7 +94,7 @@ impl Buffers {
                     user_data,
                     outcome,
                     kind,
-                    payload,
+                    payload: payload.into(),
                 })
             }
         };

@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod lane;
+mod ready;
 mod sink;
 pub(crate) use sink::Sink;
 mod spans;
@@ -206,7 +208,7 @@ pub struct Ring {
     epoch: Instant,
     table: Table,
     queue: VecDeque<u64>,
-    completions: VecDeque<(u32, Outcome)>,
+    completions: ready::Ready,
     backend: Backend,
     backend_reason: String,
     fds: FdCache,
@@ -271,7 +273,7 @@ impl Ring {
             epoch,
             table: Table::new(b.capacity),
             queue: VecDeque::new(),
-            completions: VecDeque::new(),
+            completions: ready::Ready::default(),
             backend,
             backend_reason: reason,
             fds: FdCache::default(),
@@ -454,7 +456,17 @@ impl Ring {
     /// Accepts an op. It waits in quell's queue until the next [`flush`](Ring::flush),
     /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
     /// op comes back whole inside the error (contract items I1, I10).
+    #[inline]
     pub fn submit(&mut self, op: Op) -> Result<OpId, SubmitError> {
+        if let Some(group) = self.plain_lane(&op) {
+            return self.submit_plain(op, group);
+        }
+        self.submit_full(op)
+    }
+
+    /// [`submit`](Ring::submit) for an op the plain lane does not take.
+    #[inline(never)]
+    fn submit_full(&mut self, op: Op) -> Result<OpId, SubmitError> {
         self.submit_inner(op, &mut None)
     }
 
@@ -669,6 +681,10 @@ impl Ring {
         if s.gen != gen || s.state != SlotState::InFlight {
             return self.finish_unusual(idx, key, res);
         }
+        if self.finish_plain(idx, res) {
+            return;
+        }
+        let s = self.table.slot_mut(idx);
         // Only transfers have a requested length (and it costs a payload match).
         let asked = if s.desc.kind.is_transfer() {
             s.desc.request_len()
@@ -988,7 +1004,10 @@ impl Ring {
     #[inline(always)]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
-        Some(self.deliver(idx, outcome))
+        match self.deliver_plain(idx, outcome) {
+            Some(c) => Some(c),
+            None => Some(self.deliver(idx, outcome)),
+        }
     }
 
     /// Takes every ready completion.
@@ -1017,7 +1036,7 @@ impl Ring {
             user_data: s.user_data,
             outcome,
             kind: s.desc.kind,
-            payload,
+            payload: payload.into(),
         };
         if !keep {
             self.table.free(idx);

@@ -76,9 +76,11 @@ impl Slot {
     /// payload was taken or dropped when it was freed, so no drop call is needed then.
     #[inline]
     pub(crate) fn set_desc(&mut self, desc: OpDesc) {
-        let old = std::mem::replace(&mut self.desc, desc);
-        if matches!(old.payload, Payload::None) {
-            std::mem::forget(old);
+        if matches!(self.desc.payload, Payload::None) {
+            // Test first, then overwrite: the old value is never read into a temporary.
+            std::mem::forget(std::mem::replace(&mut self.desc, desc));
+        } else {
+            self.desc = desc;
         }
     }
 }
@@ -151,10 +153,15 @@ impl Table {
     /// Takes a free slot; `None` when the table is full. Returns (index, generation).
     #[inline(always)]
     pub(crate) fn alloc(&mut self) -> Option<(u32, u32)> {
+        self.alloc_slot().map(|(idx, s)| (idx, s.gen))
+    }
+
+    /// Takes a free slot and returns it, reset (no flags, nothing transferred, no
+    /// deadline, root group), for the caller to fill. `None` when the table is full.
+    #[inline(always)]
+    pub(crate) fn alloc_slot(&mut self) -> Option<(u32, &mut Slot)> {
         let idx = if self.free_head != NONE {
-            let idx = self.free_head;
-            self.free_head = self.slot(idx).link;
-            idx
+            self.free_head
         } else if self.fresh < self.capacity {
             let idx = self.fresh;
             if idx as usize % PAGE_SLOTS == 0 {
@@ -167,13 +174,16 @@ impl Table {
         };
         let pos = self.live.len() as u32;
         self.live.push(idx);
-        let s = self.slot_mut(idx);
+        let s = slot_in(&mut self.pages, idx);
+        if self.free_head == idx {
+            self.free_head = s.link;
+        }
         s.link = pos;
         s.flags = 0;
         s.transferred = 0;
         s.deadline = u64::MAX;
         s.group = 0;
-        Some((idx, s.gen))
+        Some((idx, s))
     }
 
     /// Allocates the next page (out of line: once per 256 slots ever).
@@ -186,20 +196,57 @@ impl Table {
     /// The caller has already taken what it needs out of the payload.
     #[inline(always)]
     pub(crate) fn free(&mut self, idx: u32) {
+        let s = self.slot_mut(idx);
+        // Usually already taken by the completion; skip the drop call when it was.
+        if !matches!(s.desc.payload, Payload::None) {
+            s.desc.payload = Payload::None;
+        }
+        self.unlink(idx);
+    }
+
+    /// Frees slot `idx` if it is `Completed`, handing back what its completion carries:
+    /// generation, user data, kind and payload. `None` (nothing changed) in any other
+    /// state. One slot lookup for the whole hand-over.
+    #[inline(always)]
+    pub(crate) fn release_completed(&mut self, idx: u32) -> Option<(u32, u64, OpKind, Payload)> {
+        let s = slot_in(&mut self.pages, idx);
+        if s.state != SlotState::Completed {
+            return None;
+        }
+        let out = (
+            s.gen,
+            s.user_data,
+            s.desc.kind,
+            std::mem::take(&mut s.desc.payload),
+        );
+        let pos = s.link as usize;
+        s.gen = (s.gen + 1) & GEN_MASK;
+        s.state = SlotState::Free;
+        s.link = self.free_head;
+        self.free_head = idx;
+        self.unlist(pos);
+        Some(out)
+    }
+
+    /// Moves a slot whose payload is gone from the live array to the free list.
+    #[inline(always)]
+    fn unlink(&mut self, idx: u32) {
         let head = self.free_head;
         let s = self.slot_mut(idx);
         let pos = s.link as usize;
         s.gen = (s.gen + 1) & GEN_MASK;
         s.state = SlotState::Free;
-        // Usually already taken by the completion; skip the drop call when it was.
-        if !matches!(s.desc.payload, Payload::None) {
-            s.desc.payload = Payload::None;
-        }
         s.link = head;
         self.free_head = idx;
+        self.unlist(pos);
+    }
+
+    /// Removes entry `pos` of the live array, moving the last one into its place.
+    #[inline(always)]
+    fn unlist(&mut self, pos: usize) {
         self.live.swap_remove(pos);
         if let Some(&moved) = self.live.get(pos) {
-            self.slot_mut(moved).link = pos as u32;
+            slot_in(&mut self.pages, moved).link = pos as u32;
         }
     }
 
@@ -238,6 +285,13 @@ impl Table {
 
     /// Bytes of bookkeeping per slot.
     pub(crate) const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+}
+
+/// Slot `idx` of `pages` (a function of the pages alone, so a caller may hold it while
+/// touching the table's other fields).
+#[inline(always)]
+fn slot_in(pages: &mut [Page], idx: u32) -> &mut Slot {
+    &mut pages[idx as usize / PAGE_SLOTS][idx as usize % PAGE_SLOTS]
 }
 
 /// A page of default slots, built on the heap (32 KiB would be a large stack copy).

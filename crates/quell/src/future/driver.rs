@@ -282,7 +282,7 @@ impl State {
             user_data,
             outcome,
             kind,
-            payload,
+            payload: payload.into(),
         }
     }
 
@@ -441,7 +441,7 @@ impl State {
         }
         if self.kept.has(key) {
             let n = c.outcome.transferred();
-            if let Payload::Buf(buf) = &mut c.payload {
+            if let Payload::Buf(buf) = &mut *c.payload {
                 self.kept.push_bytes(key.fd, &buf[..n.min(buf.len())]);
                 let m = self.kept.take_bytes(key.fd, buf);
                 c.outcome = match c.outcome {

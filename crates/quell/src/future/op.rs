@@ -42,7 +42,7 @@ impl Redo {
     }
 
     fn op(&self, c: &mut Completion) -> Op {
-        let buf = match std::mem::take(&mut c.payload) {
+        let buf = match std::mem::take(&mut *c.payload) {
             Payload::Buf(b) => b,
             _ => Vec::new(),
         };
@@ -263,10 +263,7 @@ impl OpFuture {
                         Err(e) => {
                             // Cannot run it again (ring closing, table full): report
                             // the cancel the driver made, buffer returned.
-                            c.payload = match e.into_op().desc.payload {
-                                Payload::Buf(b) => Payload::Buf(b),
-                                p => p,
-                            };
+                            c.payload = e.into_op().desc.payload.into();
                             return Poll::Ready(c);
                         }
                     }

@@ -120,7 +120,7 @@ impl Sinks {
     /// A sink op's completion (from `Ring::push_completion`).
     pub(crate) fn deliver(&mut self, c: Completion) {
         let (sink, token) = ((c.user_data >> 32) as u32, c.user_data as u32);
-        self.hand(sink, token, c.outcome, c.payload);
+        self.hand(sink, token, c.outcome, c.payload.into_inner());
     }
 }
 
