@@ -677,14 +677,13 @@ impl Ring {
             return self.linked_result(key, res);
         }
         let (idx, gen) = split_key(key);
+        if self.finish_plain(idx, gen, res) {
+            return;
+        }
         let s = self.table.slot_mut(idx);
         if s.gen != gen || s.state != SlotState::InFlight {
             return self.finish_unusual(idx, key, res);
         }
-        if self.finish_plain(idx, res) {
-            return;
-        }
-        let s = self.table.slot_mut(idx);
         // Only transfers have a requested length (and it costs a payload match).
         let asked = if s.desc.kind.is_transfer() {
             s.desc.request_len()

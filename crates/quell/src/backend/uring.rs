@@ -228,6 +228,31 @@ impl Uring {
         true
     }
 
+    /// [`start`](Uring::start) for a nop, or a read/write into one heap buffer.
+    #[inline]
+    pub(crate) fn start_plain(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
+        let fd = types::Fd(raw.fd);
+        let sqe = match raw.kind {
+            OpKind::Nop => opcode::Nop::new().build(),
+            OpKind::Read if class != CancelClass::Interruptible => {
+                opcode::Read::new(fd, raw.ptr, raw.len)
+                    .offset(off(raw.offset))
+                    .build()
+            }
+            OpKind::Write => opcode::Write::new(fd, raw.ptr, raw.len)
+                .offset(off(raw.offset))
+                .build(),
+            _ => return self.start(key, raw, class),
+        };
+        let sqe = if class == CancelClass::Interruptible {
+            sqe.flags(squeue::Flags::ASYNC)
+        } else {
+            sqe
+        };
+        self.push(sqe.user_data(key));
+        true
+    }
+
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
         self.pool.submit_fn(key, f);
     }

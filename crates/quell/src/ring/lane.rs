@@ -12,7 +12,7 @@ use super::Ring;
 use crate::completion::Completion;
 use crate::error::SubmitError;
 use crate::id::{key_of, OpId};
-use crate::op::{Op, OpKind, Payload, NO_OFFSET};
+use crate::op::{Op, OpKind, Payload, RawOp, NO_OFFSET};
 use crate::outcome::{CancelClass, Outcome};
 use crate::table::SlotState;
 
@@ -95,8 +95,22 @@ impl Ring {
         s.group = gidx;
         s.set_desc(op.desc);
         // The payload is a heap buffer (or none), in its slot until the completion.
-        let raw = s.desc.raw();
-        let started = self.backend.start(key, raw, class);
+        let d = &mut s.desc;
+        let raw = RawOp {
+            kind: d.kind,
+            fd: d.fd,
+            fd2: -1,
+            len: d.len,
+            flags: d.flags,
+            offset: d.offset,
+            aux: d.aux,
+            ptr: match &mut d.payload {
+                Payload::Buf(v) => v.as_mut_ptr(),
+                _ => std::ptr::null_mut(),
+            },
+            ptr2: std::ptr::null_mut(),
+        };
+        let started = self.backend.start_plain(key, raw, class);
         if !started {
             s.state = SlotState::Queued;
         }
@@ -143,18 +157,21 @@ impl Ring {
         SubmitError::new(crate::Error::TableFull { capacity }, op)
     }
 
-    /// Finishes an in-flight op whose result needs no interpretation: it succeeded, no
-    /// cancel, deadline, chain, sink or retry is attached, and nothing was transferred
-    /// by earlier parts. Returns `false` (changing nothing) when the full path is needed.
+    /// Finishes an in-flight op (slot `idx` of generation `gen`) whose result needs no
+    /// interpretation: it succeeded, no cancel, deadline, chain, sink or retry is
+    /// attached, and nothing was transferred by earlier parts. Returns `false`
+    /// (changing nothing) when the full path is needed.
     #[inline(always)]
-    pub(super) fn finish_plain(&mut self, idx: u32, res: i64) -> bool {
+    pub(super) fn finish_plain(&mut self, idx: u32, gen: u32, res: i64) -> bool {
         if self.trace_ops {
             return false;
         }
         let part_size = self.part_size;
         let s = self.table.slot_mut(idx);
         let kind = s.desc.kind;
-        let plain = res >= 0
+        let plain = s.gen == gen
+            && s.state == SlotState::InFlight
+            && res >= 0
             && s.flags == 0
             && s.transferred == 0
             && s.deadline == u64::MAX
@@ -170,8 +187,7 @@ impl Ring {
             return false;
         }
         s.state = SlotState::Completed;
-        let g = s.group;
-        self.groups.at(g).stats.in_flight -= 1;
+        self.groups.at(s.group).stats.in_flight -= 1;
         self.in_flight -= 1;
         self.outstanding -= 1;
         self.stats.completed += 1;
