@@ -456,7 +456,7 @@ impl Ring {
     /// Accepts an op. It waits in quell's queue until the next [`flush`](Ring::flush),
     /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
     /// op comes back whole inside the error (contract items I1, I10).
-    #[inline]
+    #[inline(never)]
     pub fn submit(&mut self, op: Op) -> Result<OpId, SubmitError> {
         if let Some(group) = self.plain_lane(&op) {
             return self.submit_plain(op, group);

@@ -49,14 +49,10 @@ impl Ring {
         {
             return None;
         }
-        let gidx = match op.group {
-            None => 0,
-            Some(g) => {
-                self.groups.get(g)?;
-                g.idx
-            }
+        let (gidx, g) = match op.group {
+            None => (0, self.groups.v.first()?),
+            Some(id) => (id.idx, self.groups.get(id)?),
         };
-        let g = &self.groups.v[gidx as usize];
         let group_deadline = g.deadline;
         if g.canceled | g.draining
             || (group_deadline != u64::MAX
