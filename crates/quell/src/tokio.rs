@@ -135,6 +135,21 @@ impl Future for Reactor {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         loop {
+            // Take the descriptor's readiness *before* the turn, and leave interest
+            // registered (the last `poll_read_ready` returns Pending): the turn then
+            // reaps everything that made it readable, and an edge that arrives during
+            // the turn wakes this task again. Checking after the turn instead costs
+            // a second, empty turn for every wake-up by readiness.
+            loop {
+                match self.fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
+                    Poll::Ready(Err(e)) => {
+                        tracing::warn!(error = %e, "quell reactor: descriptor failed");
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => break,
+                }
+            }
             let Some(shared) = self.driver.upgrade() else {
                 return Poll::Ready(());
             };
@@ -162,19 +177,6 @@ impl Future for Reactor {
             };
             // Drop our strong reference before sleeping, so the driver can go away.
             drop(driver);
-            match self.fd.poll_read_ready(cx) {
-                Poll::Ready(Ok(mut guard)) => {
-                    // Clear before the next turn: readiness that arrives after the
-                    // turn's reap is a new edge and wakes us again.
-                    guard.clear_ready();
-                    continue;
-                }
-                Poll::Ready(Err(e)) => {
-                    tracing::warn!(error = %e, "quell reactor: descriptor failed");
-                    return Poll::Ready(());
-                }
-                Poll::Pending => {}
-            }
             match next {
                 // The ring has more to do right now: yield to other tasks, then go on.
                 Some(d) if d.is_zero() => {

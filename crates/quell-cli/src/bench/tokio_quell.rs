@@ -213,12 +213,16 @@ impl Contender for QuellTokioPingPong {
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
         let fd = self.echo.stream().as_raw_fd();
-        let d = &self.driver;
+        let d = self.driver.clone();
         let (mut w, mut r) = self
             .bufs
             .take()
             .ok_or("quell-tokio pingpong: buffers lost")?;
-        let out = self.rt.block_on(async {
+        let mut h = std::mem::replace(hist, new_histogram());
+        // In a spawned task, as a server's connection would be: a wake from the reactor
+        // task is then a plain run-queue push (waking `block_on`'s own future makes
+        // tokio poll its I/O driver once more per wake-up).
+        let task = self.rt.spawn(async move {
             let start = Instant::now();
             let deadline = start + dur;
             let mut ops = 0u64;
@@ -250,7 +254,7 @@ impl Contender for QuellTokioPingPong {
                 r = cr
                     .into_buf()
                     .ok_or("quell-tokio pingpong: no read buffer")?;
-                record(hist, t0.elapsed().as_nanos() as u64);
+                record(&mut h, t0.elapsed().as_nanos() as u64);
                 ops += 1;
             }
             Ok((
@@ -260,9 +264,15 @@ impl Contender for QuellTokioPingPong {
                 },
                 w,
                 r,
+                h,
             ))
         });
-        let (sample, w, r) = out?;
+        let out = self
+            .rt
+            .block_on(task)
+            .map_err(|e| format!("quell-tokio pingpong task: {e}"))?;
+        let (sample, w, r, h) = out?;
+        *hist = h;
         self.bufs = Some((w, r));
         Ok(sample)
     }
