@@ -71,9 +71,8 @@ impl Ring {
     /// Submits an op [`plain_lane`](Ring::plain_lane) accepted for group `gidx`.
     #[inline(always)]
     pub(super) fn submit_plain(&mut self, op: Op, gidx: u32) -> Result<OpId, SubmitError> {
-        let class = match (op.class, op.desc.kind) {
-            (Some(c), _) => c,
-            (None, OpKind::Nop) => CancelClass::Prompt,
+        let class = match op.desc.kind {
+            OpKind::Nop => op.class.unwrap_or(CancelClass::Prompt),
             _ => match self.plain_class(&op) {
                 Ok(c) => c,
                 Err(e) => return Err(SubmitError::new(e, op)),
@@ -127,15 +126,21 @@ impl Ring {
         })
     }
 
-    /// The class of a plain read or write (its descriptor's), checked as `admit` does.
+    /// The class of a plain read or write, checked as `admit` does: the buffer and
+    /// descriptor are validated even when the op declares its class (which only spares
+    /// the descriptor's classification).
     #[inline]
     fn plain_class(&mut self, op: &Op) -> Result<CancelClass, crate::Error> {
         let d = &op.desc;
+        // `aux` is the buffer's full length (`len` is capped at u32::MAX).
+        if d.aux > i32::MAX as u64 {
+            return Err(crate::Error::TooLong { len: d.aux });
+        }
         if d.fd < 0 {
             return Err(crate::Error::InvalidFd { fd: d.fd });
         }
-        if d.aux > i32::MAX as u64 {
-            return Err(crate::Error::TooLong { len: d.aux });
+        if let Some(c) = op.class {
+            return Ok(c);
         }
         let info = self
             .fds
