@@ -106,17 +106,6 @@ impl Backend {
         }
     }
 
-    /// [`start`](Backend::start) for the ring's plain lane (nop, or read/write into one
-    /// heap buffer): io_uring builds the SQE for those three kinds without the general
-    /// opcode table.
-    #[inline]
-    pub(crate) fn start_plain(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
-        match self {
-            Backend::Uring(b) => b.start_plain(key, raw, class),
-            other => other.start(key, raw, class),
-        }
-    }
-
     /// Starts a blocking closure on the pool. Never refused: the pool queues it.
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
         match self {

@@ -228,21 +228,27 @@ impl Uring {
         true
     }
 
-    /// [`start`](Uring::start) for a nop, or a read/write into one heap buffer.
+    /// [`start`](Uring::start) for the ring's plain lane: a nop, a read that does not
+    /// belong on the pool, or a write, into one heap buffer — built straight into the
+    /// staging area from scalars, with no `RawOp` in between.
     #[inline]
-    pub(crate) fn start_plain(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
-        let fd = types::Fd(raw.fd);
-        let sqe = match raw.kind {
-            OpKind::Nop => opcode::Nop::new().build(),
-            OpKind::Read if class != CancelClass::Interruptible => {
-                opcode::Read::new(fd, raw.ptr, raw.len)
-                    .offset(off(raw.offset))
-                    .build()
-            }
-            OpKind::Write => opcode::Write::new(fd, raw.ptr, raw.len)
-                .offset(off(raw.offset))
-                .build(),
-            _ => return self.start(key, raw, class),
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push_plain(
+        &mut self,
+        key: u64,
+        kind: OpKind,
+        fd: std::os::fd::RawFd,
+        ptr: *mut u8,
+        len: u32,
+        offset: u64,
+        class: CancelClass,
+    ) {
+        debug_assert!(!on_pool(kind, class), "pool reads take the full path");
+        let fd = types::Fd(fd);
+        let sqe = match kind {
+            OpKind::Read => opcode::Read::new(fd, ptr, len).offset(off(offset)).build(),
+            OpKind::Write => opcode::Write::new(fd, ptr, len).offset(off(offset)).build(),
+            _ => opcode::Nop::new().build(),
         };
         let sqe = if class == CancelClass::Interruptible {
             sqe.flags(squeue::Flags::ASYNC)
@@ -250,7 +256,6 @@ impl Uring {
             sqe
         };
         self.push(sqe.user_data(key));
-        true
     }
 
     pub(crate) fn start_blocking(&mut self, key: u64, f: BlockingFn) {
@@ -403,7 +408,7 @@ impl Uring {
 /// `pread` on a pool worker reports the honest short count, and the worker is
 /// interrupted (FUSE_INTERRUPT) just as promptly as an `ASYNC_CANCEL` would.
 #[inline]
-fn on_pool(kind: OpKind, class: CancelClass) -> bool {
+pub(crate) fn on_pool(kind: OpKind, class: CancelClass) -> bool {
     class == CancelClass::Interruptible && matches!(kind, OpKind::Read | OpKind::Readv)
 }
 

@@ -9,6 +9,7 @@
 //! refusal — takes the full path, so the contract does not depend on this module.
 
 use super::Ring;
+use crate::backend::{uring, Backend};
 use crate::completion::Completion;
 use crate::error::SubmitError;
 use crate::id::{key_of, OpId};
@@ -91,21 +92,31 @@ impl Ring {
         s.set_desc(op.desc);
         // The payload is a heap buffer (or none), in its slot until the completion.
         let d = &mut s.desc;
-        let raw = RawOp {
-            kind: d.kind,
-            fd: d.fd,
-            fd2: -1,
-            len: d.len,
-            flags: d.flags,
-            offset: d.offset,
-            aux: d.aux,
-            ptr: match &mut d.payload {
-                Payload::Buf(v) => v.as_mut_ptr(),
-                _ => std::ptr::null_mut(),
-            },
-            ptr2: std::ptr::null_mut(),
+        let ptr = match &mut d.payload {
+            Payload::Buf(v) => v.as_mut_ptr(),
+            _ => std::ptr::null_mut(),
         };
-        let started = self.backend.start_plain(key, raw, class);
+        let started = match &mut self.backend {
+            Backend::Uring(u) if !uring::on_pool(d.kind, class) => {
+                u.push_plain(key, d.kind, d.fd, ptr, d.len, d.offset, class);
+                true
+            }
+            backend => backend.start(
+                key,
+                RawOp {
+                    kind: d.kind,
+                    fd: d.fd,
+                    fd2: -1,
+                    len: d.len,
+                    flags: d.flags,
+                    offset: d.offset,
+                    aux: d.aux,
+                    ptr,
+                    ptr2: std::ptr::null_mut(),
+                },
+                class,
+            ),
+        };
         if !started {
             s.state = SlotState::Queued;
         }
