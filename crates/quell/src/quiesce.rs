@@ -155,8 +155,6 @@ impl Ring {
         let table = &self.table;
         let hits: Vec<u32> = table
             .live()
-            .iter()
-            .copied()
             .filter(|&i| {
                 let s = table.slot(i);
                 match s.state {
@@ -182,7 +180,7 @@ impl Ring {
     /// In-flight ops still running: (not canceled — Bounded, cancel requested).
     fn quiesce_pending(&self) -> (usize, usize) {
         let (mut bounded, mut canceling) = (0, 0);
-        for &i in self.table.live() {
+        for i in self.table.live() {
             let s = self.table.slot(i);
             if s.state == SlotState::InFlight {
                 if s.flags & F_CANCEL != 0 {
@@ -211,7 +209,7 @@ impl Ring {
             }
         }
         let mut unfinished = Vec::new();
-        for &idx in self.table.live() {
+        for idx in self.table.live() {
             let s = self.table.slot(idx);
             let state = match s.state {
                 SlotState::InFlight if s.flags & F_CANCEL != 0 => OpState::CancelRequested,

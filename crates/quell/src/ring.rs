@@ -1195,8 +1195,6 @@ impl Ring {
         let table = &self.table;
         let hits: Vec<u32> = table
             .live()
-            .iter()
-            .copied()
             .filter(|&i| {
                 let d = &table.slot(i).desc;
                 pred(d.kind, d.fd, d.fd2)
@@ -1231,7 +1229,7 @@ impl Ring {
         let now = self.now_ns();
         let mut v = Vec::with_capacity(self.table.len());
         let mut paths: Vec<Option<Arc<str>>> = vec![None; self.groups.v.len()];
-        for &idx in self.table.live() {
+        for idx in self.table.live() {
             let s = self.table.slot(idx);
             let state = match s.state {
                 SlotState::Queued => OpState::Queued,
@@ -1407,7 +1405,7 @@ impl Ring {
         }
         self.scratch = reach;
         let mut queued = Vec::new();
-        for &slot in self.table.live() {
+        for slot in self.table.live() {
             let s = self.table.slot(slot);
             // A chain past its first step is in flight as a whole: drain lets it finish.
             let started = s.flags & F_CHAIN != 0
@@ -1482,12 +1480,7 @@ impl Ring {
         if !grp.children.is_empty() || grp.busy() > 0 || grp.stats.detached > 0 {
             return Err(Error::InvalidArgument("group still has children or ops"));
         }
-        if self
-            .table
-            .live()
-            .iter()
-            .any(|&s| self.table.slot(s).group == idx)
-        {
+        if self.table.live().any(|s| self.table.slot(s).group == idx) {
             return Err(Error::InvalidArgument(
                 "group still has completions not taken",
             ));
@@ -1501,8 +1494,6 @@ impl Ring {
         let table = &self.table;
         let hits: Vec<u32> = table
             .live()
-            .iter()
-            .copied()
             .filter(|&i| pred(table.slot(i).group))
             .collect();
         self.cancel_slots(hits, timed_out)
@@ -1547,7 +1538,7 @@ impl Ring {
 
     /// Leaks the memory of ops the kernel may still use (never frees it under the kernel).
     fn leak_in_flight(&mut self) {
-        let live: Vec<u32> = self.table.live().to_vec();
+        let live: Vec<u32> = self.table.live().collect();
         for idx in live {
             let s = self.table.slot_mut(idx);
             if matches!(s.state, SlotState::InFlight | SlotState::Detached) {

@@ -124,7 +124,14 @@ pub(crate) struct Table {
     /// Slots ever handed out: indices below this are initialised.
     fresh: u32,
     free_head: u32,
+    /// Slot indices, each live slot at the position its `link` names. Freeing leaves
+    /// the entry behind (no move, no second slot touched); an entry counts only while
+    /// its slot is live and points back at it. Stale entries are dropped when nothing
+    /// is live, or compacted away once they outnumber the live ones by more than 64
+    /// (amortised O(1), and iteration stays O(live)).
     live: Vec<u32>,
+    /// Live slots.
+    count: u32,
 }
 
 impl Table {
@@ -138,6 +145,7 @@ impl Table {
             fresh: 0,
             free_head: NONE,
             live: Vec::new(),
+            count: 0,
         }
     }
 
@@ -147,7 +155,7 @@ impl Table {
 
     /// Number of live (non-free) slots.
     pub(crate) fn len(&self) -> usize {
-        self.live.len()
+        self.count as usize
     }
 
     /// Takes a free slot; `None` when the table is full. Returns (index, generation).
@@ -172,8 +180,11 @@ impl Table {
         } else {
             return None;
         };
+        // No check here: a push adds one entry and one live slot, which keeps
+        // `live.len() <= 2 * count + 64` (only frees make entries stale; see `unlist`).
         let pos = self.live.len() as u32;
         self.live.push(idx);
+        self.count += 1;
         let s = slot_in(&mut self.pages, idx);
         if self.free_head == idx {
             self.free_head = s.link;
@@ -219,12 +230,11 @@ impl Table {
             s.desc.kind,
             std::mem::take(&mut s.desc.payload),
         );
-        let pos = s.link as usize;
         s.gen = (s.gen + 1) & GEN_MASK;
         s.state = SlotState::Free;
         s.link = self.free_head;
         self.free_head = idx;
-        self.unlist(pos);
+        self.unlist();
         Some(out)
     }
 
@@ -233,21 +243,40 @@ impl Table {
     fn unlink(&mut self, idx: u32) {
         let head = self.free_head;
         let s = self.slot_mut(idx);
-        let pos = s.link as usize;
         s.gen = (s.gen + 1) & GEN_MASK;
         s.state = SlotState::Free;
         s.link = head;
         self.free_head = idx;
-        self.unlist(pos);
+        self.unlist();
     }
 
-    /// Removes entry `pos` of the live array, moving the last one into its place.
+    /// Counts a slot out of the live array (its entry goes stale where it is).
     #[inline(always)]
-    fn unlist(&mut self, pos: usize) {
-        self.live.swap_remove(pos);
-        if let Some(&moved) = self.live.get(pos) {
-            slot_in(&mut self.pages, moved).link = pos as u32;
+    fn unlist(&mut self) {
+        self.count -= 1;
+        if self.count == 0 {
+            self.live.clear();
+        } else if self.live.len() > 2 * self.count as usize + 64 {
+            self.compact();
         }
+    }
+
+    /// Drops the stale entries of the live array and renumbers the live ones.
+    #[cold]
+    #[inline(never)]
+    fn compact(&mut self) {
+        let mut kept = 0;
+        for pos in 0..self.live.len() {
+            let idx = self.live[pos];
+            let s = slot_in(&mut self.pages, idx);
+            if s.state != SlotState::Free && s.link as usize == pos {
+                s.link = kept as u32;
+                self.live[kept] = idx;
+                kept += 1;
+            }
+        }
+        self.live.truncate(kept);
+        debug_assert_eq!(kept, self.count as usize);
     }
 
     /// The slot at `idx`, whatever its generation. `idx` must have been handed out.
@@ -272,9 +301,13 @@ impl Table {
         (s.gen == gen && s.state != SlotState::Free).then_some(s)
     }
 
-    /// Indices of the live slots, in no particular order. O(live).
-    pub(crate) fn live(&self) -> &[u32] {
-        &self.live
+    /// Indices of the live slots, in no particular order. O(live): stale entries
+    /// never outnumber live ones by more than a constant.
+    pub(crate) fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live.iter().enumerate().filter_map(|(pos, &idx)| {
+            let s = self.slot(idx);
+            (s.state != SlotState::Free && s.link as usize == pos).then_some(idx)
+        })
     }
 
     /// Test hook: force a slot's generation (to exercise wrap-around).
@@ -341,25 +374,39 @@ mod tests {
 
     #[test]
     fn live_list_stays_consistent() {
-        let mut t = Table::new(64);
-        let mut held = Vec::new();
-        for round in 0..200u32 {
-            if round % 3 != 2 {
+        // Churn with a varying number of live slots: entries go stale, the array is
+        // cleared when nothing is live and compacted when stale entries pile up; the
+        // listing always equals the live set, each once.
+        let mut t = Table::new(256);
+        let mut held: Vec<u32> = Vec::new();
+        let mut x = 0x2545_f491u32;
+        for round in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Phases that grow, hold steady, and drain to empty.
+            let grow = match (round / 500) % 3 {
+                0 => x % 4 != 0,
+                1 => x % 2 == 0,
+                _ => x % 4 == 0,
+            };
+            if grow {
                 if let Some((i, _)) = t.alloc() {
                     t.slot_mut(i).state = SlotState::Queued;
                     held.push(i);
                 }
             } else if !held.is_empty() {
-                let i = held.remove((round as usize * 7) % held.len());
+                let i = held.swap_remove(x as usize % held.len());
                 t.free(i);
             }
-            let mut live: Vec<u32> = t.live().to_vec();
-            live.sort();
-            let mut want = held.clone();
-            want.sort();
-            assert_eq!(live, want);
-            for (pos, &i) in t.live().iter().enumerate() {
-                assert_eq!(t.slot(i).link as usize, pos);
+            assert_eq!(t.len(), held.len());
+            assert!(t.live.len() <= 2 * held.len() + 64, "stale entries bounded");
+            if round % 7 == 0 || held.len() < 3 {
+                let mut live: Vec<u32> = t.live().collect();
+                live.sort();
+                let mut want = held.clone();
+                want.sort();
+                assert_eq!(live, want);
             }
         }
     }
