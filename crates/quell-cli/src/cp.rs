@@ -439,7 +439,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                 s.in_pipe = 0;
                 let op = match engine {
                     // The chunk is its own write: a drain lets it finish.
-                    Engine::CopyRange => range_op(s, si, sfd, dfd).group(writes),
+                    Engine::CopyRange => range_op(s, si, sfd, dfd, &mut holes).group(writes),
                     _ => read_op(s, sfd).group(reads).user_data((si as u64) << 1),
                 };
                 match ring.submit(op) {
@@ -524,7 +524,11 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                     _ => false,
                 };
                 // Refused: a stop got there first; the lane is not reused.
-                if again && ring.submit(range_op(s, si, sfd, dfd).group(writes)).is_ok() {
+                if again
+                    && ring
+                        .submit(range_op(s, si, sfd, dfd, &mut holes).group(writes))
+                        .is_ok()
+                {
                     in_flight += 1;
                     release = false;
                 }
@@ -709,13 +713,14 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         }
         let copied = size - plan.start;
         eprintln!(
-            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s, {} engine",
+            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s, {} engine, depth {depth}, {} chunks",
             format_size(copied),
             elapsed.as_secs_f64(),
             copied as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9),
             clap::ValueEnum::to_possible_value(&engine)
                 .expect("no skipped variants")
-                .get_name()
+                .get_name(),
+            format_size(block)
         );
         return Ok(EXIT_OK);
     };
@@ -830,9 +835,16 @@ fn splice_is_safe(src: &File) -> bool {
 }
 
 /// The op that copies (the rest of) a lane's chunk with copy_file_range.
-fn range_op(s: &Slot, si: usize, sfd: std::os::fd::RawFd, dfd: std::os::fd::RawFd) -> Op {
-    let at = s.offset + s.pos as u64;
-    range::chunk_op(sfd, dfd, at, (s.len - s.pos) as u64).user_data(((si as u64) << 1) | WRITE)
+fn range_op(
+    s: &Slot,
+    si: usize,
+    sfd: std::os::fd::RawFd,
+    dfd: std::os::fd::RawFd,
+    holes: &mut Holes,
+) -> Op {
+    let (at, end) = (s.offset + s.pos as u64, s.offset + s.len as u64);
+    range::chunk_op(sfd, dfd, at, end - at, holes.extents(at, end))
+        .user_data(((si as u64) << 1) | WRITE)
 }
 
 /// The op that reads (the rest of) a lane's chunk.
