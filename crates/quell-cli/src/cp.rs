@@ -414,6 +414,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     let mut stop: Option<Stop> = None;
     let mut written = plan.start;
     let mut holes = Holes::new(sfd, size);
+    let files = range::Pair::new(sfd, dfd);
     let mut sparse = 0u64;
     let pb = progress_bar(args, size, plan.start);
     let started = Instant::now();
@@ -439,7 +440,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                 s.in_pipe = 0;
                 let op = match engine {
                     // The chunk is its own write: a drain lets it finish.
-                    Engine::CopyRange => range_op(s, si, sfd, dfd, &mut holes).group(writes),
+                    Engine::CopyRange => range_op(s, si, files, &mut holes).group(writes),
                     _ => read_op(s, sfd).group(reads).user_data((si as u64) << 1),
                 };
                 match ring.submit(op) {
@@ -526,7 +527,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                 // Refused: a stop got there first; the lane is not reused.
                 if again
                     && ring
-                        .submit(range_op(s, si, sfd, dfd, &mut holes).group(writes))
+                        .submit(range_op(s, si, files, &mut holes).group(writes))
                         .is_ok()
                 {
                     in_flight += 1;
@@ -835,15 +836,9 @@ fn splice_is_safe(src: &File) -> bool {
 }
 
 /// The op that copies (the rest of) a lane's chunk with copy_file_range.
-fn range_op(
-    s: &Slot,
-    si: usize,
-    sfd: std::os::fd::RawFd,
-    dfd: std::os::fd::RawFd,
-    holes: &mut Holes,
-) -> Op {
+fn range_op(s: &Slot, si: usize, files: range::Pair, holes: &mut Holes) -> Op {
     let (at, end) = (s.offset + s.pos as u64, s.offset + s.len as u64);
-    range::chunk_op(sfd, dfd, at, end - at, holes.extents(at, end))
+    range::chunk_op(files, at, end - at, holes.extents(at, end))
         .user_data(((si as u64) << 1) | WRITE)
 }
 
