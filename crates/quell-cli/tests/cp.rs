@@ -769,3 +769,46 @@ fn copy_range_reports_an_eio_with_its_offset() {
         assert!(saved.contains(&format!("\"done\": {n}")), "{saved}");
     }
 }
+
+#[test]
+fn copy_range_on_a_local_file_stops_at_the_deadline_and_resumes() {
+    // 256 MiB take tens of milliseconds at memory speed, the deadline is 5 ms: the
+    // chunks in flight are canceled inside or between their copy_file_range calls.
+    let d = TempDir::new("range-local-deadline");
+    let src = d.path("src");
+    let size = 256usize << 20;
+    let bytes = data(size, 11);
+    std::fs::write(&src, &bytes).unwrap();
+    for backend in backends() {
+        let dst = d.path(&format!("dst-{backend}"));
+        let args = [
+            os(&src),
+            os(&dst),
+            os("--backend"),
+            os(backend),
+            os("--block-size"),
+            os("1MiB"),
+        ];
+        let mut first = args.to_vec();
+        first.extend([os("--deadline"), os("5ms")]);
+        let o = cp(&first);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {err}");
+        let n = reported_offset(&err);
+        assert!(n < size as u64, "{backend}: {n}");
+        assert_eq!(n % (1 << 20), 0, "{backend}: whole chunks");
+        assert_prefix(&bytes, &dst, n);
+
+        let mut resume = args.to_vec();
+        resume.push(os("--resume"));
+        let o = cp(&resume);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{backend}: {err}");
+        assert!(err.contains("copy-range engine"), "{backend}: {err}");
+        assert!(
+            err.contains(&format!("({} bytes", size as u64 - n)),
+            "{backend}: resumed from {n}: {err}"
+        );
+        assert!(same_file(&src, &dst), "{backend}");
+    }
+}
