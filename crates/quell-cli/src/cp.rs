@@ -462,7 +462,8 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
             }
         }
         if in_flight == 0 {
-            if stop.is_none() && next_chunk < nchunks {
+            // Unsubmitted chunks, or a chunk whose rest the ring refused to take.
+            if stop.is_none() && (next_chunk < nchunks || frontier.done() < size) {
                 // Every submission was refused: learn why from the group state.
                 note_group_state(&mut ring, top, reads, deadline, &mut stop, &pb)?;
                 if stop.is_none() {

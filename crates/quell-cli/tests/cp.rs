@@ -98,6 +98,7 @@ fn help_documents_the_exit_codes() {
         "--depth",
         "--block-size",
         "--direct",
+        "copy-range",
         "--deadline",
         "--resume",
         "Exit codes",
