@@ -8,6 +8,7 @@
  *   VARIANT: cfr           copy_file_range, THREADS workers on CHUNK_MIB ranges
  *            cfr-falloc    the same after fallocate(FALLOC_FL_KEEP_SIZE) of the whole file
  *            mmap-pread    DST mapped shared, each range MADV_POPULATE_WRITE then pread
+ *            mmap-write    SRC mapped, each range fallocate(KEEP_SIZE) then pwrite from the map
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -26,7 +27,7 @@
 
 static int sfd, dfd;
 static long long size, chunk, next_off;
-static char *map;
+static char *map, *smap;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int take(long long *off, long long *len) {
@@ -66,9 +67,24 @@ static void *mmap_pread(void *unused) {
   return unused;
 }
 
+static void *mmap_write(void *unused) {
+  long long off, len;
+  while (take(&off, &len)) {
+    fallocate(dfd, FALLOC_FL_KEEP_SIZE, off, len);
+    while (len > 0) {
+      ssize_t n = pwrite(dfd, smap + off, len, off);
+      if (n <= 0) { perror("pwrite"); exit(1); }
+      len -= n;
+      off += n;
+    }
+  }
+  return unused;
+}
+
 int main(int argc, char **argv) {
   if (argc != 6) {
-    fprintf(stderr, "usage: %s SRC DST cfr|cfr-falloc|mmap-pread THREADS CHUNK_MIB\n", argv[0]);
+    fprintf(stderr, "usage: %s SRC DST cfr|cfr-falloc|mmap-pread|mmap-write THREADS CHUNK_MIB\n",
+            argv[0]);
     return 2;
   }
   const char *variant = argv[3];
@@ -92,6 +108,10 @@ int main(int argc, char **argv) {
     map = mmap(0, size, PROT_READ | PROT_WRITE, MAP_SHARED, dfd, 0);
     if (map == MAP_FAILED) { perror("mmap"); return 1; }
     work = mmap_pread;
+  } else if (!strcmp(variant, "mmap-write")) {
+    smap = mmap(0, size, PROT_READ, MAP_SHARED, sfd, 0);
+    if (smap == MAP_FAILED) { perror("mmap"); return 1; }
+    work = mmap_write;
   } else if (strcmp(variant, "cfr")) {
     fprintf(stderr, "unknown variant %s\n", variant);
     return 2;
@@ -100,6 +120,7 @@ int main(int argc, char **argv) {
   for (int k = 0; k < threads; k++) pthread_create(&t[k], 0, work, 0);
   for (int k = 0; k < threads; k++) pthread_join(t[k], 0);
   if (map) munmap(map, size);
+  if (smap) munmap(smap, size);
   close(dfd);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   double s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The ceiling for copying a page-cached file on this machine: GNU cp and `quell cp`
 # beside plain-C variants (one or two copy_file_range threads, with and without
-# fallocate, and a shared mapping of the destination filled by pread), in interleaved
-# rounds; prints the median and range of MiB/s for each. Needs gcc.
+# fallocate, a shared mapping of the destination filled by pread, pwrite from a mapping
+# of the source), in interleaved rounds; prints the median and range of MiB/s for each.
+# Needs gcc.
 #
 #   scripts/cp-ceiling.sh DIR [rounds] [size]     e.g. scripts/cp-ceiling.sh /dev/shm 7 1G
+#
+# The source (DIR/quell-ceiling-SIZE.src, random bytes) is kept for the next run.
 set -euo pipefail
 dir=${1:?usage: cp-ceiling.sh DIR [rounds] [size]}
 rounds=${2:-7}
@@ -27,7 +30,7 @@ rate() { # command... → MiB/s by wall clock
   echo $(( mib * 1000000000 / (t1 - t0) ))
 }
 declare -A runs
-names=(gnu-cp quell-cp cfr-1x1024 cfr-2x32 cfr-falloc-1x1024 cfr-falloc-2x32 mmap-pread-2x32)
+names=(gnu-cp quell-cp cfr-1x1024 cfr-2x32 cfr-falloc-1x1024 cfr-falloc-2x32 mmap-pread-2x32 mmap-write-1x1024 mmap-write-2x32)
 for ((r = 0; r < rounds; r++)); do
   runs[gnu-cp]+=" $(rate cp "$src" "$dst")"
   runs[quell-cp]+=" $(rate "$quell" cp --no-progress "$src" "$dst")"
@@ -36,6 +39,8 @@ for ((r = 0; r < rounds; r++)); do
   runs[cfr-falloc-1x1024]+=" $("$tool" "$src" "$dst" cfr-falloc 1 1024)"
   runs[cfr-falloc-2x32]+=" $("$tool" "$src" "$dst" cfr-falloc 2 32)"
   runs[mmap-pread-2x32]+=" $("$tool" "$src" "$dst" mmap-pread 2 32)"
+  runs[mmap-write-1x1024]+=" $("$tool" "$src" "$dst" mmap-write 1 1024)"
+  runs[mmap-write-2x32]+=" $("$tool" "$src" "$dst" mmap-write 2 32)"
 done
 echo "$dir, $rounds rounds, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for n in "${names[@]}"; do
