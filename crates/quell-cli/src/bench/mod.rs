@@ -12,6 +12,7 @@
 //! add a [`Workload`] variant and its one line in [`Workload::spec`]. `quell bench`
 //! without a workload runs every variant ([`suite`]).
 
+pub mod affinity;
 pub mod cancel;
 pub mod cancel_latency;
 pub mod capture;
@@ -271,6 +272,12 @@ pub struct BenchArgs {
     /// Do not run the fio peer even when fio is in PATH.
     #[arg(long)]
     pub no_fio: bool,
+    /// Where pingpong's client and echo threads run: `split` (two CPUs, the usual
+    /// client/server case: each round trip pays two cross-CPU wake-ups), `same` (one
+    /// CPU: two context switches, the software path shows), `free` (the scheduler's
+    /// choice; contenders then differ by where their echo thread happened to land).
+    #[arg(long, value_enum, default_value = "split")]
+    pub placement: affinity::Placement,
 }
 
 /// Settings resolved from the arguments, common to every workload.

@@ -39,6 +39,7 @@ impl Echo {
         let thread = std::thread::Builder::new()
             .name("quell-echo".into())
             .spawn(move || {
+                super::affinity::pin_echo();
                 let mut s = theirs;
                 let mut buf = [0u8; MSG];
                 while s.read_exact(&mut buf).is_ok() {
@@ -196,39 +197,63 @@ impl Contender for TokioUds {
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let stream = self.stream.as_mut().ok_or("tokio-uds: no stream")?;
-        self.rt.block_on(async {
+        let mut stream = self.stream.take().ok_or("tokio-uds: no stream")?;
+        let mut h = std::mem::replace(hist, super::new_histogram());
+        // A spawned task, as for quell's tokio contender.
+        let task = self.rt.spawn(async move {
             let wbuf = [0x5au8; MSG];
             let mut rbuf = [0u8; MSG];
             let start = Instant::now();
             let deadline = start + dur;
             let mut ops = 0u64;
+            let mut failure = None;
             loop {
                 let t0 = Instant::now();
                 if t0 >= deadline {
                     break;
                 }
-                stream
-                    .write_all(&wbuf)
-                    .await
-                    .map_err(|e| format!("tokio-uds write: {e}"))?;
-                stream
-                    .read_exact(&mut rbuf)
-                    .await
-                    .map_err(|e| format!("tokio-uds read: {e}"))?;
-                record(hist, t0.elapsed().as_nanos() as u64);
+                if let Err(e) = stream.write_all(&wbuf).await {
+                    failure = Some(format!("tokio-uds write: {e}"));
+                    break;
+                }
+                if let Err(e) = stream.read_exact(&mut rbuf).await {
+                    failure = Some(format!("tokio-uds read: {e}"));
+                    break;
+                }
+                record(&mut h, t0.elapsed().as_nanos() as u64);
                 ops += 1;
             }
-            Ok(Sample {
+            let sample = Sample {
                 ops,
                 elapsed: start.elapsed(),
-            })
-        })
+            };
+            (stream, h, sample, failure)
+        });
+        let (stream, h, sample, failure) = self
+            .rt
+            .block_on(task)
+            .map_err(|e| format!("tokio-uds task: {e}"))?;
+        self.stream = Some(stream);
+        *hist = h;
+        match failure {
+            Some(f) => Err(f.into()),
+            None => Ok(sample),
+        }
     }
 }
 
 /// Runs the pingpong workload. One report per quell backend measured.
-pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
+pub fn run(args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
+    // Pinned before the contenders exist: their echo threads pin themselves at start.
+    let pinned = args.placement.apply();
+    run_placed(args, s, &pinned)
+}
+
+fn run_placed(
+    _args: &BenchArgs,
+    s: &Settings,
+    pinned: &super::affinity::Pinned,
+) -> Result<Vec<Report>, CliError> {
     let backends: Vec<BackendArg> = match s.backend {
         BackendArg::Auto => vec![BackendArg::Uring, BackendArg::Portable],
         b => vec![b],
@@ -304,6 +329,7 @@ pub fn run(_args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
     );
     extra.insert("op".into(), json!("one round trip"));
     extra.insert("tokio_runtime".into(), json!("current_thread"));
+    extra.insert("placement".into(), json!(pinned.describe()));
     let results: Vec<_> = sums.iter().map(|q| q.result()).collect();
     let uring_p50 = kinds
         .iter()

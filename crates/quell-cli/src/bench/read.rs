@@ -10,7 +10,7 @@
 use super::raw::RawRead;
 use super::scope::{self, Scope};
 use super::tokio_peers::{TokioFs, TokioSpawnBlocking};
-use super::tokio_quell::QuellTokioRead;
+use super::tokio_quell::{QuellTokioRead, RingThreadRead};
 use super::uring_peers::{Monoio, TokioUring};
 use super::{
     common_extra, record, run_rounds, BenchArgs, Contender, PeerResult, Report, Sample, Settings,
@@ -474,6 +474,8 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
         QuellTokioRead::new(false, s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
     let mut via_tokio_mt =
         QuellTokioRead::new(true, s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
+    // The design the tokio integration did not take, measured beside it.
+    let mut ring_thread = RingThreadRead::new(s.quell_ring()?, fd, nblocks, BLOCK, s.depth, SEED)?;
     // The completion-based runtimes need io_uring too.
     let mut tokio_uring = TokioUring::new(&path, nblocks, BLOCK, s.depth, SEED)
         .map_err(|e| skipped.push(("tokio-uring".to_string(), e.to_string())))
@@ -489,6 +491,7 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     contenders.push(&mut tokio_fs);
     contenders.push(&mut via_tokio);
     contenders.push(&mut via_tokio_mt);
+    contenders.push(&mut ring_thread);
     if let Some(t) = tokio_uring.as_mut() {
         contenders.push(t);
     }
@@ -515,11 +518,12 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Report, CliError> {
     for (contender, key) in [
         ("quell-tokio", "quell_tokio_ratio"),
         ("quell-tokio-mt", "quell_tokio_mt_ratio"),
+        ("quell-ring-thread-mt", "quell_ring_thread_mt_ratio"),
     ] {
         if let Some(qt) = peers.iter().find(|p| p.name == contender) {
             let ratios: Map<String, Value> = peers
                 .iter()
-                .filter(|p| !p.name.starts_with("quell-tokio") && p.ops_per_sec > 0.0)
+                .filter(|p| !p.name.starts_with("quell-") && p.ops_per_sec > 0.0)
                 .map(|p| {
                     let r = (qt.ops_per_sec / p.ops_per_sec * 1000.0).round() / 1000.0;
                     (p.name.clone(), json!(r))

@@ -213,12 +213,16 @@ impl Contender for QuellTokioPingPong {
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
         let fd = self.echo.stream().as_raw_fd();
-        let d = &self.driver;
+        let d = self.driver.clone();
         let (mut w, mut r) = self
             .bufs
             .take()
             .ok_or("quell-tokio pingpong: buffers lost")?;
-        let out = self.rt.block_on(async {
+        let mut h = std::mem::replace(hist, new_histogram());
+        // In a spawned task, as a server's connection would be: a wake from the reactor
+        // task is then a plain run-queue push (waking `block_on`'s own future makes
+        // tokio poll its I/O driver once more per wake-up).
+        let task = self.rt.spawn(async move {
             let start = Instant::now();
             let deadline = start + dur;
             let mut ops = 0u64;
@@ -250,7 +254,7 @@ impl Contender for QuellTokioPingPong {
                 r = cr
                     .into_buf()
                     .ok_or("quell-tokio pingpong: no read buffer")?;
-                record(hist, t0.elapsed().as_nanos() as u64);
+                record(&mut h, t0.elapsed().as_nanos() as u64);
                 ops += 1;
             }
             Ok((
@@ -260,10 +264,233 @@ impl Contender for QuellTokioPingPong {
                 },
                 w,
                 r,
+                h,
             ))
         });
-        let (sample, w, r) = out?;
+        let out = self
+            .rt
+            .block_on(task)
+            .map_err(|e| format!("quell-tokio pingpong task: {e}"))?;
+        let (sample, w, r, h) = out?;
+        *hist = h;
         self.bufs = Some((w, r));
         Ok(sample)
+    }
+}
+
+/// `quell-ring-thread-mt` (read): the other `Send` design the tokio integration could
+/// have used, measured so the choice is not a guess. One thread owns the ring; tasks on
+/// a multi-thread runtime send it `(op, reply)` over a channel and await a oneshot. The
+/// ring thread sleeps in the ring's wait (woken by completions or the ring's handle)
+/// or, with nothing in flight, parked (woken by `unpark`).
+pub struct RingThreadRead {
+    rt: tokio::runtime::Runtime,
+    tx: Option<std::sync::mpsc::Sender<Request>>,
+    door: std::sync::Arc<Doorbell>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    lanes: Vec<Lane>,
+    fd: RawFd,
+    nblocks: u64,
+    block: u32,
+}
+
+type Request = (Op, tokio::sync::oneshot::Sender<quell::Completion>);
+
+/// How a client wakes the ring thread: only when it sleeps, and the right way.
+struct Doorbell {
+    /// 0 awake, 1 parked (empty ring), 2 in the ring's wait.
+    state: std::sync::atomic::AtomicU8,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+    handle: quell::Handle,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        match self.state.swap(0, std::sync::atomic::Ordering::AcqRel) {
+            1 => {
+                if let Some(t) = self.thread.get() {
+                    t.unpark();
+                }
+            }
+            2 => {
+                let _ = self.handle.wake();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl RingThreadRead {
+    /// `depth` tasks on a multi-thread runtime, reading through a ring thread.
+    pub fn new(
+        mut ring: Ring,
+        fd: RawFd,
+        nblocks: u64,
+        block: u32,
+        depth: u32,
+        seed: u64,
+    ) -> Result<RingThreadRead, CliError> {
+        use std::sync::atomic::Ordering;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let door = std::sync::Arc::new(Doorbell {
+            state: std::sync::atomic::AtomicU8::new(0),
+            thread: std::sync::OnceLock::new(),
+            handle: ring.handle(),
+        });
+        let d = door.clone();
+        let thread = std::thread::Builder::new()
+            .name("quell-ring".into())
+            .spawn(move || {
+                let mut replies: Vec<Option<tokio::sync::oneshot::Sender<quell::Completion>>> =
+                    Vec::new();
+                let mut free: Vec<usize> = Vec::new();
+                let mut closed = false;
+                loop {
+                    let mut got = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok((op, reply)) => {
+                                got = true;
+                                let slot = free.pop().unwrap_or_else(|| {
+                                    replies.push(None);
+                                    replies.len() - 1
+                                });
+                                match ring.submit(op.user_data(slot as u64)) {
+                                    Ok(_) => replies[slot] = Some(reply),
+                                    Err(_) => free.push(slot), // the dropped reply tells the task
+                                }
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if closed && ring.is_empty() {
+                        return;
+                    }
+                    let _ = ring.poll();
+                    while let Some(c) = ring.next_completion() {
+                        got = true;
+                        let slot = c.user_data as usize;
+                        if let Some(reply) = replies.get_mut(slot).and_then(Option::take) {
+                            let _ = reply.send(c);
+                        }
+                        free.push(slot);
+                    }
+                    if got {
+                        continue;
+                    }
+                    // Announce the sleep, then look once more: a request sent before
+                    // the announcement is seen here, one sent after rings the bell.
+                    let empty = ring.is_empty();
+                    d.state.store(if empty { 1 } else { 2 }, Ordering::Release);
+                    match rx.try_recv() {
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            if empty {
+                                std::thread::park_timeout(Duration::from_millis(50));
+                            } else {
+                                let _ = ring.wait(1, None);
+                            }
+                        }
+                        Ok((op, reply)) => {
+                            let slot = free.pop().unwrap_or_else(|| {
+                                replies.push(None);
+                                replies.len() - 1
+                            });
+                            match ring.submit(op.user_data(slot as u64)) {
+                                Ok(_) => replies[slot] = Some(reply),
+                                Err(_) => free.push(slot),
+                            }
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => closed = true,
+                    }
+                    d.state.store(0, Ordering::Release);
+                }
+            })
+            .map_err(|e| format!("ring thread: {e}"))?;
+        let _ = door.thread.set(thread.thread().clone());
+        Ok(RingThreadRead {
+            rt,
+            tx: Some(tx),
+            door,
+            thread: Some(thread),
+            lanes: lanes(depth, block, seed),
+            fd,
+            nblocks,
+            block,
+        })
+    }
+}
+
+impl Drop for RingThreadRead {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.door.ring();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Contender for RingThreadRead {
+    fn name(&self) -> &'static str {
+        "quell-ring-thread-mt"
+    }
+
+    fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
+        let (fd, nblocks, block) = (self.fd, self.nblocks, self.block);
+        let taken = std::mem::take(&mut self.lanes);
+        let tx = self.tx.clone().ok_or("ring thread gone")?;
+        let door = self.door.clone();
+        let start = Instant::now();
+        let deadline = start + dur;
+        let results = self.rt.block_on(async {
+            let handles: Vec<_> = taken
+                .into_iter()
+                .map(|mut lane| {
+                    let (tx, door) = (tx.clone(), door.clone());
+                    tokio::spawn(async move {
+                        let mut ops = 0u64;
+                        loop {
+                            let t0 = Instant::now();
+                            if t0 >= deadline {
+                                return (lane, ops, None);
+                            }
+                            let off = lane.rng.below(nblocks) * block as u64;
+                            let buf = std::mem::take(&mut lane.buf);
+                            let (reply, done) = tokio::sync::oneshot::channel();
+                            if tx.send((Op::read_at(fd, off, buf), reply)).is_err() {
+                                return (lane, ops, Some("ring thread gone".into()));
+                            }
+                            door.ring();
+                            let Ok(c) = done.await else {
+                                return (lane, ops, Some("ring thread refused the op".into()));
+                            };
+                            let outcome = c.outcome;
+                            lane.buf = c.into_buf().unwrap_or_default();
+                            record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                            ops += 1;
+                            if outcome != Outcome::Done(block as usize) {
+                                return (lane, ops, Some(format!("ring thread read: {outcome}")));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(handles.len());
+            for h in handles {
+                out.push(h.await.map_err(|e| format!("tokio task: {e}")));
+            }
+            out
+        });
+        let elapsed = start.elapsed();
+        let ops = gather(results, &mut self.lanes, hist)?;
+        Ok(Sample { ops, elapsed })
     }
 }
