@@ -17,8 +17,9 @@
 //! final length is set with `ftruncate`.
 //!
 //! Three engines move the bytes (see [`Engine`]): `copy-range` (`copy_file_range` on
-//! quell's pool, the default within one local filesystem), `splice` (the default across
-//! local filesystems) and `rw` (the default from FUSE and network filesystems and with
+//! quell's pool, or `pread`/`pwrite` there across filesystems; the default between local
+//! filesystems), `splice` (the default from a local file to FUSE or network
+//! filesystems) and `rw` (the default from FUSE and network filesystems and with
 //! `--direct`).
 
 pub mod checkpoint;
@@ -81,14 +82,16 @@ pub struct CpArgs {
     /// (implies --engine rw).
     #[arg(long)]
     pub direct: bool,
-    /// How bytes move: `copy-range` (copy_file_range(2) on quell's thread pool, within
-    /// one filesystem; holes found with SEEK_DATA stay holes), `splice` (source → pipe →
+    /// How bytes move: `copy-range` (copy_file_range(2) on quell's thread pool, or
+    /// pread/pwrite there where the kernel refuses it; holes found with SEEK_DATA stay
+    /// holes), `splice` (source → pipe →
     /// destination in the kernel, one copy) or `rw` (read into a buffer, then write it;
     /// all-zero chunks become holes) [default: copy-range when source and destination
-    /// share a local filesystem, splice across local filesystems; rw with --direct, and
-    /// from FUSE or network filesystems, where neither kernel copy can be interrupted].
-    /// Where the kernel refuses copy_file_range for the pair, copy-range falls back to
-    /// the default of the other two and says so.
+    /// are on local filesystems; splice from a local source to a FUSE or network
+    /// destination; rw with --direct, and from FUSE or network filesystems, where a
+    /// kernel copy out of a hung server cannot be interrupted].
+    /// Where the kernel refuses copy_file_range for the pair (across filesystems since
+    /// Linux 5.19), copy-range chunks use pread/pwrite on the pool instead.
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
     /// Stop the copy when this much time has passed (e.g. 1s, 500ms, 2m).
@@ -112,7 +115,8 @@ pub struct CpArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
     /// copy_file_range(2), one op per chunk on quell's pool: the kernel copies page
-    /// cache to page cache (or shares extents where the filesystem can).
+    /// cache to page cache (or shares extents where the filesystem can); pread/pwrite
+    /// on the pool where the kernel refuses it (across filesystems).
     CopyRange,
     /// splice(2) through a pipe per lane: no copy through user memory.
     Splice,
@@ -715,13 +719,17 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         }
         let copied = size - plan.start;
         eprintln!(
-            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s, {} engine, depth {depth}, {} chunks",
+            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s, {} engine{}, depth {depth}, {} chunks",
             format_size(copied),
             elapsed.as_secs_f64(),
             copied as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9),
             clap::ValueEnum::to_possible_value(&engine)
                 .expect("no skipped variants")
                 .get_name(),
+            match engine {
+                Engine::CopyRange => format!(" ({})", files.method()),
+                _ => String::new(),
+            },
             format_size(block)
         );
         return Ok(EXIT_OK);
@@ -779,36 +787,13 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
 }
 
 fn engine_of(args: &CpArgs, plan: &Plan) -> Engine {
-    let kernel_copy_is_safe = || splice_is_safe(&plan.src) && splice_is_safe(&plan.dst);
-    let not_range = || match args.engine {
-        _ if args.direct => Engine::Rw,
-        Some(e) if e != Engine::CopyRange => e,
-        _ if splice_is_safe(&plan.src) => Engine::Splice,
-        _ => Engine::Rw,
-    };
-    let want_range = match args.engine {
-        Some(Engine::CopyRange) => true,
-        Some(_) => false,
-        None => !args.direct && kernel_copy_is_safe(),
-    };
-    if !want_range {
-        return not_range();
-    }
-    match range::supported(plan.src.as_raw_fd(), plan.dst.as_raw_fd()) {
-        Ok(()) => Engine::CopyRange,
-        Err(e) => {
-            let other = not_range();
-            if args.engine == Some(Engine::CopyRange) {
-                eprintln!(
-                    "quell cp: the kernel refuses copy_file_range from {} to {} ({}); using the {} engine",
-                    args.src.display(),
-                    args.dst.display(),
-                    std::io::Error::from_raw_os_error(e),
-                    clap::ValueEnum::to_possible_value(&other).expect("no skipped variants").get_name()
-                );
-            }
-            other
-        }
+    match args.engine {
+        Some(e) => e,
+        None if args.direct => Engine::Rw,
+        // Both sides local: no kernel copy can hang on a server.
+        None if splice_is_safe(&plan.src) && splice_is_safe(&plan.dst) => Engine::CopyRange,
+        None if splice_is_safe(&plan.src) => Engine::Splice,
+        None => Engine::Rw,
     }
 }
 
