@@ -218,6 +218,9 @@ struct Plan {
     mtime_ns: i128,
     start: u64,
     checkpoint: PathBuf,
+    /// The destination is a regular file (not a device such as /dev/null): only then
+    /// is its length set and a checkpoint meaningful.
+    dst_is_file: bool,
 }
 
 /// Runs `quell cp`; returns the exit code (a startup failure is an `Err`, exit 1).
@@ -311,19 +314,43 @@ fn open(args: &CpArgs) -> Result<Plan, CliError> {
     } else {
         0
     };
+    // A device destination (/dev/null, a tape, a disk) is written in place: no
+    // truncation, which a character device refuses with EINVAL.
+    let existing = std::fs::metadata(&args.dst).ok().map(|m| m.file_type());
+    let dst_is_file = existing.is_none_or(|t| t.is_file());
+    if let Some(t) = existing.filter(|_| !dst_is_file) {
+        use std::os::unix::fs::FileTypeExt;
+        if !(t.is_char_device() || t.is_block_device()) {
+            return Err(format!(
+                "{}: the destination must be a regular file or a device (positioned writes)",
+                args.dst.display()
+            )
+            .into());
+        }
+        if args.resume {
+            return Err(format!(
+                "{}: --resume needs a regular destination file",
+                args.dst.display()
+            )
+            .into());
+        }
+    }
     let dst = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(!args.resume)
+        .truncate(!args.resume && dst_is_file)
         .mode(0o644)
         .custom_flags(direct)
         .open(&args.dst)
         .map_err(|e| format!("cannot open {}: {e}", args.dst.display()))?;
     // Whatever lies past the resume point is unverified: cut it so skipped zero chunks
     // read back as zeros.
-    dst.set_len(start)
-        .map_err(|e| format!("cannot truncate {}: {e}", args.dst.display()))?;
+    if dst_is_file {
+        dst.set_len(start)
+            .map_err(|e| format!("cannot truncate {}: {e}", args.dst.display()))?;
+    }
     Ok(Plan {
+        dst_is_file,
         src,
         dst,
         size,
@@ -711,9 +738,11 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     pb.finish_and_clear();
 
     let Some(stop) = stop else {
-        plan.dst
-            .set_len(size)
-            .map_err(|e| format!("cannot set the length of {}: {e}", args.dst.display()))?;
+        if plan.dst_is_file {
+            plan.dst
+                .set_len(size)
+                .map_err(|e| format!("cannot set the length of {}: {e}", args.dst.display()))?;
+        }
         if plan.checkpoint.exists() {
             let _ = std::fs::remove_file(&plan.checkpoint);
         }
@@ -739,6 +768,9 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         eprintln!("quell cp: error: {msg}");
     }
     let keep = || -> std::io::Result<()> {
+        if !plan.dst_is_file {
+            return Ok(());
+        }
         plan.dst.set_len(done)?;
         plan.dst.sync_data()
     };
@@ -764,7 +796,6 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         done,
         reason: stop.reason().into(),
     };
-    let saved = ck.store(&plan.checkpoint);
     let what = match &stop {
         Stop::Interrupted => "interrupted (Ctrl-C): drained, writes in flight finished",
         Stop::Canceled => "interrupted twice (Ctrl-C): writes in flight canceled",
@@ -776,7 +807,11 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         args.dst.display(),
         args.src.display()
     );
-    match saved {
+    if !plan.dst_is_file {
+        // No checkpoint beside a device node: --resume needs a regular file anyway.
+        return Ok(stop.code());
+    }
+    match ck.store(&plan.checkpoint) {
         Ok(()) => eprintln!(
             "quell cp: checkpoint {}; run the same command with --resume to finish",
             plan.checkpoint.display()

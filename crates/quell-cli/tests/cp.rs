@@ -826,3 +826,37 @@ fn copy_range_on_a_local_file_stops_at_the_deadline_and_resumes() {
         assert!(same_file(&src, &dst), "{backend}");
     }
 }
+
+#[test]
+fn a_device_destination_is_written_in_place_and_a_fifo_is_refused() {
+    let d = TempDir::new("device");
+    let src = d.path("src");
+    std::fs::write(&src, data((3 << 20) + 5, 4)).unwrap();
+    for backend in backends() {
+        for engine in ["copy-range", "splice", "rw"] {
+            let o = cp(&[
+                os(&src),
+                os("/dev/null"),
+                os("--backend"),
+                os(backend),
+                os("--engine"),
+                os(engine),
+            ]);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(0), "{backend} {engine}: {err}");
+            assert!(err.contains("copied"), "{backend} {engine}: {err}");
+        }
+    }
+    assert!(
+        !Path::new("/dev/null.quell-cp.json").exists(),
+        "no checkpoint beside a device"
+    );
+    let fifo = d.path("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = cp(&[os(&src), os(&fifo)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("regular file or a device"), "{err}");
+}
