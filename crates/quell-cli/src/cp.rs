@@ -317,7 +317,7 @@ fn open(args: &CpArgs) -> Result<Plan, CliError> {
     // A device destination (/dev/null, a tape, a disk) is written in place: no
     // truncation, which a character device refuses with EINVAL.
     let existing = std::fs::metadata(&args.dst).ok().map(|m| m.file_type());
-    let dst_is_file = existing.is_none_or(|t| t.is_file());
+    let dst_is_file = existing.map_or(true, |t| t.is_file());
     if let Some(t) = existing.filter(|_| !dst_is_file) {
         use std::os::unix::fs::FileTypeExt;
         if !(t.is_char_device() || t.is_block_device()) {
