@@ -15,10 +15,17 @@
 //! Chunks in a hole of the source (`SEEK_DATA`) are not read, and all-zero chunks are
 //! not written: the destination gets a hole there, so sparse sources stay sparse; the
 //! final length is set with `ftruncate`.
+//!
+//! Three engines move the bytes (see [`Engine`]): `copy-range` (`copy_file_range` on
+//! quell's pool, or `pread`/`pwrite` there across filesystems; the default between local
+//! filesystems), `splice` (the default from a local file to FUSE or network
+//! filesystems) and `rw` (the default from FUSE and network filesystems and with
+//! `--direct`).
 
 pub mod checkpoint;
 mod frontier;
 mod holes;
+mod range;
 
 use crate::bench::BackendArg;
 use crate::units::{format_size, parse_duration, parse_size};
@@ -64,20 +71,27 @@ pub struct CpArgs {
     pub src: PathBuf,
     /// The destination file (created or truncated; with --resume, continued).
     pub dst: PathBuf,
-    /// Chunks in flight at once.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub depth: u32,
-    /// Bytes per chunk (K, KiB, M, MiB suffixes); a multiple of 4096 with --direct.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
-    pub block_size: u64,
+    /// Chunks in flight at once [default: 2 with the copy-range engine, 16 otherwise].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub depth: Option<u32>,
+    /// Bytes per chunk (K, KiB, M, MiB suffixes); a multiple of 4096 with --direct
+    /// [default: 32MiB with the copy-range engine, 1MiB otherwise].
+    #[arg(long, value_parser = parse_size)]
+    pub block_size: Option<u64>,
     /// Open both files with O_DIRECT (page-cache bypass) and use aligned buffers
     /// (implies --engine rw).
     #[arg(long)]
     pub direct: bool,
-    /// How bytes move: `splice` (source → pipe → destination in the kernel, one copy)
-    /// or `rw` (read into a buffer, then write it; all-zero chunks become holes)
-    /// [default: splice from local filesystems; rw with --direct, and from FUSE or
-    /// network filesystems, where a splice cannot be interrupted].
+    /// How bytes move: `copy-range` (copy_file_range(2) on quell's thread pool, or
+    /// pread/pwrite there where the kernel refuses it; holes found with SEEK_DATA stay
+    /// holes), `splice` (source → pipe →
+    /// destination in the kernel, one copy) or `rw` (read into a buffer, then write it;
+    /// all-zero chunks become holes) [default: copy-range when source and destination
+    /// are on local filesystems; splice from a local source to a FUSE or network
+    /// destination; rw with --direct, and from FUSE or network filesystems, where a
+    /// kernel copy out of a hung server cannot be interrupted].
+    /// Where the kernel refuses copy_file_range for the pair (across filesystems since
+    /// Linux 5.19), copy-range chunks use pread/pwrite on the pool instead.
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
     /// Stop the copy when this much time has passed (e.g. 1s, 500ms, 2m).
@@ -100,6 +114,10 @@ pub struct CpArgs {
 /// How `quell cp` moves bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
+    /// copy_file_range(2), one op per chunk on quell's pool: the kernel copies page
+    /// cache to page cache (or shares extents where the filesystem can); pread/pwrite
+    /// on the pool where the kernel refuses it (across filesystems).
+    CopyRange,
     /// splice(2) through a pipe per lane: no copy through user memory.
     Splice,
     /// read(2) into a buffer, then write(2).
@@ -135,11 +153,13 @@ impl Stop {
     }
 }
 
-/// A lane's buffer: plain, aligned for O_DIRECT, or a pipe for splice.
+/// A lane's buffer: plain, aligned for O_DIRECT, a pipe for splice, or none at all for
+/// copy_file_range (the kernel holds the bytes).
 enum Buf {
     Plain(Vec<u8>),
     Aligned(AlignedBuf),
     Pipe { r: File, w: File },
+    Kernel,
 }
 
 impl Buf {
@@ -147,7 +167,7 @@ impl Buf {
         match self {
             Buf::Plain(v) => v,
             Buf::Aligned(a) => a,
-            Buf::Pipe { .. } => &[],
+            Buf::Pipe { .. } | Buf::Kernel => &[],
         }
     }
 
@@ -198,6 +218,9 @@ struct Plan {
     mtime_ns: i128,
     start: u64,
     checkpoint: PathBuf,
+    /// The destination is a regular file (not a device such as /dev/null): only then
+    /// is its length set and a checkpoint meaningful.
+    dst_is_file: bool,
 }
 
 /// Runs `quell cp`; returns the exit code (a startup failure is an `Err`, exit 1).
@@ -213,13 +236,13 @@ pub fn run(args: &CpArgs) -> Result<u8, CliError> {
 }
 
 fn check_args(args: &CpArgs) -> Option<String> {
-    let b = args.block_size;
+    let b = args.block_size.unwrap_or(4096);
     if b == 0 || b > 64 << 20 {
         return Some(format!(
             "--block-size must be between 1 byte and 64MiB, got {b}"
         ));
     }
-    if args.direct && args.engine == Some(Engine::Splice) {
+    if args.direct && args.engine.is_some_and(|e| e != Engine::Rw) {
         return Some("--direct needs --engine rw".into());
     }
     if args.direct && b % 4096 != 0 {
@@ -291,19 +314,43 @@ fn open(args: &CpArgs) -> Result<Plan, CliError> {
     } else {
         0
     };
+    // A device destination (/dev/null, a tape, a disk) is written in place: no
+    // truncation, which a character device refuses with EINVAL.
+    let existing = std::fs::metadata(&args.dst).ok().map(|m| m.file_type());
+    let dst_is_file = existing.map_or(true, |t| t.is_file());
+    if let Some(t) = existing.filter(|_| !dst_is_file) {
+        use std::os::unix::fs::FileTypeExt;
+        if !(t.is_char_device() || t.is_block_device()) {
+            return Err(format!(
+                "{}: the destination must be a regular file or a device (positioned writes)",
+                args.dst.display()
+            )
+            .into());
+        }
+        if args.resume {
+            return Err(format!(
+                "{}: --resume needs a regular destination file",
+                args.dst.display()
+            )
+            .into());
+        }
+    }
     let dst = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(!args.resume)
+        .truncate(!args.resume && dst_is_file)
         .mode(0o644)
         .custom_flags(direct)
         .open(&args.dst)
         .map_err(|e| format!("cannot open {}: {e}", args.dst.display()))?;
     // Whatever lies past the resume point is unverified: cut it so skipped zero chunks
     // read back as zeros.
-    dst.set_len(start)
-        .map_err(|e| format!("cannot truncate {}: {e}", args.dst.display()))?;
+    if dst_is_file {
+        dst.set_len(start)
+            .map_err(|e| format!("cannot truncate {}: {e}", args.dst.display()))?;
+    }
     Ok(Plan {
+        dst_is_file,
         src,
         dst,
         size,
@@ -342,15 +389,23 @@ fn io_error(e: quell::Errno) -> std::io::Error {
 
 /// The copy loop and its honest ending.
 fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
-    let depth = args.depth as usize;
-    let block = args.block_size;
+    let engine = engine_of(args, &plan);
+    let (depth, block) = match engine {
+        Engine::CopyRange => (2, 32 << 20),
+        _ => (16, 1 << 20),
+    };
+    let (depth, block) = (
+        args.depth.unwrap_or(depth),
+        args.block_size.unwrap_or(block),
+    );
     let size = plan.size;
     let (sfd, dfd) = (plan.src.as_raw_fd(), plan.dst.as_raw_fd());
     let mut ring = Ring::builder()
         .backend(args.backend.choice())
-        .capacity(depth * 2 + 8)
-        .max_in_flight(args.depth)
-        .sq_entries(args.depth.next_power_of_two())
+        .capacity(depth as usize * 2 + 8)
+        .max_in_flight(depth)
+        .pool_threads(depth as usize)
+        .sq_entries(depth.next_power_of_two())
         .build()
         .map_err(|e| format!("cannot build a quell ring: {e}"))?;
     let top = ring.group(GroupId::ROOT, GroupOptions::default().name("cp"))?;
@@ -362,10 +417,11 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         ring.set_group_deadline(top, at)?;
     }
 
-    let engine = engine_of(args, &plan.src);
+    let depth = depth as usize;
     let mut slots: Vec<Slot> = Vec::with_capacity(depth);
     for _ in 0..depth {
         let buf = match engine {
+            Engine::CopyRange => Buf::Kernel,
             Engine::Splice => Buf::pipe(block)?,
             Engine::Rw if args.direct => {
                 Buf::Aligned(AlignedBuf::new(block as usize, 4096).expect("4096 is a power of two"))
@@ -389,6 +445,7 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     let mut stop: Option<Stop> = None;
     let mut written = plan.start;
     let mut holes = Holes::new(sfd, size);
+    let files = range::Pair::new(sfd, dfd);
     let mut sparse = 0u64;
     let pb = progress_bar(args, size, plan.start);
     let started = Instant::now();
@@ -412,8 +469,12 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                 s.len = (size - s.offset).min(block) as usize;
                 s.pos = 0;
                 s.in_pipe = 0;
-                let op = read_op(s, sfd);
-                match ring.submit(op.group(reads).user_data((si as u64) << 1)) {
+                let op = match engine {
+                    // The chunk is its own write: a drain lets it finish.
+                    Engine::CopyRange => range_op(s, si, files, &mut holes).group(writes),
+                    _ => read_op(s, sfd).group(reads).user_data((si as u64) << 1),
+                };
+                match ring.submit(op) {
                     Ok(_) => {
                         in_flight += 1;
                         next_chunk += 1;
@@ -432,7 +493,8 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
             }
         }
         if in_flight == 0 {
-            if stop.is_none() && next_chunk < nchunks {
+            // Unsubmitted chunks, or a chunk whose rest the ring refused to take.
+            if stop.is_none() && (next_chunk < nchunks || frontier.done() < size) {
                 // Every submission was refused: learn why from the group state.
                 note_group_state(&mut ring, top, reads, deadline, &mut stop, &pb)?;
                 if stop.is_none() {
@@ -452,12 +514,62 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
             match engine {
                 Engine::Rw if args.direct => slots[si].buf = c.into_aligned().map(Buf::Aligned),
                 Engine::Rw => slots[si].buf = c.into_buf().map(Buf::Plain),
-                // The pipe never left the slot.
-                Engine::Splice => {}
+                // The pipe never left the slot; copy-range lanes have no buffer.
+                Engine::Splice | Engine::CopyRange => {}
             }
             let (chunk, offset, len) = (slots[si].chunk, slots[si].offset, slots[si].len);
             let offset_now = offset + slots[si].pos as u64;
             let mut release = true;
+            if engine == Engine::CopyRange {
+                let s = &mut slots[si];
+                let again = match outcome {
+                    Outcome::Done(n) => {
+                        s.pos += n;
+                        written += n as u64;
+                        if s.pos >= s.len {
+                            frontier.finish(chunk);
+                            false
+                        } else if n == 0 && stop.is_none() {
+                            stop = Some(Stop::Error(format!(
+                                "{} ended at offset {offset_now} while {size} bytes were expected (it shrank during the copy)",
+                                args.src.display()
+                            )));
+                            false
+                        } else {
+                            // Short (an error or the end met after progress): the rest
+                            // of the chunk again, which reports the error at its offset.
+                            stop.is_none()
+                        }
+                    }
+                    Outcome::Failed(e) => {
+                        if !matches!(stop, Some(Stop::Error(_))) {
+                            stop = Some(Stop::Error(format!(
+                                "copying {} to {}: {} in the {} bytes at offset {offset_now}",
+                                args.src.display(),
+                                args.dst.display(),
+                                io_error(e),
+                                len - s.pos
+                            )));
+                        }
+                        false
+                    }
+                    // Canceled or timed out: the chunk is not done.
+                    _ => false,
+                };
+                // Refused: a stop got there first; the lane is not reused.
+                if again
+                    && ring
+                        .submit(range_op(s, si, files, &mut holes).group(writes))
+                        .is_ok()
+                {
+                    in_flight += 1;
+                    release = false;
+                }
+                if release {
+                    free.push(si);
+                }
+                continue;
+            }
             if engine == Engine::Splice {
                 let s = &mut slots[si];
                 let next = match (is_write, outcome) {
@@ -560,7 +672,9 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
                         let op = match slots[si].buf.take().expect("buffer back") {
                             Buf::Plain(v) => Op::write_at(dfd, offset, v),
                             Buf::Aligned(a) => Op::write_aligned(dfd, offset, a),
-                            Buf::Pipe { .. } => unreachable!("splice lanes are handled above"),
+                            Buf::Pipe { .. } | Buf::Kernel => {
+                                unreachable!("splice and copy-range lanes are handled above")
+                            }
                         };
                         match ring.submit(
                             op.exact()
@@ -624,18 +738,28 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     pb.finish_and_clear();
 
     let Some(stop) = stop else {
-        plan.dst
-            .set_len(size)
-            .map_err(|e| format!("cannot set the length of {}: {e}", args.dst.display()))?;
+        if plan.dst_is_file {
+            plan.dst
+                .set_len(size)
+                .map_err(|e| format!("cannot set the length of {}: {e}", args.dst.display()))?;
+        }
         if plan.checkpoint.exists() {
             let _ = std::fs::remove_file(&plan.checkpoint);
         }
         let copied = size - plan.start;
         eprintln!(
-            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s",
+            "quell cp: copied {} ({copied} bytes, {sparse} of them holes or zeros not written) in {:.3} s, {:.1} MiB/s, {} engine{}, depth {depth}, {} chunks",
             format_size(copied),
             elapsed.as_secs_f64(),
-            copied as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9)
+            copied as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9),
+            clap::ValueEnum::to_possible_value(&engine)
+                .expect("no skipped variants")
+                .get_name(),
+            match engine {
+                Engine::CopyRange => format!(" ({})", files.method()),
+                _ => String::new(),
+            },
+            format_size(block)
         );
         return Ok(EXIT_OK);
     };
@@ -644,6 +768,9 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         eprintln!("quell cp: error: {msg}");
     }
     let keep = || -> std::io::Result<()> {
+        if !plan.dst_is_file {
+            return Ok(());
+        }
         plan.dst.set_len(done)?;
         plan.dst.sync_data()
     };
@@ -669,7 +796,6 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         done,
         reason: stop.reason().into(),
     };
-    let saved = ck.store(&plan.checkpoint);
     let what = match &stop {
         Stop::Interrupted => "interrupted (Ctrl-C): drained, writes in flight finished",
         Stop::Canceled => "interrupted twice (Ctrl-C): writes in flight canceled",
@@ -681,7 +807,11 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         args.dst.display(),
         args.src.display()
     );
-    match saved {
+    if !plan.dst_is_file {
+        // No checkpoint beside a device node: --resume needs a regular file anyway.
+        return Ok(stop.code());
+    }
+    match ck.store(&plan.checkpoint) {
         Ok(()) => eprintln!(
             "quell cp: checkpoint {}; run the same command with --resume to finish",
             plan.checkpoint.display()
@@ -691,11 +821,13 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
     Ok(stop.code())
 }
 
-fn engine_of(args: &CpArgs, src: &File) -> Engine {
+fn engine_of(args: &CpArgs, plan: &Plan) -> Engine {
     match args.engine {
         Some(e) => e,
         None if args.direct => Engine::Rw,
-        None if splice_is_safe(src) => Engine::Splice,
+        // Both sides local: no kernel copy can hang on a server.
+        None if splice_is_safe(&plan.src) && splice_is_safe(&plan.dst) => Engine::CopyRange,
+        None if splice_is_safe(&plan.src) => Engine::Splice,
         None => Engine::Rw,
     }
 }
@@ -724,6 +856,13 @@ fn splice_is_safe(src: &File) -> bool {
     LOCAL.contains(&(st.f_type as i64))
 }
 
+/// The op that copies (the rest of) a lane's chunk with copy_file_range.
+fn range_op(s: &Slot, si: usize, files: range::Pair, holes: &mut Holes) -> Op {
+    let (at, end) = (s.offset + s.pos as u64, s.offset + s.len as u64);
+    range::chunk_op(files, at, end - at, holes.extents(at, end))
+        .user_data(((si as u64) << 1) | WRITE)
+}
+
 /// The op that reads (the rest of) a lane's chunk.
 fn read_op(s: &mut Slot, sfd: std::os::fd::RawFd) -> Op {
     let at = s.offset + s.pos as u64;
@@ -738,6 +877,7 @@ fn read_op(s: &mut Slot, sfd: std::os::fd::RawFd) -> Op {
             }
             Buf::Aligned(a) => Op::read_aligned(sfd, at, a).exact(),
             Buf::Pipe { .. } => unreachable!("matched above"),
+            Buf::Kernel => unreachable!("copy-range lanes use range_op"),
         },
     }
 }

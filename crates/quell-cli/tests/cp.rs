@@ -98,6 +98,7 @@ fn help_documents_the_exit_codes() {
         "--depth",
         "--block-size",
         "--direct",
+        "copy-range",
         "--deadline",
         "--resume",
         "Exit codes",
@@ -150,6 +151,20 @@ fn bad_arguments_are_clear() {
             ],
             "--engine rw",
         ),
+        (
+            vec![
+                os(&src),
+                os(&dst),
+                os("--direct"),
+                os("--engine"),
+                os("copy-range"),
+            ],
+            "--engine rw",
+        ),
+        (
+            vec![os(&src), os(&dst), os("--engine"), os("memcpy")],
+            "copy-range",
+        ),
     ] {
         let o = cp(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -178,7 +193,12 @@ fn copies_are_byte_identical() {
         for &n in &sizes {
             let src = d.path(&format!("src-{n}"));
             std::fs::write(&src, data(n, n as u8)).unwrap();
-            for (direct, engine) in [(false, "splice"), (false, "rw"), (true, "rw")] {
+            for (direct, engine) in [
+                (false, "copy-range"),
+                (false, "splice"),
+                (false, "rw"),
+                (true, "rw"),
+            ] {
                 let dst = d.path(&format!("dst-{backend}-{n}-{direct}-{engine}"));
                 std::fs::write(&dst, b"stale bytes that must go").unwrap();
                 let mut args = vec![
@@ -210,6 +230,11 @@ fn copies_are_byte_identical() {
                     same_file(&src, &dst),
                     "{backend} {n} bytes {engine} direct={direct}"
                 );
+                assert!(
+                    stderr(&o).contains(&format!("{engine} engine")),
+                    "{backend} {n}: the engine asked for was used: {}",
+                    stderr(&o)
+                );
             }
         }
     }
@@ -231,16 +256,31 @@ fn a_sparse_gibibyte_copies_identically_and_stays_sparse() {
     f.set_len(gib).unwrap();
     drop(f);
     for backend in backends() {
-        let dst = d.path(&format!("dst-{backend}"));
-        let o = cp(&[os(&src), os(&dst), os("--backend"), os(backend)]);
-        assert!(o.status.success(), "{backend}: {}", stderr(&o));
-        assert_eq!(std::fs::metadata(&dst).unwrap().len(), gib);
-        assert!(same_file(&src, &dst), "{backend}");
-        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&dst).unwrap());
-        assert!(
-            blocks * 512 < 64 << 20,
-            "{backend}: {blocks} blocks allocated"
-        );
+        // The default engine here (one local filesystem) is copy-range, whose 32 MiB
+        // chunks would allocate 96 MiB if it copied the holes inside the three chunks
+        // that hold data; the others skip whole 1 MiB chunks of zeros.
+        for (engine, limit) in [("copy-range", 1u64 << 20), ("splice", 64 << 20)] {
+            let dst = d.path(&format!("dst-{backend}-{engine}"));
+            let mut args = vec![os(&src), os(&dst), os("--backend"), os(backend)];
+            if engine != "copy-range" {
+                args.extend([os("--engine"), os(engine)]);
+            }
+            let o = cp(&args);
+            assert!(o.status.success(), "{backend}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&format!("{engine} engine")),
+                "{backend}: {}",
+                stderr(&o)
+            );
+            assert_eq!(std::fs::metadata(&dst).unwrap().len(), gib);
+            assert!(same_file(&src, &dst), "{backend} {engine}");
+            let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&dst).unwrap());
+            assert!(
+                blocks * 512 < limit,
+                "{backend} {engine}: {blocks} blocks allocated"
+            );
+            let _ = std::fs::remove_file(&dst);
+        }
     }
 }
 
@@ -516,4 +556,307 @@ fn a_hung_read_meets_the_deadline() {
         assert_prefix(&bytes, &dst, n);
         fs.release_all();
     }
+}
+
+#[test]
+fn copy_range_across_filesystems_reads_and_writes_and_keeps_holes() {
+    // A copy between two filesystems: since Linux 5.19 copy_file_range refuses it
+    // (EXDEV), so the copy-range chunks move their data extents with pread/pwrite.
+    // /dev/shm (tmpfs) is the second filesystem where it differs from the temporary
+    // directory's; elsewhere the test has nothing to cross and says so.
+    let shm = Path::new("/dev/shm");
+    let d = TempDir::new("xdev");
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    if !shm.is_dir() || dev(shm) == dev(&d.0) {
+        eprintln!("no second filesystem at /dev/shm; skipped");
+        return;
+    }
+    let src = shm.join(format!("quell-cp-xdev-{}", std::process::id()));
+    // Data, a 16 MiB hole, data, a hole to the end: 40 MiB, 3 MiB + 5 bytes of data.
+    let mb = 1u64 << 20;
+    let f = std::fs::File::create(&src).unwrap();
+    let (head, tail) = (data(2 << 20, 4), data((1 << 20) + 5, 5));
+    std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &tail, 18 * mb).unwrap();
+    f.set_len(40 * mb).unwrap();
+    drop(f);
+    let probe = std::fs::File::open(&src).unwrap();
+    let out = std::fs::File::create(d.path("probe")).unwrap();
+    // SAFETY: two open descriptors, zero length, null offsets (the file positions).
+    let refused = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::copy_file_range(
+            probe.as_raw_fd(),
+            std::ptr::null_mut(),
+            out.as_raw_fd(),
+            std::ptr::null_mut(),
+            0,
+            0,
+        )
+    } < 0;
+    for backend in backends() {
+        for engine in [None, Some("copy-range")] {
+            let dst = d.path(&format!("dst-{backend}-{engine:?}"));
+            let mut args = vec![
+                os(&src),
+                os(&dst),
+                os("--backend"),
+                os(backend),
+                os("--block-size"),
+                os("4MiB"),
+            ];
+            if let Some(e) = engine {
+                args.extend([os("--engine"), os(e)]);
+            }
+            let o = cp(&args);
+            let err = stderr(&o);
+            assert!(o.status.success(), "{backend} {engine:?}: {err}");
+            assert!(same_file(&src, &dst), "{backend} {engine:?}");
+            assert!(
+                err.contains("copy-range engine"),
+                "{backend} {engine:?}: {err}"
+            );
+            if refused {
+                assert!(err.contains("pread/pwrite"), "{backend} {engine:?}: {err}");
+            }
+            let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&dst).unwrap());
+            assert!(
+                blocks * 512 < 8 * mb,
+                "{backend} {engine:?}: {blocks} blocks: the holes were kept"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&src);
+}
+
+/// A source on faultfs whose reads are slow, and an empty destination on the same
+/// mount, so `--engine copy-range` (copy_file_range within one filesystem) is slow
+/// enough to interrupt and to overrun a deadline.
+fn slow_pair() -> Option<(FaultFs, Vec<u8>)> {
+    let fs = mount(
+        Spec::new()
+            .file(
+                FileSpec::pattern("slow.bin", SLOW)
+                    .rule(Rule::read(0..SLOW, Behavior::Delay { ms: 40 }))
+                    .cached(false),
+            )
+            .file(FileSpec::new("out.bin", 0).cached(false)),
+    )?;
+    let bytes = fs.file_contents("slow.bin").unwrap();
+    Some((fs, bytes))
+}
+
+#[test]
+fn copy_range_drains_on_ctrl_c_and_resumes() {
+    let Some((fs, bytes)) = slow_pair() else {
+        return;
+    };
+    let src = fs.path("slow.bin");
+    let dst = fs.path("out.bin");
+    let d = TempDir::new("range-sigint");
+    for backend in backends() {
+        let ck = d.path(&format!("ck-{backend}.json"));
+        let args = [
+            os(&src),
+            os(&dst),
+            os("--backend"),
+            os(backend),
+            os("--engine"),
+            os("copy-range"),
+            os("--block-size"),
+            os("256K"),
+            os("--depth"),
+            os("2"),
+            os("--checkpoint"),
+            os(&ck),
+        ];
+        // Empty, so the length seen below is this run's progress, not the last one's.
+        std::fs::File::create(&dst).unwrap();
+        let child = spawn_cp(&args);
+        wait_for_len(&dst, 256 << 10);
+        sigint(&child);
+        let (code, err, _) = finish(child, Duration::from_secs(20));
+        assert_eq!(code, Some(4), "{backend}: {err}");
+        assert!(err.contains("drained"), "{backend}: {err}");
+        let n = reported_offset(&err);
+        assert!(n > 0 && n < SLOW, "{backend}: {n}");
+        assert_eq!(n % (256 << 10), 0, "{backend}: whole chunks");
+        assert_prefix(&bytes, &dst, n);
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&ck).unwrap()).unwrap();
+        assert_eq!(saved["done"], n, "{backend}: the checkpoint agrees");
+
+        let mut resume = args.to_vec();
+        resume.push(os("--resume"));
+        let (code, err, _) = finish(spawn_cp(&resume), Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{backend}: {err}");
+        assert!(err.contains("copy-range engine"), "{backend}: {err}");
+        assert!(
+            err.contains(&format!("({} bytes", SLOW - n)),
+            "{backend}: resumed from {n}: {err}"
+        );
+        assert!(std::fs::read(&dst).unwrap() == bytes, "{backend}");
+        assert!(!ck.exists(), "{backend}: checkpoint removed once done");
+    }
+}
+
+#[test]
+fn copy_range_meets_the_deadline_with_an_honest_prefix() {
+    let Some((fs, bytes)) = slow_pair() else {
+        return;
+    };
+    let src = fs.path("slow.bin");
+    let dst = fs.path("out.bin");
+    let d = TempDir::new("range-deadline");
+    for backend in backends() {
+        let child = spawn_cp(&[
+            os(&src),
+            os(&dst),
+            os("--backend"),
+            os(backend),
+            os("--engine"),
+            os("copy-range"),
+            os("--block-size"),
+            os("256K"),
+            os("--deadline"),
+            os("300ms"),
+            os("--checkpoint"),
+            os(&d.path(&format!("ck-{backend}.json"))),
+        ]);
+        let (code, err, took) = finish(child, Duration::from_secs(10));
+        eprintln!("{backend}: exited after {took:?}");
+        assert_eq!(code, Some(3), "{backend}: {err}");
+        assert!(err.contains("deadline"), "{backend}: {err}");
+        let n = reported_offset(&err);
+        assert!(n < SLOW, "{backend}: {n}");
+        assert_prefix(&bytes, &dst, n);
+    }
+}
+
+#[test]
+fn copy_range_reports_an_eio_with_its_offset() {
+    let size = 4u64 << 20;
+    let bad = 1u64 << 20;
+    let Some(fs) = mount(
+        Spec::new()
+            .file(
+                FileSpec::pattern("eio.bin", size)
+                    .rule(Rule::read(bad..bad + 4096, Behavior::Eio))
+                    .cached(false),
+            )
+            .file(FileSpec::new("out.bin", 0).cached(false)),
+    ) else {
+        return;
+    };
+    let bytes = fs.file_contents("eio.bin").unwrap();
+    let (src, dst) = (fs.path("eio.bin"), fs.path("out.bin"));
+    let d = TempDir::new("range-eio");
+    for backend in backends() {
+        let ck = d.path(&format!("ck-{backend}.json"));
+        let o = cp(&[
+            os(&src),
+            os(&dst),
+            os("--backend"),
+            os(backend),
+            os("--engine"),
+            os("copy-range"),
+            os("--block-size"),
+            os("64K"),
+            os("--depth"),
+            os("4"),
+            os("--checkpoint"),
+            os(&ck),
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{backend}: {err}");
+        assert!(
+            err.contains("Input/output error") && err.contains(&format!("at offset {bad}")),
+            "{backend}: {err}"
+        );
+        let n = reported_offset(&err);
+        assert!(
+            n <= bad,
+            "{backend}: claims {n} bytes past the bad block at {bad}"
+        );
+        assert_prefix(&bytes, &dst, n);
+        let saved = std::fs::read_to_string(&ck).unwrap();
+        assert!(saved.contains(&format!("\"done\": {n}")), "{saved}");
+    }
+}
+
+#[test]
+fn copy_range_on_a_local_file_stops_at_the_deadline_and_resumes() {
+    // 256 MiB take tens of milliseconds at memory speed, the deadline is 5 ms: the
+    // chunks in flight are canceled inside or between their copy_file_range calls.
+    let d = TempDir::new("range-local-deadline");
+    let src = d.path("src");
+    let size = 256usize << 20;
+    let bytes = data(size, 11);
+    std::fs::write(&src, &bytes).unwrap();
+    for backend in backends() {
+        let dst = d.path(&format!("dst-{backend}"));
+        let args = [
+            os(&src),
+            os(&dst),
+            os("--backend"),
+            os(backend),
+            os("--block-size"),
+            os("1MiB"),
+        ];
+        let mut first = args.to_vec();
+        first.extend([os("--deadline"), os("5ms")]);
+        let o = cp(&first);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {err}");
+        let n = reported_offset(&err);
+        assert!(n < size as u64, "{backend}: {n}");
+        assert_eq!(n % (1 << 20), 0, "{backend}: whole chunks");
+        assert_prefix(&bytes, &dst, n);
+
+        let mut resume = args.to_vec();
+        resume.push(os("--resume"));
+        let o = cp(&resume);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{backend}: {err}");
+        assert!(err.contains("copy-range engine"), "{backend}: {err}");
+        assert!(
+            err.contains(&format!("({} bytes", size as u64 - n)),
+            "{backend}: resumed from {n}: {err}"
+        );
+        assert!(same_file(&src, &dst), "{backend}");
+    }
+}
+
+#[test]
+fn a_device_destination_is_written_in_place_and_a_fifo_is_refused() {
+    let d = TempDir::new("device");
+    let src = d.path("src");
+    std::fs::write(&src, data((3 << 20) + 5, 4)).unwrap();
+    for backend in backends() {
+        for engine in ["copy-range", "splice", "rw"] {
+            let o = cp(&[
+                os(&src),
+                os("/dev/null"),
+                os("--backend"),
+                os(backend),
+                os("--engine"),
+                os(engine),
+            ]);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(0), "{backend} {engine}: {err}");
+            assert!(err.contains("copied"), "{backend} {engine}: {err}");
+        }
+    }
+    assert!(
+        !Path::new("/dev/null.quell-cp.json").exists(),
+        "no checkpoint beside a device"
+    );
+    let fifo = d.path("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = cp(&[os(&src), os(&fifo)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("regular file or a device"), "{err}");
 }

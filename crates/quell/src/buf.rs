@@ -28,6 +28,14 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// Allocates `len` zeroed bytes aligned to `align` (a power of two). Returns `None`
     /// when `align` is not a power of two or the size overflows.
+    ///
+    /// ```
+    /// let buf = quell::AlignedBuf::new(4096, 512).unwrap();
+    /// assert!(buf.iter().all(|&b| b == 0));
+    /// assert_eq!(buf.as_ptr() as usize % 512, 0);
+    /// // An alignment that is not a power of two is refused, not rounded.
+    /// assert!(quell::AlignedBuf::new(4096, 3000).is_none());
+    /// ```
     pub fn new(len: usize, align: usize) -> Option<AlignedBuf> {
         let layout = Layout::from_size_align(len.max(1), align).ok()?;
         // SAFETY: layout has a non-zero size.
@@ -40,6 +48,13 @@ impl AlignedBuf {
     }
 
     /// The alignment the buffer was allocated with.
+    ///
+    /// ```
+    /// // O_DIRECT wants offsets and lengths in multiples of the alignment too.
+    /// let buf = quell::AlignedBuf::new(8192, 4096).unwrap();
+    /// assert_eq!(buf.align(), 4096);
+    /// assert_eq!(buf.len() % buf.align(), 0);
+    /// ```
     pub fn align(&self) -> usize {
         self.align
     }

@@ -79,9 +79,39 @@ pub struct Chain {
 
 impl Chain {
     /// The descriptor placeholder for "the descriptor the latest open step returned".
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op, Outcome};
+    /// let path = std::env::temp_dir().join(format!("quell-doc-opened-{}", std::process::id()));
+    /// let mut ring = quell::Ring::new()?;
+    /// // Create, write, sync and close a file without ever seeing its descriptor.
+    /// let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+    /// let chain = Chain::new()
+    ///     .then(Op::openat(libc::AT_FDCWD, &path, flags, 0o600))
+    ///     .then(Op::write_at(Chain::OPENED, 0, b"quell".to_vec()))
+    ///     .then(Op::fsync(Chain::OPENED))
+    ///     .then(Op::close(Chain::OPENED));
+    /// let id = ring.submit_chain(chain)?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::Done(5));
+    /// assert_eq!(std::fs::read(&path)?, b"quell");
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub const OPENED: RawFd = -0x0c4a_1000;
 
     /// An empty chain.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let chain = quell::Chain::new();
+    /// assert!(chain.is_empty());
+    /// // A chain needs at least one step.
+    /// let err = ring.submit_chain(chain).unwrap_err();
+    /// assert!(matches!(err.error(), quell::Error::InvalidArgument(_)));
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Chain {
         Chain {
             steps: Vec::new(),
@@ -92,40 +122,131 @@ impl Chain {
     }
 
     /// Appends a step.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit_chain(
+    ///     Chain::new()
+    ///         .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+    ///         .then(Op::read_at(Chain::OPENED, 1, vec![0u8; 3]))
+    ///         .then(Op::close(Chain::OPENED)),
+    /// )?;
+    /// let c = ring.wait_for(id)?;
+    /// // Steps ran in the order they were appended.
+    /// let kinds: Vec<_> = c.steps().unwrap().iter().map(|s| s.kind().name()).collect();
+    /// assert_eq!(kinds, ["openat", "read", "close"]);
+    /// assert_eq!(c.steps().unwrap()[1].data(), b"ELF");
+    /// # Ok(()) }
+    /// ```
     pub fn then(mut self, op: Op) -> Chain {
         self.steps.push(op);
         self
     }
 
     /// Sets the user data carried back in the chain's completion.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit_chain(Chain::new().then(Op::nop()).user_data(1))?;
+    /// ring.submit_chain(Chain::new().then(Op::nop()).then(Op::nop()).user_data(2))?;
+    /// ring.wait(2, None)?;
+    /// // One completion per chain, told apart by the chain's user data.
+    /// let mut tags: Vec<u64> = ring.completions().map(|c| c.user_data).collect();
+    /// tags.sort();
+    /// assert_eq!(tags, [1, 2]);
+    /// # Ok(()) }
+    /// ```
     pub fn user_data(mut self, user_data: u64) -> Chain {
         self.user_data = user_data;
         self
     }
 
     /// Submits the chain into `group` instead of the ring's root group.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Chain, GroupId, GroupOptions, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default().name("session"))?;
+    /// let id = ring.submit_chain(
+    ///     Chain::new().then(Op::read(r.as_raw_fd(), vec![0; 8])).then(Op::nop()).group(g),
+    /// )?;
+    /// // Canceling the group reaches the chain's running step and stops the rest.
+    /// assert_eq!(ring.cancel_group(g)?, 1);
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, Outcome::Canceled { transferred: 0 });
+    /// assert_eq!(c.steps().unwrap()[1].outcome(), None);
+    /// # Ok(()) }
+    /// ```
     pub fn group(mut self, group: GroupId) -> Chain {
         self.group = Some(group);
         self
     }
 
     /// Gives the whole chain one absolute deadline.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::{Duration, Instant};
+    /// use quell::{Chain, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let chain = Chain::new()
+    ///     .then(Op::read(r.as_raw_fd(), vec![0; 8])) // never gets data
+    ///     .then(Op::nop())
+    ///     .deadline(Instant::now() + Duration::from_millis(20));
+    /// let id = ring.submit_chain(chain)?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::TimedOut { transferred: 0 });
+    /// # Ok(()) }
+    /// ```
     pub fn deadline(mut self, deadline: Instant) -> Chain {
         self.deadline = Some(deadline);
         self
     }
 
     /// Number of steps.
+    ///
+    /// ```
+    /// use quell::{Chain, Op};
+    /// let chain = Chain::new().then(Op::nop()).then(Op::nop());
+    /// assert_eq!(chain.len(), 2);
+    /// assert_eq!(chain.then(Op::nop()).len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         self.steps.len()
     }
 
     /// Whether the chain has no step.
+    ///
+    /// ```
+    /// use quell::{Chain, Op};
+    /// assert!(Chain::new().is_empty());
+    /// assert!(!Chain::new().then(Op::nop()).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
 
     /// Takes the steps back (their buffers with them).
+    ///
+    /// ```
+    /// use quell::{Chain, Op};
+    /// let chain = Chain::new()
+    ///     .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+    ///     .then(Op::read_at(Chain::OPENED, 0, vec![0u8; 512]));
+    /// // Changed our mind before submitting: the buffers come back with the ops.
+    /// let mut ops = chain.into_ops();
+    /// let buf = ops.pop().unwrap().into_buf().unwrap();
+    /// assert_eq!(buf.len(), 512);
+    /// assert_eq!(ops[0].kind(), quell::OpKind::OpenAt);
+    /// ```
     pub fn into_ops(self) -> Vec<Op> {
         self.steps
     }
@@ -190,16 +311,55 @@ impl ChainError {
     }
 
     /// Why the chain was refused.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.shutdown();
+    /// let err = ring.submit_chain(Chain::new().then(Op::nop())).unwrap_err();
+    /// assert!(matches!(err.error(), quell::Error::Closed));
+    /// # Ok(()) }
+    /// ```
     pub fn error(&self) -> &Error {
         &self.inner.0
     }
 
     /// The chain, untouched.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// // The close comes before any open: refused, and nothing ran.
+    /// let bad = Chain::new().then(Op::close(Chain::OPENED)).then(Op::nop());
+    /// let refused = ring.submit_chain(bad).unwrap_err().into_chain();
+    /// assert_eq!(refused.len(), 2);
+    /// // Repair it from the steps handed back and submit again.
+    /// let mut ops = refused.into_ops();
+    /// let fixed = Chain::new()
+    ///     .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+    ///     .then(ops.remove(0));
+    /// let id = ring.submit_chain(fixed)?;
+    /// assert!(ring.wait_for(id)?.outcome.is_done());
+    /// # Ok(()) }
+    /// ```
     pub fn into_chain(self) -> Chain {
         self.inner.1
     }
 
     /// Both.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// let chain = Chain::new().then(Op::write(Chain::OPENED, b"data".to_vec()));
+    /// let (why, chain) = ring.submit_chain(chain).unwrap_err().into_parts();
+    /// assert!(why.to_string().contains("Chain::OPENED"));
+    /// assert_eq!(chain.into_ops().remove(0).into_buf().unwrap(), b"data");
+    /// # Ok(()) }
+    /// ```
     pub fn into_parts(self) -> (Error, Chain) {
         let (e, c) = *self.inner;
         (e, c)
@@ -255,23 +415,85 @@ pub struct StepResult {
 
 impl StepResult {
     /// The step's kind.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op, OpKind};
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit_chain(Chain::new().then(Op::nop()).then(Op::fsync(-1)))?;
+    /// let c = ring.wait_for(id)?;
+    /// // Find which step failed the chain.
+    /// let failed = c.steps().unwrap().iter().find(|s| !s.outcome().is_some_and(|o| o.is_done()));
+    /// assert_eq!(failed.unwrap().kind(), OpKind::Fsync);
+    /// # Ok(()) }
+    /// ```
     pub fn kind(&self) -> OpKind {
         self.kind
     }
 
     /// What the step did; `None` if it never ran (an earlier step failed or the chain
     /// was canceled before it).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Errno, Op, Outcome};
+    /// let mut ring = quell::Ring::new()?;
+    /// // The first step is checked at submission; a later bad one fails when it runs.
+    /// let chain = Chain::new().then(Op::nop()).then(Op::fsync(-1)).then(Op::nop());
+    /// let id = ring.submit_chain(chain)?;
+    /// let c = ring.wait_for(id)?;
+    /// let steps = c.steps().unwrap();
+    /// assert_eq!(steps[0].outcome(), Some(Outcome::Done(0)));
+    /// assert_eq!(steps[1].outcome(), Some(Outcome::Failed(Errno::BADF)));
+    /// assert_eq!(steps[2].outcome(), None); // the failure stopped the chain before it
+    /// # Ok(()) }
+    /// ```
     pub fn outcome(&self) -> Option<Outcome> {
         self.outcome
     }
 
     /// Whether the chain added this step itself: a close of a descriptor it opened,
     /// run because the chain was canceled or failed before its own close.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op, Outcome};
+    /// let mut ring = quell::Ring::new()?;
+    /// // A write on a read-only descriptor fails, and the chain has no close of its own.
+    /// let chain = Chain::new()
+    ///     .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+    ///     .then(Op::write_at(Chain::OPENED, 0, b"x".to_vec()));
+    /// let id = ring.submit_chain(chain)?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, Outcome::Failed(quell::Errno::BADF));
+    /// // The chain still closed what it opened, in a step of its own.
+    /// let last = c.steps().unwrap().last().unwrap();
+    /// assert!(last.is_cleanup());
+    /// assert_eq!(last.kind(), quell::OpKind::Close);
+    /// assert_eq!(last.outcome(), Some(Outcome::Done(0)));
+    /// # Ok(()) }
+    /// ```
     pub fn is_cleanup(&self) -> bool {
         self.added
     }
 
     /// The step's single buffer, if it had one.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// let chain = Chain::new()
+    ///     .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+    ///     .then(Op::read_at(Chain::OPENED, 0, vec![0u8; 8]))
+    ///     .then(Op::close(Chain::OPENED));
+    /// let id = ring.submit_chain(chain)?;
+    /// let c = ring.wait_for(id)?;
+    /// let steps = c.steps().unwrap();
+    /// assert_eq!(steps[1].buf().map(|b| b.len()), Some(8));
+    /// assert!(steps[2].buf().is_none()); // a close owns no buffer
+    /// # Ok(()) }
+    /// ```
     pub fn buf(&self) -> Option<&[u8]> {
         match &self.payload {
             Payload::Buf(v) => Some(v),
@@ -281,6 +503,28 @@ impl StepResult {
     }
 
     /// The bytes the step transferred.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Chain, Op};
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Write a request, then read the reply, as one op.
+    /// let chain = Chain::new()
+    ///     .then(Op::write(a.as_raw_fd(), b"ping".to_vec()))
+    ///     .then(Op::read(a.as_raw_fd(), vec![0u8; 16]));
+    /// let id = ring.submit_chain(chain)?;
+    /// let peer = std::thread::spawn(move || -> std::io::Result<()> {
+    ///     let mut req = [0u8; 4];
+    ///     std::io::Read::read_exact(&mut &b, &mut req)?;
+    ///     std::io::Write::write_all(&mut &b, b"pong")
+    /// });
+    /// let c = ring.wait_for(id)?;
+    /// peer.join().unwrap()?;
+    /// assert_eq!(c.steps().unwrap()[1].data(), b"pong");
+    /// # Ok(()) }
+    /// ```
     pub fn data(&self) -> &[u8] {
         let n = self.outcome.map_or(0, |o| o.transferred());
         match self.buf() {
@@ -290,6 +534,21 @@ impl StepResult {
     }
 
     /// Takes the step's single buffer back.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{Chain, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// let chain = Chain::new()
+    ///     .then(Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))
+    ///     .then(Op::read_at(Chain::OPENED, 0, vec![0u8; 4]))
+    ///     .then(Op::close(Chain::OPENED));
+    /// let id = ring.submit_chain(chain)?;
+    /// let steps = ring.wait_for(id)?.into_steps().unwrap();
+    /// let bufs: Vec<Vec<u8>> = steps.into_iter().filter_map(|s| s.into_buf()).collect();
+    /// assert_eq!(bufs, [b"\x7fELF".to_vec()]);
+    /// # Ok(()) }
+    /// ```
     pub fn into_buf(self) -> Option<Vec<u8>> {
         match self.payload {
             Payload::Buf(v) => Some(v),

@@ -121,6 +121,22 @@ impl FileRef {
 
     /// Whether the descriptor can be opened again by path (a file in a filesystem,
     /// not a pipe or socket).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// // A socket has no path to open again: it must be passed over SCM_RIGHTS instead.
+    /// for (fd, file) in ckpt.fds() {
+    ///     assert_eq!(fd, r.as_raw_fd());
+    ///     assert!(!file.reopenable());
+    ///     assert!(file.path.unwrap().starts_with("socket:"));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn reopenable(&self) -> bool {
         self.path
             .as_deref()
@@ -313,22 +329,72 @@ pub struct Reopened {
 
 impl Checkpoint {
     /// JSON text.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]).user_data(77))?;
+    /// let json = ring.quiesce(quell::QuiescePolicy::default())?.to_json()?;
+    /// // Readable by people and by other tools.
+    /// let v: serde_json::Value = serde_json::from_str(&json)?;
+    /// assert_eq!(v["ops"][0]["user_data"], 77);
+    /// assert_eq!(v["ops"][0]["kind"], "Read");
+    /// # Ok(()) }
+    /// ```
     pub fn to_json(&self) -> Result<String, Error> {
         serde_json::to_string_pretty(self).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// Parses JSON text.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#)?;
+    /// assert!(ckpt.ops.is_empty());
+    /// // A checkpoint from another format version is refused, not misread.
+    /// let newer = r#"{"version":99,"pid":1,"ops":[],"unfinished":[]}"#;
+    /// assert!(matches!(quell::Checkpoint::from_json(newer), Err(quell::Error::Encoding(_))));
+    /// # Ok(()) }
+    /// ```
     pub fn from_json(s: &str) -> Result<Checkpoint, Error> {
         let c: Checkpoint = serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))?;
         c.check_version()
     }
 
     /// The compact binary form (postcard).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// for i in 0..10 {
+    ///     ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]).user_data(i))?;
+    /// }
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// let bytes = ckpt.to_bytes()?;
+    /// assert!(bytes.len() < ckpt.to_json()?.len()); // much smaller than the JSON
+    /// assert_eq!(quell::Checkpoint::from_bytes(&bytes)?.ops.len(), 10);
+    /// # Ok(()) }
+    /// ```
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
         postcard::to_stdvec(self).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// Parses the compact binary form.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let bytes = ring.quiesce(quell::QuiescePolicy::default())?.to_bytes()?;
+    /// let ckpt = quell::Checkpoint::from_bytes(&bytes)?;
+    /// assert_eq!(ckpt.pid, std::process::id());
+    /// // Truncated input is an error, not a panic.
+    /// assert!(matches!(quell::Checkpoint::from_bytes(&bytes[..1]), Err(quell::Error::Encoding(_))));
+    /// # Ok(()) }
+    /// ```
     pub fn from_bytes(b: &[u8]) -> Result<Checkpoint, Error> {
         let c: Checkpoint = postcard::from_bytes(b).map_err(|e| Error::Encoding(e.to_string()))?;
         c.check_version()
@@ -398,6 +464,21 @@ impl Checkpoint {
 
     /// Distinct (descriptor number, file) pairs the ops use. After remapping, one number
     /// may appear with two files (a received pipe now has the number a file had).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Two ops on one descriptor: it is listed once.
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.submit(quell::Op::recv(r.as_raw_fd(), vec![0u8; 8], 0))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// let fds = ckpt.fds();
+    /// assert_eq!(fds.len(), 1);
+    /// assert_eq!(fds[0].0, r.as_raw_fd());
+    /// # Ok(()) }
+    /// ```
     pub fn fds(&self) -> Vec<(RawFd, FileRef)> {
         let mut seen: HashMap<(RawFd, u64, u64), FileRef> = HashMap::new();
         for d in &self.ops {
@@ -417,6 +498,29 @@ impl Checkpoint {
     /// new descriptors. Pipes and sockets cannot be reopened by path: pass them with
     /// `SCM_RIGHTS` and [`remap_fd`](Checkpoint::remap_fd). A descriptor that is open
     /// here on the very same file is kept.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?; // takes the one dispatch slot
+    /// ring.submit(quell::Op::read_at(file.as_raw_fd(), 0, vec![0u8; 4]))?; // stays queued
+    /// let mut ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// drop(ring);
+    /// let old_fd = file.as_raw_fd();
+    /// drop(file); // as after a restart: the file's descriptor is gone, the socket's is not
+    /// let reopened = ckpt.reopen_files();
+    /// assert_eq!(reopened.fds.len(), 1); // the socket was still open here: kept as is
+    /// let f = ckpt.ops.iter().position(|d| d.offset == Some(0)).unwrap();
+    /// assert_eq!(ckpt.ops[f].fd, reopened.fds[0].as_raw_fd());
+    /// let mut fresh = quell::Ring::new()?;
+    /// let id = fresh.resubmit(&ckpt, quell::Buffers::new()).remove(f)?;
+    /// assert_eq!(fresh.wait_for(id)?.data(), b"\x7fELF");
+    /// # let _ = old_fd;
+    /// # Ok(()) }
+    /// ```
     pub fn reopen_files(&mut self) -> Reopened {
         let mut out = Reopened::default();
         for (fd, f) in self.fds() {

@@ -144,16 +144,54 @@ impl SubmitError {
     }
 
     /// Why the submission was refused.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().capacity(1).build()?;
+    /// let pending = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// // The one slot is taken: the next op is refused, not queued.
+    /// let err = ring.submit(quell::Op::nop()).unwrap_err();
+    /// assert!(matches!(err.error(), quell::Error::TableFull { capacity: 1 }));
+    /// ring.cancel(pending)?;
+    /// ring.wait_for(pending)?;
+    /// # Ok(()) }
+    /// ```
     pub fn error(&self) -> &Error {
         &self.inner.0
     }
 
     /// The operation, with its buffer, as it was given.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let err = ring.submit(quell::Op::read_at(-1, 0, vec![0u8; 4])).unwrap_err();
+    /// // The refused op comes back whole: reuse its buffer for a read that works.
+    /// let buf = err.into_op().into_buf().unwrap();
+    /// let id = ring.submit(quell::Op::read_at(file.as_raw_fd(), 0, buf))?;
+    /// assert_eq!(ring.wait_for(id)?.data(), b"\x7fELF");
+    /// # Ok(()) }
+    /// ```
     pub fn into_op(self) -> Op {
         self.inner.1
     }
 
     /// Splits into the reason and the operation.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let err = ring.submit(quell::Op::write(-1, b"lost?".to_vec()).user_data(9)).unwrap_err();
+    /// let (why, op) = err.into_parts();
+    /// assert!(matches!(why, quell::Error::InvalidFd { fd: -1 }));
+    /// assert_eq!(op.kind(), quell::OpKind::Write);
+    /// assert_eq!(op.into_buf().unwrap(), b"lost?");
+    /// # Ok(()) }
+    /// ```
     pub fn into_parts(self) -> (Error, Op) {
         let (e, op) = *self.inner;
         (e, op)

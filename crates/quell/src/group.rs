@@ -25,6 +25,18 @@ pub struct GroupId {
 
 impl GroupId {
     /// The ring's root group.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// // Ops submitted without a group belong to the root group.
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// let info = ring.ops().into_iter().find(|o| o.id == id).unwrap();
+    /// assert_eq!(info.group, quell::GroupId::ROOT);
+    /// assert_eq!(ring.group_path(quell::GroupId::ROOT).as_deref(), Some("root"));
+    /// # ring.wait_for(id)?;
+    /// # Ok(()) }
+    /// ```
     pub const ROOT: GroupId = GroupId { idx: 0, gen: 0 };
 }
 
@@ -53,6 +65,16 @@ pub struct GroupOptions {
 
 impl GroupOptions {
     /// A name, shown in group paths (`ops()`, dumps).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{GroupId, GroupOptions};
+    /// let mut ring = quell::Ring::new()?;
+    /// let conn = ring.group(GroupId::ROOT, GroupOptions::default().name("conn-7"))?;
+    /// let reads = ring.group(conn, GroupOptions::default().name("reads"))?;
+    /// assert_eq!(ring.group_path(reads).as_deref(), Some("root/conn-7/reads"));
+    /// # Ok(()) }
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -61,6 +83,20 @@ impl GroupOptions {
     /// An absolute deadline: at it, the group's ops are canceled (`TimedOut`) or, for
     /// device I/O that cannot be canceled, detached. A child group inherits the earlier
     /// of its own and its parent's deadline (unless shielded).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::{Duration, Instant};
+    /// use quell::{GroupId, GroupOptions, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let at = Instant::now() + Duration::from_millis(20);
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default().deadline(at))?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0; 8]).group(g))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::TimedOut { transferred: 0 });
+    /// # Ok(()) }
+    /// ```
     pub fn deadline(mut self, at: std::time::Instant) -> Self {
         self.deadline = Some(at);
         self
@@ -68,6 +104,26 @@ impl GroupOptions {
 
     /// A shielded group is not reached by its ancestors' cancel, drain or deadline (for
     /// cleanup: the last write, the fsync, the close). It must carry a deadline of its own.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::{Duration, Instant};
+    /// use quell::{GroupId, GroupOptions, Op, Outcome};
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let work = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let soon = Instant::now() + Duration::from_secs(10);
+    /// let cleanup = ring.group(work, GroupOptions::default().shielded(true).deadline(soon))?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0; 8]).group(cleanup))?;
+    /// // Canceling the parent does not reach the shielded child.
+    /// assert_eq!(ring.cancel_group(work)?, 0);
+    /// std::io::Write::write_all(&mut &w, b"last")?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::Done(4));
+    /// // A shield without a deadline of its own is refused.
+    /// assert!(ring.group(work, GroupOptions::default().shielded(true)).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn shielded(mut self, yes: bool) -> Self {
         self.shielded = yes;
         self

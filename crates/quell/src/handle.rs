@@ -64,6 +64,27 @@ impl Handle {
 
     /// Requests cancellation of `id`. `Err(ForeignId)` if it belongs to another ring,
     /// `Err(Closed)` if the ring is gone.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// // A watchdog thread gives up on the read after a while.
+    /// let handle = ring.handle();
+    /// let watchdog = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     handle.cancel(id)
+    /// });
+    /// assert!(ring.wait_for(id)?.outcome.is_canceled());
+    /// watchdog.join().unwrap()?;
+    /// // An id from another ring is refused.
+    /// let other = quell::Ring::new()?;
+    /// assert!(matches!(other.handle().cancel(id), Err(quell::Error::ForeignId)));
+    /// # Ok(()) }
+    /// ```
     pub fn cancel(&self, id: OpId) -> Result<(), Error> {
         if id.ring != self.shared.ring_id {
             return Err(Error::ForeignId);
@@ -72,16 +93,74 @@ impl Handle {
     }
 
     /// Requests cancellation of every outstanding op on `fd`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let (other, other_w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let a = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// let b = ring.submit(Op::recv(r.as_raw_fd(), vec![0u8; 8], 0))?;
+    /// let keep = ring.submit(Op::read(other.as_raw_fd(), vec![0u8; 8]))?;
+    /// // Another thread closes down one connection: both ops on it stop, the other stays.
+    /// let handle = ring.handle();
+    /// let fd = r.as_raw_fd();
+    /// std::thread::spawn(move || handle.cancel_fd(fd)).join().unwrap()?;
+    /// assert!(ring.wait_for(a)?.outcome.is_canceled());
+    /// assert!(ring.wait_for(b)?.outcome.is_canceled());
+    /// std::io::Write::write_all(&mut &other_w, b"ok")?;
+    /// assert_eq!(ring.wait_for(keep)?.outcome, Outcome::Done(2));
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_fd(&self, fd: RawFd) -> Result<(), Error> {
         self.push(Request::CancelFd(fd))
     }
 
     /// Requests cancellation of every outstanding op.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.submit(quell::Op::timeout(Duration::from_secs(60)))?;
+    /// // E.g. from a signal-handling thread: stop everything.
+    /// let handle = ring.handle();
+    /// std::thread::spawn(move || handle.cancel_all()).join().unwrap()?;
+    /// ring.wait(2, None)?;
+    /// assert!(ring.completions().all(|c| c.outcome.is_canceled()));
+    /// assert!(ring.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_all(&self) -> Result<(), Error> {
         self.push(Request::CancelAll)
     }
 
     /// Wakes the ring if it is waiting (its `wait` returns early with what it has).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// let handle = ring.handle();
+    /// let waker = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     handle.wake()
+    /// });
+    /// // Would sleep until the read completes; the wake-up ends the wait with nothing ready.
+    /// assert_eq!(ring.wait(1, None)?, 0);
+    /// waker.join().unwrap()?;
+    /// # ring.cancel(id)?;
+    /// # ring.wait_for(id)?;
+    /// # Ok(()) }
+    /// ```
     pub fn wake(&self) -> Result<(), Error> {
         self.push(Request::Wake)
     }
@@ -144,6 +223,18 @@ impl Handle {
     }
 
     /// Whether the ring has been shut down or dropped.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ring = quell::Ring::new()?;
+    /// let handle = ring.handle();
+    /// assert!(!handle.is_closed());
+    /// drop(ring);
+    /// assert!(handle.is_closed());
+    /// // Requests to a ring that is gone are refused, not lost silently.
+    /// assert!(matches!(handle.cancel_all(), Err(quell::Error::Closed)));
+    /// # Ok(()) }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
@@ -168,6 +259,23 @@ pub struct OpsRequest {
 impl OpsRequest {
     /// Waits up to `timeout` for the snapshot. `Err(Closed)` if the ring went away
     /// first, `Err(Io(TimedOut))` if it did not run in time.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::timeout(Duration::from_secs(60)).user_data(5))?;
+    /// let req = ring.handle().request_ops()?;
+    /// // Nobody drives the ring: the snapshot cannot come.
+    /// assert!(matches!(req.wait(Duration::from_millis(10)), Err(quell::Error::Io { .. })));
+    /// ring.poll()?; // the ring's thread serves the request
+    /// let ops = req.wait(Duration::from_secs(10))?;
+    /// assert_eq!(ops.len(), 1);
+    /// assert_eq!(ops[0].user_data, 5);
+    /// # ring.cancel(id)?;
+    /// # ring.wait_for(id)?;
+    /// # Ok(()) }
+    /// ```
     pub fn wait(&self, timeout: Duration) -> Result<Vec<OpInfo>, Error> {
         match self.rx.recv_timeout(timeout) {
             Ok(v) => Ok(v),
@@ -180,6 +288,23 @@ impl OpsRequest {
     }
 
     /// The snapshot if the ring has served it already.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::timeout(Duration::from_millis(20)))?;
+    /// let req = ring.handle().request_ops()?;
+    /// // An event loop that checks for the snapshot between its own waits.
+    /// let mut snapshot = None;
+    /// while snapshot.is_none() {
+    ///     ring.wait(1, Some(Duration::from_millis(5)))?;
+    ///     snapshot = req.try_take();
+    /// }
+    /// assert_eq!(snapshot.unwrap()[0].id, id);
+    /// # ring.wait_for(id)?;
+    /// # Ok(()) }
+    /// ```
     pub fn try_take(&self) -> Option<Vec<OpInfo>> {
         self.rx.try_recv().ok()
     }

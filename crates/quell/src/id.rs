@@ -26,11 +26,36 @@ pub struct OpId {
 
 impl OpId {
     /// The slot index inside the ring's op table (useful in logs only).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let a = ring.submit(quell::Op::nop())?;
+    /// let b = ring.submit(quell::Op::nop())?;
+    /// // Two live ops never share a slot.
+    /// assert_ne!(a.slot(), b.slot());
+    /// assert!((a.slot() as usize) < ring.capacity());
+    /// # Ok(()) }
+    /// ```
     pub fn slot(&self) -> u32 {
         self.slot
     }
 
     /// The slot generation (useful in logs only).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let first = ring.submit(quell::Op::nop())?;
+    /// ring.wait_for(first)?;
+    /// let second = ring.submit(quell::Op::nop())?;
+    /// // A reused slot gets a new generation, so the old id cannot reach the new op.
+    /// if second.slot() == first.slot() {
+    ///     assert_ne!(second.generation(), first.generation());
+    /// }
+    /// assert_ne!(first, second);
+    /// # Ok(()) }
+    /// ```
     pub fn generation(&self) -> u32 {
         self.gen
     }

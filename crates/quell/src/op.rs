@@ -69,6 +69,18 @@ pub enum OpKind {
 
 impl OpKind {
     /// A short lowercase name.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let err = ring.submit(quell::Op::fsync(-1)).unwrap_err();
+    /// // Names make log lines and metrics labels.
+    /// assert_eq!(err.into_op().kind().name(), "fsync");
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(format!("{} {}", c.kind().name(), c.outcome), "nop done(0)");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &'static str {
         match self {
             OpKind::Nop => "nop",
@@ -96,6 +108,15 @@ impl OpKind {
 
     /// Whether the op moves bytes between memory and the descriptor (so a partial
     /// result is a partial transfer).
+    ///
+    /// ```
+    /// use quell::{Op, OpKind};
+    /// // A transfer's partial result is a byte count; other ops' results are not.
+    /// assert!(OpKind::Splice.is_transfer());
+    /// assert!(Op::write(1, vec![]).kind().is_transfer());
+    /// assert!(!OpKind::Accept.is_transfer()); // its result is a descriptor
+    /// assert!(!OpKind::Poll.is_transfer()); // its result is an event mask
+    /// ```
     pub fn is_transfer(&self) -> bool {
         matches!(
             self,
@@ -110,6 +131,14 @@ impl OpKind {
     }
 
     /// Whether the op reads from its descriptor into memory.
+    ///
+    /// ```
+    /// use quell::OpKind;
+    /// assert!(OpKind::Recv.is_read());
+    /// assert!(OpKind::Readv.is_read());
+    /// assert!(!OpKind::Write.is_read());
+    /// assert!(!OpKind::Splice.is_read()); // moves bytes between descriptors, not into memory
+    /// ```
     pub fn is_read(&self) -> bool {
         matches!(self, OpKind::Read | OpKind::Readv | OpKind::Recv)
     }
@@ -145,21 +174,65 @@ pub struct Interest(pub(crate) u32);
 
 impl Interest {
     /// Readable (`POLLIN`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::poll(r.as_raw_fd(), quell::Interest::READABLE))?;
+    /// std::io::Write::write_all(&mut &w, b"x")?;
+    /// let events = ring.wait_for(id)?.outcome.transferred() as i16;
+    /// assert_ne!(events & libc::POLLIN, 0);
+    /// # Ok(()) }
+    /// ```
     pub const READABLE: Interest = Interest(libc::POLLIN as u32);
     /// Writable (`POLLOUT`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // An empty socket buffer: writable at once.
+    /// let id = ring.submit(quell::Op::poll(a.as_raw_fd(), quell::Interest::WRITABLE))?;
+    /// let events = ring.wait_for(id)?.outcome.transferred() as i16;
+    /// assert_ne!(events & libc::POLLOUT, 0);
+    /// # Ok(()) }
+    /// ```
     pub const WRITABLE: Interest = Interest(libc::POLLOUT as u32);
 
     /// Whether readability is asked for.
+    ///
+    /// ```
+    /// use quell::Interest;
+    /// assert!(Interest::READABLE.is_readable());
+    /// assert!((Interest::WRITABLE | Interest::READABLE).is_readable());
+    /// assert!(!Interest::WRITABLE.is_readable());
+    /// ```
     pub fn is_readable(&self) -> bool {
         self.0 & libc::POLLIN as u32 != 0
     }
 
     /// Whether writability is asked for.
+    ///
+    /// ```
+    /// use quell::Interest;
+    /// assert!(Interest::WRITABLE.is_writable());
+    /// assert!(!Interest::READABLE.is_writable());
+    /// ```
     pub fn is_writable(&self) -> bool {
         self.0 & libc::POLLOUT as u32 != 0
     }
 
     /// The `poll(2)` event mask.
+    ///
+    /// ```
+    /// use quell::Interest;
+    /// // The mask as poll(2) spells it.
+    /// let both = Interest::READABLE | Interest::WRITABLE;
+    /// assert_eq!(both.bits(), (libc::POLLIN | libc::POLLOUT) as u32);
+    /// ```
     pub fn bits(&self) -> u32 {
         self.0
     }
@@ -375,31 +448,120 @@ impl Op {
     }
 
     /// Does nothing; completes with `Done(0)`. Useful to measure the ring itself.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// // A round trip through the ring and nothing else.
+    /// let start = std::time::Instant::now();
+    /// for _ in 0..1000 {
+    ///     let id = ring.submit(quell::Op::nop())?;
+    ///     assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(0));
+    /// }
+    /// println!("{:?} per nop", start.elapsed() / 1000);
+    /// # Ok(()) }
+    /// ```
     pub fn nop() -> Op {
         Op::with(OpDesc::new(OpKind::Nop, -1))
     }
 
     /// Reads into `buf` (all of its `len()`) at the descriptor's current position (pipes, sockets, ...).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 1024]))?;
+    /// std::io::Write::write_all(&mut &w, b"short")?;
+    /// // A read on a stream returns what is there, up to the buffer's length.
+    /// assert_eq!(ring.wait_for(id)?.data(), b"short");
+    /// # Ok(()) }
+    /// ```
     pub fn read(fd: RawFd, buf: Vec<u8>) -> Op {
         Op::buf_op(OpKind::Read, fd, NO_OFFSET, buf)
     }
 
     /// Reads into `buf` (all of its `len()`) at `offset`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Two reads of the same file at once, at their own offsets.
+    /// let head = ring.submit(quell::Op::read_at(file.as_raw_fd(), 0, vec![0u8; 4]))?;
+    /// let class = ring.submit(quell::Op::read_at(file.as_raw_fd(), 4, vec![0u8; 1]))?;
+    /// assert_eq!(ring.wait_for(head)?.data(), b"\x7fELF");
+    /// assert_eq!(ring.wait_for(class)?.data(), [2]); // ELFCLASS64
+    /// # Ok(()) }
+    /// ```
     pub fn read_at(fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
         Op::buf_op(OpKind::Read, fd, offset, buf)
     }
 
     /// Writes all of `buf` at the descriptor's current position.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::write(a.as_raw_fd(), b"GET /\r\n".to_vec()))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(7));
+    /// let mut got = [0u8; 7];
+    /// std::io::Read::read_exact(&mut &b, &mut got)?;
+    /// assert_eq!(&got, b"GET /\r\n");
+    /// # Ok(()) }
+    /// ```
     pub fn write(fd: RawFd, buf: Vec<u8>) -> Op {
         Op::buf_op(OpKind::Write, fd, NO_OFFSET, buf)
     }
 
     /// Writes all of `buf` at `offset`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-write-at-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Two writes at their own offsets, in any order.
+    /// ring.submit(quell::Op::write_at(file.as_raw_fd(), 5, b"world".to_vec()))?;
+    /// ring.submit(quell::Op::write_at(file.as_raw_fd(), 0, b"hello".to_vec()))?;
+    /// ring.wait(2, None)?;
+    /// assert!(ring.completions().all(|c| c.outcome == quell::Outcome::Done(5)));
+    /// assert_eq!(std::fs::read(&path)?, b"helloworld");
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn write_at(fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
         Op::buf_op(OpKind::Write, fd, offset, buf)
     }
 
     /// Reads at `offset` into an aligned buffer (for `O_DIRECT` descriptors).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::fs::OpenOptionsExt;
+    /// let mut ring = quell::Ring::new()?;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-direct-{}", std::process::id()));
+    /// std::fs::write(&path, vec![9u8; 8192])?;
+    /// // O_DIRECT where the file system supports it, the page cache where it does not.
+    /// let file = std::fs::OpenOptions::new()
+    ///     .read(true)
+    ///     .custom_flags(libc::O_DIRECT)
+    ///     .open(&path)
+    ///     .or_else(|_| std::fs::File::open(&path))?;
+    /// let buf = quell::AlignedBuf::new(4096, 4096).unwrap();
+    /// let id = ring.submit(quell::Op::read_aligned(file.as_raw_fd(), 4096, buf))?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, quell::Outcome::Done(4096));
+    /// assert!(c.data().iter().all(|&b| b == 9));
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn read_aligned(fd: RawFd, offset: u64, buf: AlignedBuf) -> Op {
         let mut d = OpDesc::new(OpKind::Read, fd);
         d.offset = offset;
@@ -426,6 +588,23 @@ impl Op {
     }
 
     /// Writes an aligned buffer at `offset` (for `O_DIRECT` descriptors).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-write-aligned-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let mut buf = quell::AlignedBuf::new(4096, 4096).unwrap();
+    /// buf.fill(b'q');
+    /// let id = ring.submit(quell::Op::write_aligned(file.as_raw_fd(), 0, buf))?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, quell::Outcome::Done(4096));
+    /// assert_eq!(std::fs::read(&path)?, vec![b'q'; 4096]);
+    /// let _reuse = c.into_aligned().unwrap(); // the aligned buffer comes back
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn write_aligned(fd: RawFd, offset: u64, buf: AlignedBuf) -> Op {
         let mut op = Op::read_aligned(fd, offset, buf);
         op.desc.kind = OpKind::Write;
@@ -447,17 +626,59 @@ impl Op {
     }
 
     /// Reads into several buffers at `offset` (`preadv`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // A header and a body in one read, each into its own buffer.
+    /// let id = ring.submit(quell::Op::readv_at(file.as_raw_fd(), 0, vec![vec![0u8; 4], vec![0u8; 60]]))?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, quell::Outcome::Done(64));
+    /// assert_eq!(c.bufs().unwrap()[0], b"\x7fELF");
+    /// # Ok(()) }
+    /// ```
     pub fn readv_at(fd: RawFd, offset: u64, bufs: Vec<Vec<u8>>) -> Op {
         Op::vectored(OpKind::Readv, fd, offset, bufs)
     }
 
     /// Writes several buffers at `offset` (`pwritev`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-writev-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let parts = vec![b"header;".to_vec(), b"body".to_vec()];
+    /// let id = ring.submit(quell::Op::writev_at(file.as_raw_fd(), 0, parts))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(11));
+    /// assert_eq!(std::fs::read(&path)?, b"header;body");
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn writev_at(fd: RawFd, offset: u64, bufs: Vec<Vec<u8>>) -> Op {
         Op::vectored(OpKind::Writev, fd, offset, bufs)
     }
 
     /// Opens `path` relative to `dirfd` (`libc::AT_FDCWD` for the working directory);
     /// completes with the new descriptor, which the caller then owns.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::{FromRawFd, OwnedFd};
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::openat(libc::AT_FDCWD, "/proc/self/exe", libc::O_RDONLY, 0))?;
+    /// let fd = ring.wait_for(id)?.outcome.into_result()? as i32;
+    /// // SAFETY: the open's result is a new descriptor that nothing else owns.
+    /// let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    /// assert!(file.metadata()?.len() > 0);
+    /// // A missing file is a failed outcome, not a refused submission.
+    /// let id = ring.submit(quell::Op::openat(libc::AT_FDCWD, "/nonexistent", libc::O_RDONLY, 0))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Failed(quell::Errno::NOENT));
+    /// # Ok(()) }
+    /// ```
     pub fn openat(dirfd: RawFd, path: impl AsRef<std::path::Path>, flags: i32, mode: u32) -> Op {
         let mut d = OpDesc::new(OpKind::OpenAt, dirfd);
         d.flags = (flags | libc::O_CLOEXEC) as u32;
@@ -467,6 +688,18 @@ impl Op {
     }
 
     /// Closes `fd`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::IntoRawFd;
+    /// let fd = std::fs::File::open("/proc/self/exe")?.into_raw_fd();
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::close(fd))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(0));
+    /// // The descriptor is gone: the next op on it is refused.
+    /// assert!(ring.submit(quell::Op::fsync(fd)).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn close(fd: RawFd) -> Op {
         Op::with(OpDesc::new(OpKind::Close, fd))
     }
@@ -474,6 +707,19 @@ impl Op {
     /// `statx` of `path` relative to `dirfd`; with an empty path and
     /// `libc::AT_EMPTY_PATH`, of `dirfd` itself. The result is read with
     /// [`Completion::statx`](crate::Completion::statx).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // The size of an open descriptor: empty path and AT_EMPTY_PATH.
+    /// let op = quell::Op::statx(file.as_raw_fd(), "", libc::AT_EMPTY_PATH, libc::STATX_SIZE);
+    /// let id = ring.submit(op)?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.statx().unwrap().stx_size, file.metadata()?.len());
+    /// # Ok(()) }
+    /// ```
     pub fn statx(dirfd: RawFd, path: impl AsRef<std::path::Path>, flags: i32, mask: u32) -> Op {
         let mut d = OpDesc::new(OpKind::Statx, dirfd);
         d.flags = flags as u32;
@@ -488,11 +734,42 @@ impl Op {
     }
 
     /// `fsync(fd)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-fsync-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let w = ring.submit(quell::Op::write_at(file.as_raw_fd(), 0, b"durable".to_vec()))?;
+    /// ring.wait_for(w)?;
+    /// // Only after the write completed: ops in flight are not ordered among themselves.
+    /// let s = ring.submit(quell::Op::fsync(file.as_raw_fd()))?;
+    /// assert_eq!(ring.wait_for(s)?.outcome, quell::Outcome::Done(0));
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn fsync(fd: RawFd) -> Op {
         Op::with(OpDesc::new(OpKind::Fsync, fd))
     }
 
     /// `fdatasync(fd)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-fdatasync-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let w = ring.submit(quell::Op::write_at(file.as_raw_fd(), 0, b"log entry".to_vec()))?;
+    /// ring.wait_for(w)?;
+    /// let id = ring.submit(quell::Op::fdatasync(file.as_raw_fd()))?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, quell::Outcome::Done(0));
+    /// assert_eq!(c.kind(), quell::OpKind::Fsync);
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn fdatasync(fd: RawFd) -> Op {
         let mut d = OpDesc::new(OpKind::Fsync, fd);
         d.flags = 1;
@@ -500,6 +777,23 @@ impl Op {
     }
 
     /// `fallocate(fd, mode, offset, len)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("quell-doc-fallocate-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Reserve 1 MiB up front (mode 0 extends the file).
+    /// let id = ring.submit(quell::Op::fallocate(file.as_raw_fd(), 0, 0, 1 << 20))?;
+    /// match ring.wait_for(id)?.outcome {
+    ///     quell::Outcome::Done(_) => assert_eq!(file.metadata()?.len(), 1 << 20),
+    ///     // Some file systems cannot preallocate.
+    ///     o => assert_eq!(o, quell::Outcome::Failed(quell::Errno::OPNOTSUPP)),
+    /// }
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Op {
         let mut d = OpDesc::new(OpKind::Fallocate, fd);
         d.flags = mode as u32;
@@ -509,6 +803,21 @@ impl Op {
     }
 
     /// Waits until `fd` is ready for `interest`; completes with the `poll(2)` events seen.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Wait for data without committing a buffer to the read yet.
+    /// let id = ring.submit(quell::Op::poll(r.as_raw_fd(), quell::Interest::READABLE))?;
+    /// std::io::Write::write_all(&mut &w, b"ready")?;
+    /// let events = ring.wait_for(id)?.outcome.transferred() as i16;
+    /// assert_ne!(events & libc::POLLIN, 0);
+    /// let mut buf = [0u8; 5];
+    /// std::io::Read::read_exact(&mut &r, &mut buf)?; // does not block now
+    /// # Ok(()) }
+    /// ```
     pub fn poll(fd: RawFd, interest: Interest) -> Op {
         let mut d = OpDesc::new(OpKind::Poll, fd);
         d.flags = interest.bits();
@@ -516,6 +825,21 @@ impl Op {
     }
 
     /// Sleeps for `dur`, then completes with `Done(0)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Race a read against a timer: whichever completes first wins, the other is canceled.
+    /// let read = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// let timer = ring.submit(quell::Op::timeout(Duration::from_millis(10)))?;
+    /// assert_eq!(ring.wait_for(timer)?.outcome, quell::Outcome::Done(0));
+    /// ring.cancel(read)?;
+    /// assert!(ring.wait_for(read)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(dur: Duration) -> Op {
         let mut d = OpDesc::new(OpKind::Timeout, -1);
         d.aux = dur.as_nanos().min(u64::MAX as u128) as u64;
@@ -529,6 +853,20 @@ impl Op {
 
     /// Accepts a connection on listening socket `fd`; completes with the new descriptor
     /// (opened with `SOCK_CLOEXEC`), which the caller then owns.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::{AsRawFd, FromRawFd};
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::accept(listener.as_raw_fd()))?;
+    /// let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let fd = ring.wait_for(id)?.outcome.into_result()? as i32;
+    /// // SAFETY: the accepted descriptor is new and owned by nobody else.
+    /// let conn = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    /// assert_eq!(conn.peer_addr()?, client.local_addr()?);
+    /// # Ok(()) }
+    /// ```
     pub fn accept(fd: RawFd) -> Op {
         let mut d = OpDesc::new(OpKind::Accept, fd);
         d.flags = libc::SOCK_CLOEXEC as u32;
@@ -536,6 +874,22 @@ impl Op {
     }
 
     /// Connects socket `fd` to `addr`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// // SAFETY: plain socket(2); the result is checked before it is owned.
+    /// let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    /// assert!(raw >= 0);
+    /// // SAFETY: a fresh descriptor nobody else owns.
+    /// let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::connect(sock.as_raw_fd(), listener.local_addr()?))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(0));
+    /// assert!(listener.accept().is_ok());
+    /// # Ok(()) }
+    /// ```
     pub fn connect(fd: RawFd, addr: SocketAddr) -> Op {
         let mut d = OpDesc::new(OpKind::Connect, fd);
         d.payload = Payload::Addr(Box::new(sockaddr(addr)));
@@ -543,6 +897,18 @@ impl Op {
     }
 
     /// Sends `buf` on socket `fd` with `MSG_*` `flags` (`MSG_NOSIGNAL` is always added).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// drop(b);
+    /// // The peer is gone: EPIPE in the outcome, no SIGPIPE (MSG_NOSIGNAL is always added).
+    /// let id = ring.submit(quell::Op::send(a.as_raw_fd(), b"anyone?".to_vec(), 0))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Failed(quell::Errno::PIPE));
+    /// # Ok(()) }
+    /// ```
     pub fn send(fd: RawFd, buf: Vec<u8>, flags: i32) -> Op {
         let mut op = Op::buf_op(OpKind::Send, fd, NO_OFFSET, buf);
         op.desc.flags = (flags | libc::MSG_NOSIGNAL) as u32;
@@ -550,6 +916,20 @@ impl Op {
     }
 
     /// Receives into `buf` from socket `fd` with `MSG_*` `flags`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// std::io::Write::write_all(&mut &b, b"peek")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Look at the data without taking it, then take it.
+    /// let peek = ring.submit(quell::Op::recv(a.as_raw_fd(), vec![0u8; 8], libc::MSG_PEEK))?;
+    /// assert_eq!(ring.wait_for(peek)?.data(), b"peek");
+    /// let take = ring.submit(quell::Op::recv(a.as_raw_fd(), vec![0u8; 8], 0))?;
+    /// assert_eq!(ring.wait_for(take)?.data(), b"peek");
+    /// # Ok(()) }
+    /// ```
     pub fn recv(fd: RawFd, buf: Vec<u8>, flags: i32) -> Op {
         let mut op = Op::buf_op(OpKind::Recv, fd, NO_OFFSET, buf);
         op.desc.flags = flags as u32;
@@ -558,6 +938,25 @@ impl Op {
 
     /// Moves up to `len` bytes from `fd_in` to `fd_out`, one of which must be a pipe.
     /// `None` offsets use the descriptor's position.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut fds = [0; 2];
+    /// // SAFETY: fds is a valid array of two descriptors for pipe(2) to fill.
+    /// assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    /// // SAFETY: pipe(2) returned two fresh descriptors nobody else owns.
+    /// let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    /// let mut ring = quell::Ring::new()?;
+    /// // File → pipe without copying through user memory.
+    /// let id = ring.submit(quell::Op::splice(file.as_raw_fd(), Some(0), tx.as_raw_fd(), None, 4))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(4));
+    /// let mut got = [0u8; 4];
+    /// std::io::Read::read_exact(&mut std::fs::File::from(rx), &mut got)?;
+    /// assert_eq!(&got, b"\x7fELF");
+    /// # Ok(()) }
+    /// ```
     pub fn splice(
         fd_in: RawFd,
         off_in: Option<u64>,
@@ -574,6 +973,23 @@ impl Op {
     }
 
     /// Renames `old` (relative to `olddir`) to `new` (relative to `newdir`); `flags` as `renameat2`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir();
+    /// let tmp = dir.join(format!("quell-doc-rename-{}.tmp", std::process::id()));
+    /// let fin = dir.join(format!("quell-doc-rename-{}", std::process::id()));
+    /// std::fs::write(&tmp, b"complete")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Publish a finished file atomically under its final name.
+    /// let op = quell::Op::renameat(libc::AT_FDCWD, &tmp, libc::AT_FDCWD, &fin, 0);
+    /// let id = ring.submit(op)?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(0));
+    /// assert!(!tmp.exists());
+    /// assert_eq!(std::fs::read(&fin)?, b"complete");
+    /// std::fs::remove_file(&fin)?;
+    /// # Ok(()) }
+    /// ```
     pub fn renameat(
         olddir: RawFd,
         old: impl AsRef<std::path::Path>,
@@ -589,6 +1005,20 @@ impl Op {
     }
 
     /// Removes `path` relative to `dirfd` (`libc::AT_REMOVEDIR` in `flags` for a directory).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir().join(format!("quell-doc-unlink-{}", std::process::id()));
+    /// std::fs::create_dir(&dir)?;
+    /// std::fs::write(dir.join("f"), b"x")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let f = ring.submit(quell::Op::unlinkat(libc::AT_FDCWD, dir.join("f"), 0))?;
+    /// assert_eq!(ring.wait_for(f)?.outcome, quell::Outcome::Done(0));
+    /// let d = ring.submit(quell::Op::unlinkat(libc::AT_FDCWD, &dir, libc::AT_REMOVEDIR))?;
+    /// assert_eq!(ring.wait_for(d)?.outcome, quell::Outcome::Done(0));
+    /// assert!(!dir.exists());
+    /// # Ok(()) }
+    /// ```
     pub fn unlinkat(dirfd: RawFd, path: impl AsRef<std::path::Path>, flags: i32) -> Op {
         let mut d = OpDesc::new(OpKind::UnlinkAt, dirfd);
         d.flags = flags as u32;
@@ -599,6 +1029,25 @@ impl Op {
     /// Runs any blocking call on quell's thread pool, as an op with the same completion
     /// and cancel semantics: canceling interrupts the worker thread with a signal, so a
     /// blocking system call inside `f` returns `EINTR`. `Ok(n)` becomes `Done(n)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let fd = r.as_raw_fd();
+    /// let mut ring = quell::Ring::new()?;
+    /// // A blocking call quell has no op for; canceling it interrupts the worker (EINTR).
+    /// let id = ring.submit(quell::Op::blocking(move || {
+    ///     let mut buf = [0u8; 8];
+    ///     // SAFETY: buf is valid for 8 bytes; fd stays open until the op completes.
+    ///     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    ///     if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
+    /// }))?;
+    /// ring.wait(1, Some(std::time::Duration::from_millis(20)))?; // let the worker block
+    /// ring.cancel(id)?;
+    /// assert!(ring.wait_for(id)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn blocking<F>(f: F) -> Op
     where
         F: FnOnce() -> std::io::Result<usize> + Send + 'static,
@@ -631,6 +1080,26 @@ impl Op {
     }
 
     /// Sets the user data carried back in the completion.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// // Tag each block read with its block number.
+    /// for block in 0..4u64 {
+    ///     let op = quell::Op::read_at(file.as_raw_fd(), block * 16, vec![0u8; 16]);
+    ///     ring.submit(op.user_data(block))?;
+    /// }
+    /// let mut seen = Vec::new();
+    /// while seen.len() < 4 {
+    ///     ring.wait(1, None)?;
+    ///     seen.extend(ring.completions().map(|c| c.user_data));
+    /// }
+    /// seen.sort();
+    /// assert_eq!(seen, [0, 1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn user_data(mut self, user_data: u64) -> Op {
         self.user_data = user_data;
         self
@@ -639,34 +1108,102 @@ impl Op {
     /// Declares how this op can be canceled, instead of letting the ring classify its
     /// descriptor (useful when the descriptor's kind is known and classification should
     /// cost nothing).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let op = quell::Op::read(r.as_raw_fd(), vec![0u8; 8]).class(quell::CancelClass::Prompt);
+    /// let id = ring.submit(op)?;
+    /// assert_eq!(ring.ops()[0].class, quell::CancelClass::Prompt); // as declared
+    /// ring.cancel(id)?;
+    /// assert!(ring.wait_for(id)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn class(mut self, class: CancelClass) -> Op {
         self.class = Some(class);
         self
     }
 
     /// Submits the op into `group` instead of the ring's root group.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let client = ring.group(GroupId::ROOT, GroupOptions::default().name("client-1"))?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(client))?;
+    /// assert_eq!(&*ring.ops()[0].group_path, "root/client-1");
+    /// ring.cancel_group(client)?; // the client disconnected
+    /// assert!(ring.wait_for(id)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn group(mut self, group: crate::GroupId) -> Op {
         self.group = Some(group);
         self
     }
 
     /// Gives the op an absolute deadline (contract item I7).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::{Duration, Instant};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let at = Instant::now() + Duration::from_millis(20);
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]).deadline(at))?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, quell::Outcome::TimedOut { transferred: 0 });
+    /// assert_eq!(c.into_buf().unwrap().len(), 8); // the buffer still comes back
+    /// # Ok(()) }
+    /// ```
     pub fn deadline(mut self, deadline: Instant) -> Op {
         self.deadline = Some(deadline);
         self
     }
 
     /// The op's kind.
+    ///
+    /// ```
+    /// use quell::{Op, OpKind};
+    /// let ops = [Op::nop(), Op::fsync(3), Op::read(0, vec![0u8; 8])];
+    /// let reads = ops.iter().filter(|op| op.kind().is_read()).count();
+    /// assert_eq!(reads, 1);
+    /// assert_eq!(ops[1].kind(), OpKind::Fsync);
+    /// ```
     pub fn kind(&self) -> OpKind {
         self.desc.kind
     }
 
     /// The op's name, for messages.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let op = quell::Op::write(-1, b"x".to_vec());
+    /// let name = op.name();
+    /// let err = ring.submit(op).unwrap_err();
+    /// assert_eq!(name, "write");
+    /// assert!(err.to_string().starts_with("write refused"));
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &'static str {
         self.desc.kind.name()
     }
 
     /// Takes the single buffer back out of an op that was not submitted.
+    ///
+    /// ```
+    /// let op = quell::Op::read(0, vec![0u8; 4096]);
+    /// // Not submitted after all: take the buffer back.
+    /// let buf = op.into_buf().unwrap();
+    /// assert_eq!(buf.len(), 4096);
+    /// assert!(quell::Op::nop().into_buf().is_none());
+    /// ```
     pub fn into_buf(self) -> Option<Vec<u8>> {
         match self.desc.payload {
             Payload::Buf(v) => Some(v),
@@ -675,6 +1212,13 @@ impl Op {
     }
 
     /// Takes the buffers back out of a vectored op that was not submitted.
+    ///
+    /// ```
+    /// let op = quell::Op::writev_at(3, 0, vec![b"a".to_vec(), b"bc".to_vec()]);
+    /// assert_eq!(op.into_bufs().unwrap(), [b"a".to_vec(), b"bc".to_vec()]);
+    /// // A single-buffer op has no vector to give.
+    /// assert!(quell::Op::read(0, vec![0u8; 4]).into_bufs().is_none());
+    /// ```
     pub fn into_bufs(self) -> Option<Vec<Vec<u8>>> {
         match self.desc.payload {
             Payload::Bufs(v) => Some(v.bufs),
@@ -683,6 +1227,17 @@ impl Op {
     }
 
     /// Takes the aligned buffer back out of an op that was not submitted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let buf = quell::AlignedBuf::new(4096, 4096).unwrap();
+    /// let err = ring.submit(quell::Op::read_aligned(-1, 0, buf)).unwrap_err();
+    /// // Refused: the aligned buffer comes back with its alignment.
+    /// let back = err.into_op().into_aligned().unwrap();
+    /// assert_eq!(back.align(), 4096);
+    /// # Ok(()) }
+    /// ```
     pub fn into_aligned(self) -> Option<AlignedBuf> {
         match self.desc.payload {
             Payload::Aligned(v) => Some(v),

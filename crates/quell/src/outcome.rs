@@ -41,16 +41,50 @@ pub enum Outcome {
 
 impl Outcome {
     /// `true` for [`Outcome::Done`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// assert!(ring.wait_for(id)?.outcome.is_done());
+    /// assert!(!quell::Outcome::Canceled { transferred: 0 }.is_done());
+    /// # Ok(()) }
+    /// ```
     pub fn is_done(&self) -> bool {
         matches!(self, Outcome::Done(_))
     }
 
     /// `true` for [`Outcome::Canceled`] and [`Outcome::TimedOut`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 16]))?;
+    /// ring.cancel(id)?;
+    /// assert!(ring.wait_for(id)?.outcome.is_canceled());
+    /// // A deadline that fired counts as canceled too.
+    /// assert!(quell::Outcome::TimedOut { transferred: 3 }.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn is_canceled(&self) -> bool {
         matches!(self, Outcome::Canceled { .. } | Outcome::TimedOut { .. })
     }
 
     /// Bytes known to have been transferred (the result of `Done`, 0 for failures).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 64]))?;
+    /// std::io::Write::write_all(&mut &w, b"four")?;
+    /// assert_eq!(ring.wait_for(id)?.outcome.transferred(), 4);
+    /// assert_eq!(quell::Outcome::Failed(quell::Errno::IO).transferred(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn transferred(&self) -> usize {
         match *self {
             Outcome::Done(n) => n,
@@ -61,6 +95,19 @@ impl Outcome {
 
     /// Converts to a `Result`: `Done(n)` is `Ok(n)`, everything else an `io::Error`
     /// (`ECANCELED` for canceled, `ETIMEDOUT` for timed out or detached).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 16]))?;
+    /// ring.cancel(id)?;
+    /// let err = ring.wait_for(id)?.outcome.into_result().unwrap_err();
+    /// assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
+    /// assert_eq!(quell::Outcome::Done(7).into_result()?, 7);
+    /// # Ok(()) }
+    /// ```
     pub fn into_result(self) -> std::io::Result<usize> {
         match self {
             Outcome::Done(n) => Ok(n),
@@ -118,6 +165,20 @@ pub enum CancelClass {
 
 impl CancelClass {
     /// Whether a cancel request can stop an operation of this class before it finishes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 16]))?;
+    /// // A socket read waits on a pollable object: a cancel can stop it.
+    /// let info = ring.ops().into_iter().find(|o| o.id == id).unwrap();
+    /// assert!(info.class.is_cancelable());
+    /// ring.cancel(id)?;
+    /// ring.wait_for(id)?;
+    /// # Ok(()) }
+    /// ```
     pub fn is_cancelable(&self) -> bool {
         !matches!(self, CancelClass::Bounded)
     }

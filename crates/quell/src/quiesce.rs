@@ -39,6 +39,22 @@ impl QuiescePolicy {
     /// How long to wait for Bounded ops (device I/O, which cannot be canceled) to
     /// finish (default 1 s). Those still running then are reported as
     /// [`Unfinished`](crate::Unfinished) and stay owned by the ring.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// use quell::{Op, QuiescePolicy};
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(Op::read_at(file.as_raw_fd(), 0, vec![0u8; 4096]))?;
+    /// ring.flush()?; // with the kernel now
+    /// // A file read cannot be canceled: the quiesce lets it finish within the bound.
+    /// let ckpt = ring.quiesce(QuiescePolicy::default().bound(Duration::from_secs(5)))?;
+    /// assert!(ckpt.ops.is_empty() && ckpt.unfinished.is_empty());
+    /// assert!(ring.wait_for(id)?.outcome.is_done());
+    /// # Ok(()) }
+    /// ```
     pub fn bound(mut self, d: Duration) -> Self {
         self.bound = d;
         self
@@ -46,6 +62,23 @@ impl QuiescePolicy {
 
     /// How long to wait for the kernel to confirm the cancels (default 5 s). Cancels of
     /// Prompt and Interruptible ops normally land within milliseconds.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// use quell::{Op, Outcome, QuiescePolicy};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.flush()?;
+    /// let ckpt = ring.quiesce(QuiescePolicy::default().cancel_wait(Duration::from_secs(1)))?;
+    /// // The socket read's cancel was confirmed in time: it is described, not unfinished.
+    /// assert_eq!(ckpt.ops.len(), 1);
+    /// assert!(ckpt.unfinished.is_empty());
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::Canceled { transferred: 0 });
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_wait(mut self, d: Duration) -> Self {
         self.cancel_wait = d;
         self
@@ -55,6 +88,30 @@ impl QuiescePolicy {
     /// (default `true`): the prefix a read already received, the tail a write still has
     /// to write. Without them, [`Ring::resubmit`] needs the old buffers
     /// ([`Buffers::from_completions`](crate::Buffers::from_completions)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Buffers, Op, QuiescePolicy};
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// ring.submit(Op::read(a.as_raw_fd(), vec![0u8; 8]))?; // takes the one dispatch slot
+    /// ring.submit(Op::write(a.as_raw_fd(), b"reply".to_vec()))?; // stays queued
+    /// let ckpt = ring.quiesce(QuiescePolicy::default().carry_data(false))?;
+    /// let w = ckpt.ops.iter().position(|d| d.kind == quell::OpKind::Write).unwrap();
+    /// assert_eq!(ckpt.ops[w].data, None); // smaller checkpoint, but not self-contained
+    /// let mut fresh = quell::Ring::new()?;
+    /// // Without the old buffers the write cannot be re-issued...
+    /// let refused = fresh.resubmit(&ckpt, Buffers::new()).remove(w).unwrap_err();
+    /// assert!(matches!(refused.error, quell::Error::MissingData { .. }));
+    /// // ...with them it can.
+    /// let ids = fresh.resubmit(&ckpt, Buffers::from_completions(ring.completions()));
+    /// assert!(fresh.wait_for(*ids[w].as_ref().unwrap())?.outcome.is_done());
+    /// let mut got = [0u8; 5];
+    /// std::io::Read::read_exact(&mut &b, &mut got)?;
+    /// assert_eq!(&got, b"reply");
+    /// # Ok(()) }
+    /// ```
     pub fn carry_data(mut self, yes: bool) -> Self {
         self.carry_data = yes;
         self
@@ -145,6 +202,19 @@ impl Ring {
     }
 
     /// Whether the ring is quiesced (dispatching stopped by [`quiesce`](Ring::quiesce)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// assert!(!ring.is_quiesced());
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// assert!(ring.is_quiesced());
+    /// // E.g. the checkpoint could not be saved: carry on where we were.
+    /// ring.resubmit(&ckpt, quell::Buffers::new());
+    /// ring.resume();
+    /// assert!(!ring.is_quiesced());
+    /// # Ok(()) }
+    /// ```
     pub fn is_quiesced(&self) -> bool {
         self.paused
     }

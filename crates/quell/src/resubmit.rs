@@ -44,6 +44,23 @@ enum Memory {
 
 impl Buffers {
     /// No buffers: every op gets a fresh one.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 4]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?; // carries data
+    /// // The checkpoint is self-contained: the new ring allocates the buffers itself.
+    /// let bufs = quell::Buffers::new();
+    /// assert!(bufs.is_empty());
+    /// let mut fresh = quell::Ring::new()?;
+    /// let id = fresh.resubmit(&ckpt, bufs).remove(0)?;
+    /// std::io::Write::write_all(&mut &w, b"next")?;
+    /// assert_eq!(fresh.wait_for(id)?.data(), b"next");
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Buffers {
         Buffers::default()
     }
@@ -51,6 +68,25 @@ impl Buffers {
     /// The buffers of the canceled ops among `completions` (taken from the quiesced
     /// ring: the ops a checkpoint describes complete `Canceled`). Other completions
     /// are dropped with their buffers; use [`keep`](Buffers::keep) to get them back.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 6]).exact())?;
+    /// std::io::Write::write_all(&mut &w, b"abc")?;
+    /// ring.poll()?; // "abc" is in the old buffer, the read waits for the rest
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default().carry_data(false))?;
+    /// let bufs = quell::Buffers::from_completions(ring.completions());
+    /// assert_eq!(bufs.len(), 1);
+    /// let mut fresh = quell::Ring::new()?;
+    /// let id = fresh.resubmit(&ckpt, bufs).remove(0)?;
+    /// std::io::Write::write_all(&mut &w, b"def")?;
+    /// // The re-issued read continues in the old buffer: the total, as if never stopped.
+    /// assert_eq!(fresh.wait_for(id)?.data(), b"abcdef");
+    /// # Ok(()) }
+    /// ```
     pub fn from_completions(completions: impl IntoIterator<Item = Completion>) -> Buffers {
         let mut b = Buffers::new();
         for c in completions {
@@ -103,21 +139,84 @@ impl Buffers {
     }
 
     /// Gives the buffer for the op that had `id` in the old ring.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let old = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 4]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default().carry_data(false))?;
+    /// assert_eq!(ckpt.ops[0].id, quell::CheckpointId::from(old));
+    /// // Hand the canceled op's buffer over by hand, keyed by its old id.
+    /// let c = ring.wait_for(old)?;
+    /// let mut bufs = quell::Buffers::new();
+    /// bufs.insert(c.id.into(), c.into_buf().unwrap());
+    /// let mut fresh = quell::Ring::new()?;
+    /// let id = fresh.resubmit(&ckpt, bufs).remove(0)?;
+    /// std::io::Write::write_all(&mut &w, b"more")?;
+    /// assert_eq!(fresh.wait_for(id)?.data(), b"more");
+    /// # Ok(()) }
+    /// ```
     pub fn insert(&mut self, id: CheckpointId, buf: Vec<u8>) {
         self.by_id.insert(id, Memory::Plain(buf));
     }
 
     /// Gives the buffers of a vectored op.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?; // takes the one dispatch slot
+    /// let old = ring.submit(quell::Op::readv_at(file.as_raw_fd(), 0, vec![vec![0; 1], vec![0; 3]]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default().carry_data(false))?;
+    /// let v = ckpt.ops.iter().position(|d| d.kind == quell::OpKind::Readv).unwrap();
+    /// let mut bufs = quell::Buffers::new();
+    /// bufs.insert_vectored(old.into(), ring.wait_for(old)?.into_bufs().unwrap());
+    /// let mut fresh = quell::Ring::new()?;
+    /// let id = fresh.resubmit(&ckpt, bufs).remove(v)?;
+    /// assert_eq!(fresh.wait_for(id)?.into_bufs().unwrap(), [b"\x7f".to_vec(), b"ELF".to_vec()]);
+    /// # Ok(()) }
+    /// ```
     pub fn insert_vectored(&mut self, id: CheckpointId, bufs: Vec<Vec<u8>>) {
         self.by_id.insert(id, Memory::Vectored(bufs));
     }
 
     /// How many buffers are held.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 4]))?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 4]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// let bufs = quell::Buffers::from_completions(ring.completions());
+    /// assert_eq!(bufs.len(), ckpt.ops.len()); // one buffer per described op
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
     /// Whether no buffer is held.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// ring.wait(1, None)?;
+    /// ring.quiesce(quell::QuiescePolicy::default())?;
+    /// // The nop finished before the quiesce: it has nothing to hand over.
+    /// let bufs = quell::Buffers::from_completions(ring.completions());
+    /// assert!(bufs.is_empty());
+    /// # let _ = id;
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
@@ -180,6 +279,27 @@ impl Ring {
     ///
     /// If the ring is quiesced, the ops wait in its queue until [`resume`](Ring::resume).
     /// See [`quiesce`](Ring::quiesce) for an example.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Buffers, Op, QuiescePolicy};
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 4]).user_data(1))?;
+    /// ring.submit(Op::read(-1, vec![0u8; 4]).user_data(2)).unwrap_err(); // never accepted
+    /// let ckpt = ring.quiesce(QuiescePolicy::default())?;
+    /// let old = Buffers::from_completions(ring.completions());
+    /// // Re-issue on the same ring: the ops wait in its queue until it resumes.
+    /// let results = ring.resubmit(&ckpt, old);
+    /// assert_eq!(results.len(), ckpt.ops.len());
+    /// let id = results.into_iter().next().unwrap()?;
+    /// ring.resume();
+    /// std::io::Write::write_all(&mut &w, b"back")?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!((c.user_data, c.data()), (1, &b"back"[..]));
+    /// # Ok(()) }
+    /// ```
     pub fn resubmit(
         &mut self,
         ckpt: &Checkpoint,

@@ -104,6 +104,21 @@ impl Default for Builder {
 
 impl Builder {
     /// Most live ops (1..=65,536; default 16,384). Slots are allocated lazily in pages.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().capacity(2).build()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// // A third live op is refused (back-pressure), its buffer handed back.
+    /// let err = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8])).unwrap_err();
+    /// assert!(matches!(err.error(), quell::Error::TableFull { capacity: 2 }));
+    /// assert_eq!(err.into_op().into_buf().unwrap().len(), 8);
+    /// # ring.cancel_all();
+    /// # Ok(()) }
+    /// ```
     pub fn capacity(mut self, n: usize) -> Builder {
         self.capacity = n.clamp(1, crate::table::MAX_CAPACITY);
         self
@@ -111,24 +126,86 @@ impl Builder {
 
     /// Most ops given to the backend at once (the dispatch window; default 4,096).
     /// The rest wait in quell's own queue, where canceling them is certain.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{Op, OpState, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// let first = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// let second = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.poll()?;
+    /// let state = |ring: &quell::Ring, id| ring.ops().into_iter().find(|o| o.id == id).unwrap().state;
+    /// assert_eq!(state(&ring, first), OpState::InFlight);
+    /// assert_eq!(state(&ring, second), OpState::Queued); // waits for room in the window
+    /// // Canceling a queued op is certain: no kernel involved.
+    /// ring.cancel(second)?;
+    /// assert_eq!(ring.wait_for(second)?.outcome, Outcome::Canceled { transferred: 0 });
+    /// # ring.cancel(first)?;
+    /// # ring.wait_for(first)?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_in_flight(mut self, n: u32) -> Builder {
         self.max_in_flight = n.max(1);
         self
     }
 
     /// Submission queue size for io_uring (default 256).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A small submission queue still takes any number of ops: they are fed in batches.
+    /// let mut ring = quell::Ring::builder().sq_entries(8).build()?;
+    /// for i in 0..100 {
+    ///     ring.submit(quell::Op::nop().user_data(i))?;
+    /// }
+    /// let mut done = 0;
+    /// while done < 100 {
+    ///     ring.wait(1, None)?;
+    ///     done += ring.completions().filter(|c| c.outcome.is_done()).count();
+    /// }
+    /// assert!(ring.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn sq_entries(mut self, n: u32) -> Builder {
         self.sq_entries = n.max(1);
         self
     }
 
     /// Chooses the backend.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{BackendChoice, BackendKind, Ring};
+    /// // E.g. to test the fallback path on a machine that has io_uring.
+    /// let ring = Ring::builder().backend(BackendChoice::Portable).build()?;
+    /// assert_eq!(ring.backend(), BackendKind::Portable);
+    /// assert!(ring.backend_reason().contains("forced"));
+    /// # Ok(()) }
+    /// ```
     pub fn backend(mut self, choice: BackendChoice) -> Builder {
         self.backend = choice;
         self
     }
 
     /// Worker threads of the blocking pool (default 16).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut ring = quell::Ring::builder().pool_threads(2).build()?;
+    /// // Four blocking calls on two workers: two wait for a free worker, all finish.
+    /// for i in 0..4 {
+    ///     ring.submit(quell::Op::blocking(|| {
+    ///         std::thread::sleep(Duration::from_millis(5));
+    ///         Ok(1)
+    ///     }).user_data(i))?;
+    /// }
+    /// ring.wait(4, None)?;
+    /// assert_eq!(ring.completions().filter(|c| c.outcome == quell::Outcome::Done(1)).count(), 4);
+    /// # Ok(()) }
+    /// ```
     pub fn pool_threads(mut self, n: usize) -> Builder {
         self.pool_threads = n.max(1);
         self
@@ -136,6 +213,20 @@ impl Builder {
 
     /// How long dropping the ring waits for ops that cannot be canceled before it
     /// leaks their memory rather than free it under the kernel (default 30 s).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().teardown_timeout(Duration::from_secs(2)).build()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// // A socket read can be canceled: shutdown needs none of the timeout, leaks nothing.
+    /// let left = ring.shutdown();
+    /// assert!(left[0].outcome.is_canceled());
+    /// assert_eq!(ring.stats().leaked_at_teardown, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn teardown_timeout(mut self, d: Duration) -> Builder {
         self.teardown_timeout = d;
         self
@@ -144,6 +235,19 @@ impl Builder {
     /// Positioned reads and writes longer than this are issued in parts of this size
     /// (default 8 MiB), one after the other, all sharing the op's cancel flag: a cancel
     /// or deadline stops the parts not yet dispatched (I6). Rounded down to 4 KiB.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// let mut ring = quell::Ring::builder().part_size(4096).build()?;
+    /// // Issued as three parts of at most 4 KiB, completed as one op.
+    /// let id = ring.submit(quell::Op::read_at(file.as_raw_fd(), 0, vec![0u8; 10_000]))?;
+    /// let c = ring.wait_for(id)?;
+    /// assert_eq!(c.outcome, quell::Outcome::Done(10_000));
+    /// assert_eq!(c.data(), &std::fs::read("/proc/self/exe")?[..10_000]);
+    /// # Ok(()) }
+    /// ```
     pub fn part_size(mut self, bytes: u32) -> Builder {
         self.part_size = (bytes & !4095).max(4096);
         self
@@ -177,6 +281,17 @@ impl Builder {
     }
 
     /// Builds the ring.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{BackendChoice, BackendKind, Ring};
+    /// // Insisting on io_uring fails with a reason where it is unavailable.
+    /// match Ring::builder().backend(BackendChoice::Uring).build() {
+    ///     Ok(ring) => assert_eq!(ring.backend(), BackendKind::Uring),
+    ///     Err(e) => assert!(matches!(e, quell::Error::Unsupported { .. })),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<Ring, Error> {
         Ring::with_builder(self)
     }
@@ -245,11 +360,27 @@ pub struct Ring {
 
 impl Ring {
     /// A ring with default settings on the best available backend.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// println!("quell on {} ({})", ring.backend(), ring.backend_reason());
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(0));
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Result<Ring, Error> {
         Builder::default().build()
     }
 
     /// A builder to configure a ring.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ring = quell::Ring::builder().capacity(64).max_in_flight(16).build()?;
+    /// assert_eq!(ring.capacity(), 64);
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> Builder {
         Builder::default()
     }
@@ -309,37 +440,132 @@ impl Ring {
     }
 
     /// The backend in use.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ring = quell::Ring::new()?;
+    /// match ring.backend() {
+    ///     quell::BackendKind::Uring => println!("io_uring: file reads are submitted to the kernel"),
+    ///     _ => println!("portable: file reads run on the thread pool"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn backend(&self) -> BackendKind {
         self.backend.kind()
     }
 
     /// Why this backend was chosen (for example why io_uring could not be used).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ring = quell::Ring::new()?;
+    /// // Worth logging at start-up: it says why io_uring was not used, if it was not.
+    /// assert!(!ring.backend_reason().is_empty());
+    /// if ring.backend() == quell::BackendKind::Uring {
+    ///     assert!(ring.backend_reason().contains("io_uring"));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn backend_reason(&self) -> &str {
         &self.backend_reason
     }
 
     /// Most live ops.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ring = quell::Ring::new()?;
+    /// assert_eq!(ring.capacity(), 16_384); // the default
+    /// assert_eq!(quell::Ring::builder().capacity(10).build()?.capacity(), 10);
+    /// # Ok(()) }
+    /// ```
     pub fn capacity(&self) -> usize {
         self.table.capacity()
     }
 
     /// Ops whose completion has not been taken yet (queued, in flight, or completed
     /// and waiting in the completion queue).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::nop())?;
+    /// ring.submit(quell::Op::nop())?;
+    /// assert_eq!(ring.len(), 2);
+    /// ring.wait(2, None)?;
+    /// assert_eq!(ring.len(), 2); // finished, but the completions are not taken yet
+    /// ring.completions().for_each(drop);
+    /// assert_eq!(ring.len(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.outstanding as usize + self.completions.len()
     }
 
     /// Whether no op is outstanding and no completion is waiting.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::timeout(std::time::Duration::from_millis(1)))?;
+    /// // A simple event loop: run until every op's completion has been handled.
+    /// while !ring.is_empty() {
+    ///     ring.wait(1, None)?;
+    ///     for c in ring.completions() {
+    ///         assert!(c.outcome.is_done());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Counters since the ring was created.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// let running = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// let queued = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.cancel(queued)?; // never given to the kernel: canceled in user space
+    /// ring.wait_for(queued)?;
+    /// ring.cancel(running)?;
+    /// ring.wait_for(running)?;
+    /// let s = ring.stats();
+    /// assert_eq!((s.submitted, s.completed), (2, 2));
+    /// assert_eq!(s.canceled_queued, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         self.stats
     }
 
     /// A cross-thread handle to this ring.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// // Handles are cheap to clone and may be shared by any number of threads.
+    /// let handle = ring.handle();
+    /// let threads: Vec<_> = (0..2)
+    ///     .map(|_| {
+    ///         let h = handle.clone();
+    ///         std::thread::spawn(move || h.cancel_all())
+    ///     })
+    ///     .collect();
+    /// for t in threads {
+    ///     t.join().unwrap()?;
+    /// }
+    /// ring.wait(1, None)?;
+    /// assert!(ring.next_completion().unwrap().outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> Handle {
         Handle {
             shared: self.shared.clone(),
@@ -456,6 +682,22 @@ impl Ring {
     /// Accepts an op. It waits in quell's queue until the next [`flush`](Ring::flush),
     /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
     /// op comes back whole inside the error (contract items I1, I10).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::write(a.as_raw_fd(), b"hello".to_vec()))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(5));
+    /// let mut got = [0u8; 5];
+    /// std::io::Read::read_exact(&mut &b, &mut got)?;
+    /// assert_eq!(&got, b"hello");
+    /// // A bad descriptor is refused at once, the buffer handed back.
+    /// let err = ring.submit(quell::Op::write(-1, b"hello".to_vec())).unwrap_err();
+    /// assert_eq!(err.into_op().into_buf().unwrap(), b"hello");
+    /// # Ok(()) }
+    /// ```
     #[inline(never)]
     pub fn submit(&mut self, op: Op) -> Result<OpId, SubmitError> {
         if let Some(group) = self.plain_lane(&op) {
@@ -880,6 +1122,23 @@ impl Ring {
     }
 
     /// Dispatches queued ops and hands them to the kernel, without waiting.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// b.set_read_timeout(Some(Duration::from_secs(10)))?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::write(a.as_raw_fd(), b"hi".to_vec()))?;
+    /// ring.flush()?;
+    /// // The kernel has the write: the peer gets the bytes while this thread does other work.
+    /// let mut got = [0u8; 2];
+    /// std::io::Read::read_exact(&mut &b, &mut got)?;
+    /// assert_eq!(&got, b"hi");
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Done(2));
+    /// # Ok(()) }
+    /// ```
     pub fn flush(&mut self) -> Result<(), Error> {
         self.take_requests();
         self.dispatch();
@@ -890,6 +1149,22 @@ impl Ring {
 
     /// Makes progress without blocking: dispatches, submits, and collects finished ops.
     /// Returns the number of completions ready to take.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// assert_eq!(ring.poll()?, 0); // nothing to read yet, and poll does not wait
+    /// std::io::Write::write_all(&mut &w, b"x")?;
+    /// // E.g. from another event loop's idle hook.
+    /// while ring.poll()? == 0 {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(ring.next_completion().unwrap().data(), b"x");
+    /// # Ok(()) }
+    /// ```
     pub fn poll(&mut self) -> Result<usize, Error> {
         self.fire_timers();
         self.flush()?;
@@ -901,6 +1176,21 @@ impl Ring {
     /// Dispatches, submits and waits until at least `min` completions are ready, the
     /// `timeout` passes, a [`Handle::wake`] arrives, or nothing outstanding could add
     /// more. Returns the number of completions ready to take.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.submit(quell::Op::nop())?;
+    /// // The nop is ready; the read is not, so waiting for two times out with one.
+    /// assert_eq!(ring.wait(2, Some(Duration::from_millis(10)))?, 1);
+    /// std::io::Write::write_all(&mut &w, b"x")?;
+    /// assert_eq!(ring.wait(2, None)?, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize, Error> {
         // The clock is read only when a timeout or a deadline needs it.
         let start = timeout.map(|_| Instant::now());
@@ -1000,6 +1290,17 @@ impl Ring {
     }
 
     /// Takes the next ready completion, if any (it does not wait: see [`wait`](Ring::wait)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::nop().user_data(3))?;
+    /// assert!(ring.next_completion().is_none()); // it does not wait
+    /// ring.wait(1, None)?;
+    /// assert_eq!(ring.next_completion().unwrap().user_data, 3);
+    /// assert!(ring.next_completion().is_none());
+    /// # Ok(()) }
+    /// ```
     #[inline(always)]
     pub fn next_completion(&mut self) -> Option<Completion> {
         let (idx, outcome) = self.completions.pop_front()?;
@@ -1010,6 +1311,22 @@ impl Ring {
     }
 
     /// Takes every ready completion.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut ring = quell::Ring::new()?;
+    /// for i in 0..3 {
+    ///     ring.submit(quell::Op::nop().user_data(i))?;
+    /// }
+    /// let mut seen = Vec::new();
+    /// while seen.len() < 3 {
+    ///     ring.wait(1, None)?;
+    ///     seen.extend(ring.completions().map(|c| c.user_data));
+    /// }
+    /// seen.sort();
+    /// assert_eq!(seen, [0, 1, 2]);
+    /// # Ok(()) }
+    /// ```
     pub fn completions(&mut self) -> impl Iterator<Item = Completion> + '_ {
         std::iter::from_fn(move || self.next_completion())
     }
@@ -1047,6 +1364,20 @@ impl Ring {
     }
 
     /// Waits for the completion of one op and takes it; other completions stay queued.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut ring = quell::Ring::new()?;
+    /// let nop = ring.submit(quell::Op::nop())?;
+    /// let sleep = ring.submit(quell::Op::timeout(Duration::from_millis(5)))?;
+    /// assert!(ring.wait_for(sleep)?.outcome.is_done());
+    /// // The nop's completion stayed queued for whoever takes it.
+    /// assert_eq!(ring.next_completion().unwrap().id, nop);
+    /// // A taken completion cannot be waited for twice.
+    /// assert!(matches!(ring.wait_for(nop), Err(quell::Error::UnknownOp)));
+    /// # Ok(()) }
+    /// ```
     pub fn wait_for(&mut self, id: OpId) -> Result<Completion, Error> {
         if id.ring != self.id {
             return Err(Error::ForeignId);
@@ -1076,6 +1407,19 @@ impl Ring {
     /// A queued op is canceled on the spot and its `Canceled` completion is ready
     /// immediately. An op in flight gets a cancel request; its completion will say
     /// whether it stopped (`Canceled`) or finished anyway (`Done`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{CancelStatus, Outcome};
+    /// let mut ring = quell::Ring::new()?;
+    /// let id = ring.submit(quell::Op::nop())?;
+    /// ring.wait(1, None)?;
+    /// // Too late: it finished; its completion keeps the original outcome.
+    /// assert_eq!(ring.cancel(id)?, CancelStatus::AlreadyDone);
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::Done(0));
+    /// assert_eq!(ring.cancel(id)?, CancelStatus::NotFound);
+    /// # Ok(()) }
+    /// ```
     pub fn cancel(&mut self, id: OpId) -> Result<CancelStatus, Error> {
         if id.ring != self.id {
             return Err(Error::ForeignId);
@@ -1182,11 +1526,41 @@ impl Ring {
     /// Requests cancellation of every outstanding op on `fd` (as either descriptor of a
     /// splice). Returns how many ops were reached. Uses quell's own table, one cancel
     /// per op: the kernel's match-by-fd is quadratic.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]))?;
+    /// ring.submit(quell::Op::poll(r.as_raw_fd(), quell::Interest::READABLE))?;
+    /// ring.submit(quell::Op::nop())?;
+    /// // The connection is going away: stop everything on it before closing it.
+    /// assert_eq!(ring.cancel_fd(r.as_raw_fd()), 2);
+    /// ring.wait(3, None)?;
+    /// let canceled = ring.completions().filter(|c| c.outcome.is_canceled()).count();
+    /// assert_eq!(canceled, 2);
+    /// drop(r);
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
         self.cancel_where(|kind, f1, f2| kind.uses_fd() && (f1 == fd || f2 == fd))
     }
 
     /// Requests cancellation of every outstanding op. Returns how many were reached.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let mut ring = quell::Ring::new()?;
+    /// for _ in 0..3 {
+    ///     ring.submit(quell::Op::timeout(Duration::from_secs(60)))?;
+    /// }
+    /// assert_eq!(ring.cancel_all(), 3);
+    /// ring.wait(3, None)?;
+    /// assert!(ring.completions().all(|c| c.outcome.is_canceled()));
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_all(&mut self) -> usize {
         self.cancel_where(|_, _, _| true)
     }
@@ -1220,11 +1594,52 @@ impl Ring {
     /// Forgets what the ring knows about descriptor `fd`. Call it after closing a
     /// descriptor behind the ring's back whose number may be reused for a different
     /// kind of file (pipe vs FUSE file), so the next op on it is classified afresh.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::{AsRawFd, IntoRawFd};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let n = r.as_raw_fd();
+    /// let id = ring.submit(quell::Op::poll(n, quell::Interest::WRITABLE))?;
+    /// ring.wait_for(id)?;
+    /// // The socket is closed and its number now names a file, behind the ring's back.
+    /// let file = std::fs::File::open("/proc/self/exe")?;
+    /// // SAFETY: both descriptors are open; dup2 closes the socket and reuses its number.
+    /// assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), n) }, n);
+    /// drop(r.into_raw_fd()); // the number now belongs to the dup
+    /// ring.forget_fd(n); // so the ring classifies it afresh: a file, not a socket
+    /// let id = ring.submit(quell::Op::read_at(n, 0, vec![0u8; 4]))?;
+    /// assert_ne!(ring.ops()[0].class, quell::CancelClass::Prompt);
+    /// assert_eq!(ring.wait_for(id)?.data(), b"\x7fELF");
+    /// // SAFETY: n is the dup made above, owned by nobody else.
+    /// unsafe { libc::close(n) };
+    /// # Ok(()) }
+    /// ```
     pub fn forget_fd(&mut self, fd: RawFd) {
         self.fds.forget(fd);
     }
 
     /// Every outstanding op (queued, in flight, detached), in O(outstanding).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 512]).user_data(1))?;
+    /// ring.submit(quell::Op::timeout(Duration::from_secs(60)).user_data(2))?;
+    /// ring.flush()?;
+    /// // What is this ring waiting on?
+    /// let mut ops = ring.ops();
+    /// ops.sort_by_key(|o| o.user_data);
+    /// assert_eq!((ops[0].kind, ops[0].fd, ops[0].len), (quell::OpKind::Read, r.as_raw_fd(), 512));
+    /// assert_eq!(ops[1].kind, quell::OpKind::Timeout);
+    /// assert!(ops.iter().all(|o| o.state == quell::OpState::InFlight));
+    /// # ring.cancel_all();
+    /// # Ok(()) }
+    /// ```
     pub fn ops(&self) -> Vec<OpInfo> {
         let now = self.now_ns();
         let mut v = Vec::with_capacity(self.table.len());
@@ -1346,6 +1761,21 @@ impl Ring {
     }
 
     /// Sets (or moves earlier) a group's own deadline. Its unshielded descendants inherit it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::{Duration, Instant};
+    /// use quell::{GroupId, GroupOptions, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let request = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(request))?;
+    /// // The request turned out to be slow: give it 20 ms more, no longer.
+    /// ring.set_group_deadline(request, Instant::now() + Duration::from_millis(20))?;
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::TimedOut { transferred: 0 });
+    /// # Ok(()) }
+    /// ```
     pub fn set_group_deadline(&mut self, g: GroupId, at: Instant) -> Result<(), Error> {
         let idx = self.group_idx(g)?;
         let ns = self.instant_ns(at);
@@ -1368,6 +1798,22 @@ impl Ring {
     /// Cancels every op of group `g` and of its descendants (shielded ones excepted);
     /// ops submitted to it later complete at once as `Canceled`. Returns how many
     /// outstanding ops were reached. Never blocks (I3, I7).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// assert_eq!(ring.cancel_group(g)?, 2);
+    /// // Sticky: a late op in the canceled group completes canceled at once.
+    /// let late = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// assert!(ring.wait_for(late)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn cancel_group(&mut self, g: GroupId) -> Result<usize, Error> {
         let idx = self.group_idx(g)?;
         Ok(self.cancel_group_idx(idx, false))
@@ -1394,6 +1840,26 @@ impl Ring {
     /// queue are canceled, ops in flight run to their end. Returns how many queued ops
     /// were canceled. Resolve with [`is_drained`](Ring::is_drained) /
     /// [`wait_drained`](Ring::wait_drained).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op, Outcome};
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let running = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// let queued = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.flush()?;
+    /// assert_eq!(ring.drain(g)?, 1); // the queued read is canceled
+    /// let refused = ring.submit(Op::nop().group(g)).unwrap_err();
+    /// assert!(matches!(refused.error(), quell::Error::Draining));
+    /// // The running read is left to finish.
+    /// std::io::Write::write_all(&mut &w, b"last")?;
+    /// assert_eq!(ring.wait_for(running)?.outcome, Outcome::Done(4));
+    /// assert!(ring.wait_for(queued)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn drain(&mut self, g: GroupId) -> Result<usize, Error> {
         let idx = self.group_idx(g)?;
         let mut reach = std::mem::take(&mut self.scratch);
@@ -1422,6 +1888,23 @@ impl Ring {
 
     /// [`drain`](Ring::drain), then after `grace` cancel whatever is still running
     /// (it completes `TimedOut`, or `Detached` for device I/O).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// use quell::{GroupId, GroupOptions, Op, Outcome};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.flush()?;
+    /// // Graceful shutdown: 20 ms to finish, then it is stopped.
+    /// ring.drain_with_grace(g, Duration::from_millis(20))?;
+    /// assert!(ring.wait_drained(g, None)?);
+    /// assert_eq!(ring.wait_for(id)?.outcome, Outcome::TimedOut { transferred: 0 });
+    /// # Ok(()) }
+    /// ```
     pub fn drain_with_grace(&mut self, g: GroupId, grace: Duration) -> Result<usize, Error> {
         let n = self.drain(g)?;
         self.set_group_deadline(g, Instant::now() + grace)?;
@@ -1429,6 +1912,23 @@ impl Ring {
     }
 
     /// Whether group `g` and all its descendants have no op queued or in flight.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let (r, w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let id = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.flush()?;
+    /// ring.drain(g)?;
+    /// assert!(!ring.is_drained(g)?); // the read is still in flight
+    /// std::io::Write::write_all(&mut &w, b"x")?;
+    /// ring.wait_for(id)?;
+    /// assert!(ring.is_drained(g)?);
+    /// # Ok(()) }
+    /// ```
     pub fn is_drained(&self, g: GroupId) -> Result<bool, Error> {
         let idx = self.group_idx(g)?;
         let mut sub = Vec::new();
@@ -1438,6 +1938,25 @@ impl Ring {
 
     /// Drives the ring until group `g` is drained or `timeout` passes; returns whether it
     /// is drained. Completions accumulate in the ring for the caller to take.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.drain(g)?;
+    /// // The read never gets data: not drained in time, so escalate to a cancel.
+    /// if !ring.wait_drained(g, Some(Duration::from_millis(10)))? {
+    ///     ring.cancel_group(g)?;
+    /// }
+    /// assert!(ring.wait_drained(g, None)?);
+    /// assert!(ring.next_completion().unwrap().outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn wait_drained(&mut self, g: GroupId, timeout: Option<Duration>) -> Result<bool, Error> {
         let start = Instant::now();
         loop {
@@ -1457,6 +1976,23 @@ impl Ring {
     }
 
     /// Counters of group `g` alone (not its descendants).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::builder().max_in_flight(1).build()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(g))?;
+    /// ring.flush()?;
+    /// let s = ring.group_stats(g)?;
+    /// assert_eq!((s.in_flight, s.queued), (1, 1));
+    /// assert!(!s.canceled);
+    /// # ring.cancel_all();
+    /// # Ok(()) }
+    /// ```
     pub fn group_stats(&self, g: GroupId) -> Result<GroupStats, Error> {
         let grp = self.groups.get(g).ok_or(Error::NoSuchGroup)?;
         let mut st = grp.stats;
@@ -1466,11 +2002,38 @@ impl Ring {
     }
 
     /// The group's path of names, such as `"root/requests/g3"`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{GroupId, GroupOptions};
+    /// let mut ring = quell::Ring::new()?;
+    /// let api = ring.group(GroupId::ROOT, GroupOptions::default().name("api"))?;
+    /// let anon = ring.group(api, GroupOptions::default())?;
+    /// let path = ring.group_path(anon).unwrap();
+    /// assert!(path.starts_with("root/api/g")); // unnamed groups get a number
+    /// ring.remove_group(anon)?;
+    /// assert_eq!(ring.group_path(anon), None);
+    /// # Ok(()) }
+    /// ```
     pub fn group_path(&self, g: GroupId) -> Option<String> {
         self.groups.get(g).map(|_| self.groups.path(g.idx))
     }
 
     /// Removes a group that has no children and no op queued, in flight or detached.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// let g = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let id = ring.submit(Op::nop().group(g))?;
+    /// assert!(ring.remove_group(g).is_err()); // its op's completion is not taken yet
+    /// ring.wait_for(id)?;
+    /// ring.remove_group(g)?;
+    /// // The id is dead now, and stays so even if the slot is reused.
+    /// assert!(matches!(ring.submit(Op::nop().group(g)).unwrap_err().error(), quell::Error::NoSuchGroup));
+    /// # Ok(()) }
+    /// ```
     pub fn remove_group(&mut self, g: GroupId) -> Result<(), Error> {
         let idx = self.group_idx(g)?;
         if idx == 0 {
@@ -1503,6 +2066,20 @@ impl Ring {
     /// Returns the completions that were not taken yet. Ops that cannot be canceled are
     /// waited for up to the teardown timeout; past it their memory is leaked rather
     /// than freed under the kernel (counted in [`Stats::leaked_at_teardown`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 8]).user_data(1))?;
+    /// ring.submit(quell::Op::nop().user_data(2))?;
+    /// let left = ring.shutdown();
+    /// assert_eq!(left.len(), 2); // every op's one completion, nothing lost
+    /// assert!(left.iter().any(|c| c.user_data == 1 && c.outcome.is_canceled()));
+    /// assert!(matches!(ring.submit(quell::Op::nop()).unwrap_err().error(), quell::Error::Closed));
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(&mut self) -> Vec<Completion> {
         self.closed = true;
         self.shared.closed.store(true, Ordering::Release);

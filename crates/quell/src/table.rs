@@ -15,6 +15,12 @@ use crate::outcome::CancelClass;
 /// Slots per lazily allocated page.
 pub(crate) const PAGE_SLOTS: usize = 256;
 /// Largest capacity a ring may have (16-bit slot index).
+///
+/// ```
+/// // A builder clamps larger capacities to this bound.
+/// let ring = quell::Ring::builder().capacity(1 << 20).build().unwrap();
+/// assert_eq!(ring.capacity(), quell::MAX_CAPACITY);
+/// ```
 pub const MAX_CAPACITY: usize = 1 << 16;
 /// Generations wrap inside 31 bits (bit 63 of a backend key is reserved).
 const GEN_MASK: u32 = 0x7fff_ffff;

@@ -1,6 +1,7 @@
 //! The `cp` workload: copying one page-cached file (`--size`, non-zero data, mapped and
-//! locked in the page cache for the run) with `quell cp` (this binary, spawned, at
-//! `--depth` with 1 MiB blocks), GNU `cp` (spawned; coreutils uses `copy_file_range`)
+//! locked in the page cache for the run) with `quell cp` (this binary, spawned, with its
+//! own choice of engine, depth and chunk size unless `--depth` is given; the JSON
+//! records what it used), GNU `cp` (spawned; coreutils uses `copy_file_range`)
 //! and `tokio::fs::copy` (in process, multi-thread runtime), in interleaved rounds. The
 //! destination is removed before every copy, so each starts from the same state.
 //!
@@ -69,7 +70,8 @@ fn verify(src: &Path, dst: &Path, size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-fn spawn(cmd: &mut Command, what: &str) -> Result<(), CliError> {
+/// Runs a command to success; returns its stderr.
+fn spawn(cmd: &mut Command, what: &str) -> Result<String, CliError> {
     let o = cmd
         .output()
         .map_err(|e| format!("cannot run {what}: {e}"))?;
@@ -81,7 +83,16 @@ fn spawn(cmd: &mut Command, what: &str) -> Result<(), CliError> {
         )
         .into());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// What `quell cp` reported using: "ENGINE engine, depth N, SIZE chunks".
+fn quell_setup(stderr: &str) -> Option<String> {
+    let line = stderr.lines().find(|l| l.contains(" engine, depth "))?;
+    let at = line.rfind(", ")?;
+    let head = &line[..at];
+    let engine_at = head[..head.rfind(" engine, depth ")?].rfind(", ")? + 2;
+    Some(line[engine_at..].trim().to_string())
 }
 
 /// Runs the cp workload.
@@ -116,28 +127,27 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
         super::BackendArg::Portable => "portable",
     };
     let measured = s.quell_ring()?.backend().name().to_string();
-    let depth = s.depth.to_string();
+    // quell cp picks its engine's best depth and chunk unless told otherwise.
+    let depth = args.depth.map(|d| d.to_string());
+    let mut setup = None;
     let mut one = |i: usize| -> Result<Option<Duration>, CliError> {
         let _ = std::fs::remove_file(&dst);
         cache.check()?;
         let t0 = Instant::now();
         match i {
-            0 => spawn(
-                Command::new(&exe)
-                    .args([
-                        "cp",
-                        "--no-progress",
-                        "--depth",
-                        &depth,
-                        "--backend",
-                        backend,
-                    ])
-                    .arg(&src)
-                    .arg(&dst),
-                "quell cp",
-            )?,
+            0 => {
+                let mut cmd = Command::new(&exe);
+                cmd.args(["cp", "--no-progress", "--backend", backend]);
+                if let Some(d) = &depth {
+                    cmd.args(["--depth", d]);
+                }
+                let err = spawn(cmd.arg(&src).arg(&dst), "quell cp")?;
+                setup = quell_setup(&err);
+            }
             1 => match &gnu {
-                Some(cp) => spawn(Command::new(cp).arg(&src).arg(&dst), "cp")?,
+                Some(cp) => {
+                    spawn(Command::new(cp).arg(&src).arg(&dst), "cp")?;
+                }
                 None => return Ok(None),
             },
             _ => {
@@ -192,7 +202,9 @@ pub fn run(args: &BenchArgs, s: &Settings) -> Result<Vec<Report>, CliError> {
         json!("1 MiB copied (ops_per_sec is MiB/s); latency is per whole copy"),
     );
     extra.insert("file_size".into(), json!(size));
-    extra.insert("block".into(), json!(1 << 20));
+    // Without --depth, quell cp chose its own (recorded here with engine and chunk).
+    extra.insert("depth".into(), json!(args.depth));
+    extra.insert("quell_cp".into(), json!(setup));
     extra.insert("cache".into(), json!(cache.mode.name()));
     extra.insert("resident_min".into(), json!(cache.resident_min));
     extra.insert("file".into(), json!(src.display().to_string()));

@@ -38,27 +38,54 @@ impl Holes {
 
     /// Whether `off..end` lies wholly in a hole.
     pub fn is_hole(&mut self, off: u64, end: u64) -> bool {
-        if !(self.known && off >= self.from && off < self.hole) {
-            self.from = off;
-            match seek(self.fd, off, libc::SEEK_DATA) {
-                Some(d) => {
-                    self.data = d;
-                    self.hole = seek(self.fd, d, libc::SEEK_HOLE).unwrap_or(u64::MAX);
-                }
-                // ENXIO: no data from `off` to the end.
-                None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
-                    self.data = self.size;
-                    self.hole = u64::MAX;
-                }
-                // Not supported: all data.
-                None => {
-                    self.data = off;
-                    self.hole = u64::MAX;
-                }
-            }
-            self.known = true;
-        }
+        self.locate(off);
         end <= self.data
+    }
+
+    /// The data extents of `off..end` (each clipped to it), in order. A fully dense
+    /// range costs no system call once the cursor has found its extent: that matters
+    /// on tmpfs, where `SEEK_HOLE` walks the page cache up to the next hole.
+    pub fn extents(&mut self, off: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        let mut pos = off;
+        while pos < end {
+            self.locate(pos);
+            let d = self.data.max(pos);
+            if d >= end {
+                break;
+            }
+            let h = self.hole.min(end);
+            v.push((d, h));
+            pos = h;
+        }
+        v
+    }
+
+    /// Points the cursor at the extent pair holding `off`.
+    fn locate(&mut self, off: u64) {
+        if self.known && off >= self.from && off < self.hole {
+            return;
+        }
+        self.from = off;
+        match seek(self.fd, off, libc::SEEK_DATA) {
+            Some(d) => {
+                self.data = d;
+                self.hole = seek(self.fd, d, libc::SEEK_HOLE)
+                    .unwrap_or(u64::MAX)
+                    .max(d + 1);
+            }
+            // ENXIO: no data from `off` to the end.
+            None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
+                self.data = self.size.max(off);
+                self.hole = u64::MAX;
+            }
+            // Not supported: all data.
+            None => {
+                self.data = off;
+                self.hole = u64::MAX;
+            }
+        }
+        self.known = true;
     }
 }
 
@@ -83,6 +110,19 @@ mod tests {
         assert!(!h.is_hole(8 * mb, 9 * mb), "data at 8 MiB");
         let tail = h.is_hole(12 * mb, 13 * mb);
         assert_eq!(middle, tail, "same filesystem answer for both holes");
+        let ext = h.extents(0, 16 * mb);
+        assert_eq!(ext.first().map(|e| e.0), Some(0), "{ext:?}");
+        assert!(
+            ext.iter().any(|&(d, e)| d <= 8 * mb && 8 * mb < e),
+            "{ext:?}"
+        );
+        assert!(ext.windows(2).all(|w| w[0].1 <= w[1].0), "{ext:?}");
+        if middle {
+            assert_eq!(ext.len(), 2, "{ext:?}");
+            assert!(ext[0].1 <= 2 * mb && ext[1].1 <= 12 * mb, "{ext:?}");
+        } else {
+            assert_eq!(ext, vec![(0, 16 * mb)]);
+        }
         let _ = std::fs::remove_file(&path);
     }
 }

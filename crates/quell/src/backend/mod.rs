@@ -46,6 +46,16 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// `"uring"` or `"portable"`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use quell::{BackendChoice, BackendKind, Ring};
+    /// let ring = Ring::builder().backend(BackendChoice::Portable).build()?;
+    /// assert_eq!(ring.backend(), BackendKind::Portable);
+    /// assert_eq!(ring.backend().name(), "portable");
+    /// assert_eq!(BackendKind::Uring.name(), "uring");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &'static str {
         match self {
             BackendKind::Uring => "uring",

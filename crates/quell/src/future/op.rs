@@ -318,6 +318,25 @@ impl Canceller {
     /// Requests cancellation (I3: returns at once; the truth is in the completion).
     /// When the ring is busy on another thread (inside [`Driver::block_on`]'s wait),
     /// the request goes through the ring's cross-thread handle instead of waiting.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut read = driver.read(r.as_raw_fd(), vec![0u8; 8]);
+    /// let canceller = read.op_mut().unwrap().canceller().unwrap();
+    /// // A watchdog thread gives up on the read while this thread awaits it.
+    /// std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     canceller.cancel();
+    /// });
+    /// let (res, buf) = driver.block_on(read);
+    /// assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
+    /// assert_eq!(buf.len(), 8); // the buffer comes back all the same
+    /// # Ok(()) }
+    /// ```
     pub fn cancel(&self) {
         match self.driver.try_lock() {
             Some(mut st) => {
@@ -330,6 +349,21 @@ impl Canceller {
     }
 
     /// The op this cancels.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let sleep = driver.submit(quell::Op::timeout(Duration::from_secs(60)))?;
+    /// let canceller = sleep.canceller().unwrap();
+    /// assert_eq!(Some(canceller.id()), sleep.id());
+    /// // The id finds the op in the ring's table, e.g. for logs.
+    /// let listed = driver.with_ring(|ring| ring.ops().iter().any(|o| o.id == canceller.id()));
+    /// assert!(listed);
+    /// canceller.cancel();
+    /// assert!(driver.block_on(sleep).outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> OpId {
         self.t.id
     }
@@ -371,6 +405,20 @@ impl BufFuture {
 
     /// The op's future, to cancel it or take a [`Canceller`] (`None` if the
     /// submission was refused).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut read = driver.read(r.as_raw_fd(), vec![0u8; 8]);
+    /// assert_eq!(read.op_mut().unwrap().cancel(), quell::CancelStatus::Requested);
+    /// let (res, _buf) = driver.block_on(read);
+    /// assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
+    /// // A refused submission has no op to reach.
+    /// assert!(driver.read(-1, vec![0u8; 8]).op_mut().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn op_mut(&mut self) -> Option<&mut OpFuture> {
         match &mut self.inner {
             BufInner::Op(f) => Some(f),

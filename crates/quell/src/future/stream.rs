@@ -55,6 +55,18 @@ pub struct Stream {
 
 impl Stream {
     /// Wraps a connected descriptor (a `std` or `tokio`-free socket, a pipe end).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// // The stream takes ownership of the descriptor and closes it when dropped.
+    /// let s = quell::future::Stream::new(&driver, mine);
+    /// std::io::Write::write_all(&mut &peer, b"hello")?;
+    /// let (n, buf) = driver.block_on(s.read_owned(vec![0u8; 16]));
+    /// assert_eq!(&buf[..n?], b"hello");
+    /// # Ok(()) }
+    /// ```
     pub fn new(driver: &Driver, fd: impl Into<OwnedFd>) -> Stream {
         let fd: OwnedFd = fd.into();
         Stream {
@@ -103,6 +115,20 @@ impl Stream {
     }
 
     /// The descriptor.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, _peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let raw = mine.as_raw_fd();
+    /// let s = quell::future::Stream::new(&driver, mine);
+    /// assert_eq!(s.fd(), raw);
+    /// // E.g. to cancel everything the stream has in flight through the ring.
+    /// let reached = driver.with_ring(|ring| ring.cancel_fd(s.fd()));
+    /// assert_eq!(reached, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn fd(&self) -> RawFd {
         self.raw
     }
@@ -110,16 +136,69 @@ impl Stream {
     /// Reads into `buf` (kept bytes from dropped reads first). Do not mix with
     /// [`poll_read`](Stream::poll_read), which buffers ahead. (Named `_owned` so
     /// tokio's `AsyncReadExt::read` keeps working on a `Stream`.)
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let s = quell::future::Stream::new(&driver, mine);
+    /// std::io::Write::write_all(&mut &peer, b"line 1\n")?;
+    /// drop(peer);
+    /// let mut got = Vec::new();
+    /// let mut buf = vec![0u8; 4];
+    /// loop {
+    ///     let (n, b) = driver.block_on(s.read_owned(buf));
+    ///     let n = n?;
+    ///     if n == 0 {
+    ///         break; // end of stream
+    ///     }
+    ///     got.extend_from_slice(&b[..n]);
+    ///     buf = b; // the same buffer goes round again
+    /// }
+    /// assert_eq!(got, b"line 1\n");
+    /// # Ok(()) }
+    /// ```
     pub fn read_owned(&self, buf: Vec<u8>) -> BufFuture {
         self.driver.read(self.raw, buf)
     }
 
     /// Writes `buf`; `Ok(n)` is how much was written.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let s = quell::future::Stream::new(&driver, mine);
+    /// let (n, buf) = driver.block_on(s.write_owned(b"status: ok".to_vec()));
+    /// let n = n?;
+    /// let mut got = vec![0u8; n];
+    /// std::io::Read::read_exact(&mut &peer, &mut got)?;
+    /// assert_eq!(got, &buf[..n]);
+    /// # Ok(()) }
+    /// ```
     pub fn write_owned(&self, buf: Vec<u8>) -> BufFuture {
         self.driver.write(self.raw, buf)
     }
 
     /// Writes all of `buf` (one op whose short writes are retried inside, I6).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let s = quell::future::Stream::new(&driver, mine);
+    /// // More than a socket buffer holds: short writes are retried inside the one op.
+    /// let reader = std::thread::spawn(move || {
+    ///     let mut all = Vec::new();
+    ///     std::io::Read::read_to_end(&mut &peer, &mut all).map(|_| all.len())
+    /// });
+    /// let (res, buf) = driver.block_on(s.write_all_owned(vec![7u8; 1 << 20]));
+    /// res?;
+    /// assert_eq!(buf.len(), 1 << 20);
+    /// drop(s); // closes our end: the reader sees end of stream
+    /// assert_eq!(reader.join().unwrap()?, 1 << 20);
+    /// # Ok(()) }
+    /// ```
     pub async fn write_all_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let len = buf.len();
         let (r, buf) = match self.driver.submit(Op::write(self.raw, buf).exact()) {
@@ -143,6 +222,22 @@ impl Stream {
     /// Reads into `dst`, keeping one read op in flight across calls: `Pending` leaves
     /// the op running, and its bytes go to the next call. Bytes beyond `dst.len()`
     /// wait in the stream's buffer.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::future::poll_fn;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut s = quell::future::Stream::new(&driver, mine);
+    /// std::io::Write::write_all(&mut &peer, b"abcdef")?;
+    /// let mut dst = [0u8; 4];
+    /// let n = driver.block_on(poll_fn(|cx| s.poll_read(cx, &mut dst)))?;
+    /// assert_eq!(&dst[..n], b"abcd");
+    /// // The rest waited in the stream's buffer.
+    /// let n = driver.block_on(poll_fn(|cx| s.poll_read(cx, &mut dst)))?;
+    /// assert_eq!(&dst[..n], b"ef");
+    /// # Ok(()) }
+    /// ```
     pub fn poll_read(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
         if self.rpos < self.rlen {
             return Poll::Ready(Ok(self.copy_out(dst)));
@@ -190,6 +285,20 @@ impl Stream {
     /// Writes from `src`, keeping one write op in flight across calls. As with every
     /// completion-based writer, a call after `Pending` must pass the same bytes: the
     /// op started with the first call's bytes and reports how many of those it wrote.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::future::poll_fn;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut s = quell::future::Stream::new(&driver, mine);
+    /// let n = driver.block_on(poll_fn(|cx| s.poll_write(cx, b"xyz")))?;
+    /// assert_eq!(n, 3);
+    /// let mut got = [0u8; 3];
+    /// std::io::Read::read_exact(&mut &peer, &mut got)?;
+    /// assert_eq!(&got, b"xyz");
+    /// # Ok(()) }
+    /// ```
     pub fn poll_write(&mut self, cx: &mut Context<'_>, src: &[u8]) -> Poll<io::Result<usize>> {
         if self.writing.is_none() {
             if src.is_empty() {
@@ -225,6 +334,21 @@ impl Stream {
     }
 
     /// Waits for a write in flight, then shuts the write side down (`SHUT_WR`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::future::poll_fn;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut s = quell::future::Stream::new(&driver, mine);
+    /// driver.block_on(poll_fn(|cx| s.poll_write(cx, b"bye")))?;
+    /// driver.block_on(poll_fn(|cx| s.poll_shutdown(cx)))?;
+    /// // The peer gets the bytes, then end of stream, while our end is still open.
+    /// let mut got = Vec::new();
+    /// std::io::Read::read_to_end(&mut &peer, &mut got)?;
+    /// assert_eq!(got, b"bye");
+    /// # Ok(()) }
+    /// ```
     pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.poll_write_done(cx) {
             Poll::Pending => return Poll::Pending,
@@ -244,6 +368,22 @@ impl Stream {
     }
 
     /// Waits for a write in flight (there is no user-space write buffer to flush).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::future::poll_fn;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut s = quell::future::Stream::new(&driver, mine);
+    /// driver.block_on(poll_fn(|cx| s.poll_write(cx, b"data")))?;
+    /// driver.block_on(poll_fn(|cx| s.poll_flush(cx)))?;
+    /// // Flushed: nothing of ours is in flight any more.
+    /// assert_eq!(driver.outstanding(), 0);
+    /// let mut got = [0u8; 4];
+    /// std::io::Read::read_exact(&mut &peer, &mut got)?;
+    /// assert_eq!(&got, b"data");
+    /// # Ok(()) }
+    /// ```
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_write_done(cx).map(|r| r.map(|_| ()))
     }
@@ -295,6 +435,17 @@ pub struct Listener {
 
 impl Listener {
     /// Binds a TCP listener (`SO_REUSEADDR`, as `std` does).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let l = quell::future::Listener::bind(&driver, "127.0.0.1:0".parse()?)?;
+    /// let addr = l.local_addr()?;
+    /// assert_ne!(addr.port(), 0); // the port the system picked
+    /// // A second bind of the same address fails while the first listens.
+    /// assert!(quell::future::Listener::bind(&driver, addr).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn bind(driver: &Driver, addr: SocketAddr) -> io::Result<Listener> {
         let l = std::net::TcpListener::bind(addr)?;
         let addr = l.local_addr().ok();
@@ -304,6 +455,22 @@ impl Listener {
     }
 
     /// Wraps a listening descriptor.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let path = std::env::temp_dir().join(format!("quell-doc-listener-{}", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// // Any listening socket: here a Unix one.
+    /// let l = quell::future::Listener::new(&driver, std::os::unix::net::UnixListener::bind(&path)?);
+    /// let client = std::os::unix::net::UnixStream::connect(&path)?;
+    /// let s = driver.block_on(l.accept())?;
+    /// std::io::Write::write_all(&mut &client, b"hi")?;
+    /// let (n, buf) = driver.block_on(s.read_owned(vec![0u8; 8]));
+    /// assert_eq!(&buf[..n?], b"hi");
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     pub fn new(driver: &Driver, fd: impl Into<OwnedFd>) -> Listener {
         let fd: OwnedFd = fd.into();
         Listener {
@@ -315,17 +482,62 @@ impl Listener {
     }
 
     /// The bound address (TCP listeners made with [`bind`](Listener::bind)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let l = quell::future::Listener::bind(&driver, "127.0.0.1:0".parse()?)?;
+    /// let client = std::net::TcpStream::connect(l.local_addr()?)?;
+    /// assert_eq!(client.peer_addr()?, l.local_addr()?);
+    /// // A listener wrapped with `new` does not know its address.
+    /// let std_l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let wrapped = quell::future::Listener::new(&driver, std_l);
+    /// assert_eq!(wrapped.local_addr().unwrap_err().kind(), std::io::ErrorKind::Unsupported);
+    /// # Ok(()) }
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.addr
             .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a bound TCP listener"))
     }
 
     /// The descriptor.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let std_l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let raw = std_l.as_raw_fd();
+    /// let l = quell::future::Listener::new(&driver, std_l);
+    /// assert_eq!(l.fd(), raw);
+    /// # Ok(()) }
+    /// ```
     pub fn fd(&self) -> RawFd {
         self.raw
     }
 
     /// Accepts one connection (a kept one first).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::{Read, Write};
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let l = quell::future::Listener::bind(&driver, "127.0.0.1:0".parse()?)?;
+    /// let mut client = std::net::TcpStream::connect(l.local_addr()?)?;
+    /// client.write_all(b"echo")?;
+    /// // An echo of one message.
+    /// driver.block_on(async {
+    ///     let s = l.accept().await?;
+    ///     let (n, buf) = s.read_owned(vec![0u8; 64]).await;
+    ///     let n = n?;
+    ///     let (r, _) = s.write_all_owned(buf[..n].to_vec()).await;
+    ///     r
+    /// })?;
+    /// let mut got = [0u8; 4];
+    /// client.read_exact(&mut got)?;
+    /// assert_eq!(&got, b"echo");
+    /// # Ok(()) }
+    /// ```
     pub async fn accept(&self) -> io::Result<Stream> {
         let c = self.driver.submit(Op::accept(self.raw))?.await;
         match c.outcome {
