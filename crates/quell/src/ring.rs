@@ -679,9 +679,12 @@ impl Ring {
             .map_err(|_| Error::InvalidFd { fd })
     }
 
-    /// Accepts an op. It waits in quell's queue until the next [`flush`](Ring::flush),
-    /// [`poll`](Ring::poll) or [`wait`](Ring::wait) gives it to the backend. A refused
-    /// op comes back whole inside the error (contract items I1, I10).
+    /// Accepts an op. When the dispatch window (`max_in_flight`) has room and nothing is
+    /// queued ahead of it, it goes to the backend at once ([`ops`](Ring::ops) lists it
+    /// as in flight; on io_uring its SQE is staged and the kernel sees it at the next
+    /// [`flush`](Ring::flush), [`poll`](Ring::poll) or [`wait`](Ring::wait)); otherwise
+    /// it waits in quell's queue, where a cancel completes it at once. A refused op
+    /// comes back whole inside the error (contract items I1, I10).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
