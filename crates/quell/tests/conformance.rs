@@ -327,9 +327,14 @@ both_backends! {
         let e = ring.submit(Op::read(-5, vec![1; 10])).unwrap_err();
         assert!(matches!(e.error(), Error::InvalidFd { fd: -5 }));
         assert_eq!(e.into_op().into_buf().unwrap(), vec![1; 10]);
-        // Closed fd.
+        // Closed fd: moved high first, so a parallel test's new descriptor (the kernel
+        // hands out the lowest free number) cannot reuse it before the submit.
         let (r, w) = pipe();
-        let closed = r.as_raw_fd();
+        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one (or -1).
+        let closed = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4000) };
+        assert!(closed >= 4000);
+        // SAFETY: `closed` is ours (just duplicated) and used by nothing else.
+        assert_eq!(unsafe { libc::close(closed) }, 0);
         drop(r);
         drop(w);
         ring.forget_fd(closed);
