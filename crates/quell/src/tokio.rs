@@ -14,7 +14,7 @@
 //! page-cache reads; sharing the ring keeps submissions and completions on whatever
 //! worker runs them. `quell bench read` measures both designs side by side (32 tasks,
 //! 4 KiB page-cache reads, 2 workers): `quell-tokio-mt` (this shared driver) ran
-//! 1.8× the rate of `quell-ring-thread-mt` (one ring thread fed over a channel,
+//! 1.2–1.8× the rate of `quell-ring-thread-mt` (three runs; one ring thread fed over a channel,
 //! replies by oneshot). For runtimes with many busy workers, one driver per group of
 //! tasks spreads the lock.
 //!
