@@ -68,6 +68,17 @@ fn gather(
     }
 }
 
+/// Awaits every lane task, in order; a task that panicked is an error.
+async fn join_lanes(
+    handles: Vec<tokio::task::JoinHandle<LaneResult>>,
+) -> Vec<Result<LaneResult, String>> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.map_err(|e| format!("tokio task: {e}")));
+    }
+    out
+}
+
 fn current_thread() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,11 +179,7 @@ impl Contender for QuellTokioRead {
                     })
                 })
                 .collect();
-            let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                out.push(h.await.map_err(|e| format!("tokio task: {e}")));
-            }
-            out
+            join_lanes(handles).await
         });
         let elapsed = start.elapsed();
         let ops = gather(results, &mut self.lanes, hist)?;
@@ -320,6 +327,21 @@ impl Doorbell {
     }
 }
 
+type Replies = Vec<Option<tokio::sync::oneshot::Sender<quell::Completion>>>;
+
+/// Submits a request on the ring thread, its reply kept under the op's user data; a
+/// refused op drops the reply, which tells the waiting task.
+fn admit(ring: &mut Ring, replies: &mut Replies, free: &mut Vec<usize>, (op, reply): Request) {
+    let slot = free.pop().unwrap_or_else(|| {
+        replies.push(None);
+        replies.len() - 1
+    });
+    match ring.submit(op.user_data(slot as u64)) {
+        Ok(_) => replies[slot] = Some(reply),
+        Err(_) => free.push(slot),
+    }
+}
+
 impl RingThreadRead {
     /// `depth` tasks on a multi-thread runtime, reading through a ring thread.
     pub fn new(
@@ -345,24 +367,16 @@ impl RingThreadRead {
         let thread = std::thread::Builder::new()
             .name("quell-ring".into())
             .spawn(move || {
-                let mut replies: Vec<Option<tokio::sync::oneshot::Sender<quell::Completion>>> =
-                    Vec::new();
+                let mut replies: Replies = Vec::new();
                 let mut free: Vec<usize> = Vec::new();
                 let mut closed = false;
                 loop {
                     let mut got = false;
                     loop {
                         match rx.try_recv() {
-                            Ok((op, reply)) => {
+                            Ok(req) => {
                                 got = true;
-                                let slot = free.pop().unwrap_or_else(|| {
-                                    replies.push(None);
-                                    replies.len() - 1
-                                });
-                                match ring.submit(op.user_data(slot as u64)) {
-                                    Ok(_) => replies[slot] = Some(reply),
-                                    Err(_) => free.push(slot), // the dropped reply tells the task
-                                }
+                                admit(&mut ring, &mut replies, &mut free, req);
                             }
                             Err(std::sync::mpsc::TryRecvError::Empty) => break,
                             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
@@ -398,16 +412,7 @@ impl RingThreadRead {
                                 let _ = ring.wait(1, None);
                             }
                         }
-                        Ok((op, reply)) => {
-                            let slot = free.pop().unwrap_or_else(|| {
-                                replies.push(None);
-                                replies.len() - 1
-                            });
-                            match ring.submit(op.user_data(slot as u64)) {
-                                Ok(_) => replies[slot] = Some(reply),
-                                Err(_) => free.push(slot),
-                            }
-                        }
+                        Ok(req) => admit(&mut ring, &mut replies, &mut free, req),
                         Err(std::sync::mpsc::TryRecvError::Disconnected) => closed = true,
                     }
                     d.state.store(0, Ordering::Release);
@@ -483,11 +488,7 @@ impl Contender for RingThreadRead {
                     })
                 })
                 .collect();
-            let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                out.push(h.await.map_err(|e| format!("tokio task: {e}")));
-            }
-            out
+            join_lanes(handles).await
         });
         let elapsed = start.elapsed();
         let ops = gather(results, &mut self.lanes, hist)?;
