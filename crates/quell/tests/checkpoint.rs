@@ -830,10 +830,16 @@ impl Write for Shared {
 mod introspection {
     use super::*;
 
+    /// A signal reaches every ring in the process that asked for it, so the two backends'
+    /// runs of the SIGUSR1 test take turns: one's `raise` would otherwise dump the other's
+    /// table before that test's "nothing written yet" check.
+    static SIGUSR1_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     both_backends! {
         /// Opt-in SIGUSR1: each delivery makes the ring write its op table (table, then
         /// JSON) the next time it runs; nothing is written before a delivery.
         fn sigusr1_dumps_the_op_table(b: BackendChoice) {
+            let _turn = SIGUSR1_TURN.lock().unwrap_or_else(|e| e.into_inner());
             let mut ring = common::ring(b, 16);
             let out = Shared::default();
             ring.dump_on_signal(libc::SIGUSR1, Box::new(out.clone()), DumpFormat::Both).unwrap();
