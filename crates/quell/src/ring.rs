@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod inline;
 mod lane;
 mod ready;
 mod sink;
@@ -1248,8 +1249,12 @@ impl Ring {
     /// backend result unseen (a backend may complete ops inline while flushing).
     /// `false` if still busy after `passes` passes.
     pub(crate) fn poll_settled(&mut self, passes: usize) -> Result<bool, Error> {
-        for _ in 0..passes {
-            self.fire_timers();
+        for pass in 0..passes {
+            // One clock read per call: a deadline due between two passes microseconds
+            // apart is the next call's (the caller sleeps until `next_wake`).
+            if pass == 0 {
+                self.fire_timers();
+            }
             self.flush()?;
             self.backend.reap(&mut self.reaped);
             // A request posted after `flush` took them may have had its doorbell cleared

@@ -4,8 +4,11 @@
 //! [`attach`] spawns one *reactor task* per driver. It registers the ring's descriptor
 //! (the io_uring fd, or the portable backend's epoll fd; both turn wake-ups from pool
 //! threads and handles into readiness) with tokio through `AsyncFd`, sleeps on tokio's
-//! timer for the ring's own deadlines, and is woken by futures that submitted work,
-//! so one `io_uring_enter` carries a whole batch of submissions.
+//! timer for the ring's own deadlines, and is woken by futures that submitted work
+//! while other tasks had completions to take, so one `io_uring_enter` carries the
+//! whole batch. A future polled when no other completion waits to be taken hands its
+//! op to the kernel itself and often resolves in that first poll (an io_uring socket
+//! write, a page-cache read): a lone task's round trip costs no reactor turn.
 //!
 //! A driver is `Send + Sync` and its futures are `Send`: on a multi-thread runtime
 //! every task may share one driver (a lock around the ring, held for a few

@@ -204,13 +204,15 @@ both_backends! {
     fn dropped_accept_keeps_its_connection(b: BackendChoice) {
         let d = driver(b, 64);
         let l = Listener::bind(&d, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let accept = Box::pin(l.accept());
         let mut accept = accept;
-        // Poll it once (submits), let it complete, then drop it unresolved.
+        // Poll it once (submits; nobody is connecting yet, so it waits), let it
+        // complete, then drop it unresolved. (A connection already queued would be
+        // accepted inline by that first poll, which would resolve it.)
         let waker = std::task::Waker::from(std::sync::Arc::new(Noop));
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(accept.as_mut().poll(&mut cx).is_pending());
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         settle_routed(&d);
         drop(accept);
         assert_eq!(d.kept_connections(l.fd()), 1);

@@ -162,6 +162,30 @@ impl Backend {
         }
     }
 
+    /// Futures hook: hands staged work to the kernel without polling any descriptor
+    /// (the portable backend starts its ops inline, so it has nothing to hand over).
+    #[inline]
+    pub(crate) fn submit_staged(&mut self) -> std::io::Result<()> {
+        match self {
+            Backend::Uring(b) => b.flush(),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(b) => b.flush(),
+            Backend::Portable(b) => b.submit_staged(),
+        }
+    }
+
+    /// Futures hook: whether work is staged or results are held that a flush or reap
+    /// would act on now, with no descriptor event to announce them.
+    #[inline]
+    pub(crate) fn has_local_work(&self) -> bool {
+        match self {
+            Backend::Uring(b) => b.has_local_work(),
+            #[cfg(feature = "fuzzing")]
+            Backend::Fake(_) => true,
+            Backend::Portable(b) => b.has_local_work(),
+        }
+    }
+
     /// Flushes, then sleeps until a completion is ready, the doorbell rings or `timeout` passes.
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {

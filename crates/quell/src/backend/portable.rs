@@ -600,6 +600,21 @@ impl Portable {
         Ok(())
     }
 
+    /// Futures hook: ops were tried inline when started, so only the pool's due
+    /// interrupt re-sends are left to hand over; descriptors are not polled (the
+    /// reactor does that when the epoll descriptor is readable).
+    #[inline]
+    pub(crate) fn submit_staged(&mut self) -> io::Result<()> {
+        self.pool.tick();
+        Ok(())
+    }
+
+    /// Futures hook: results produced inline and not reaped yet.
+    #[inline]
+    pub(crate) fn has_local_work(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Readable when a watched descriptor or the doorbell is ready.
     pub(crate) fn poll_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()

@@ -309,6 +309,12 @@ impl Uring {
         }
     }
 
+    /// Futures hook: SQEs staged or published but not yet entered.
+    #[inline]
+    pub(crate) fn has_local_work(&self) -> bool {
+        !self.staged.is_empty() || self.unsubmitted > 0
+    }
+
     /// Readable when the completion queue holds entries (the doorbell's multishot
     /// poll turns pool and handle wake-ups into entries too).
     pub(crate) fn poll_fd(&self) -> std::os::fd::RawFd {

@@ -138,6 +138,19 @@ pub(crate) struct State {
     /// The reactor task (tokio), woken when there is work to hand to the kernel.
     pub(crate) reactor: Option<Waker>,
     notified: bool,
+    /// Ops were submitted since the ring last ran: the next future polled hands them
+    /// to the kernel itself ([`State::turn_inline`]).
+    pub(crate) unflushed: bool,
+    /// Completions routed to waiting futures and not taken yet: those futures' tasks
+    /// are about to run (and likely submit more), so a poll that finds any leaves the
+    /// handing over to the last of them or to the reactor, and the batch goes in one
+    /// system call.
+    pub(crate) untaken: usize,
+    /// A future ran an inline turn since the reactor's last turn. One per reactor turn:
+    /// ops that keep completing inline (page-cache reads) would otherwise let a task
+    /// loop without ever yielding, one system call per op, while other tasks wait to
+    /// add theirs to a batch.
+    inline_spent: bool,
     /// Routing canceled ops (a rescue) since the ring last settled: their cancels must
     /// reach the kernel before the turn ends.
     recanceled: bool,
@@ -262,7 +275,11 @@ impl State {
         e.rescued = false;
         e.canceled = false;
         self.live += 1;
-        self.notify();
+        // The kernel gets the op when its future is first polled (normally right away:
+        // `submit(..).await`), or at the reactor's next turn, whichever comes first.
+        // Waking the reactor here instead would cost every op a reactor poll that finds
+        // the work already done.
+        self.unflushed = true;
         Ok(Submitted::Op(Ticket { idx, id }))
     }
 
@@ -318,6 +335,7 @@ impl State {
                     canceled: e.canceled,
                 };
                 let fd = e.fd;
+                self.untaken -= 1;
                 self.vacate(t.idx);
                 if fd >= 0 && !self.retired.is_empty() {
                     self.close_if_retired(fd);
@@ -353,6 +371,7 @@ impl State {
         match e.done.take() {
             Some(c) => {
                 let (stream, fd) = (e.stream, e.fd);
+                self.untaken -= 1;
                 self.vacate(t.idx);
                 self.settle_abandoned(c, stream, fd);
             }
@@ -475,6 +494,7 @@ impl State {
         match e.phase {
             Phase::Waiting => {
                 e.done = Some(c);
+                self.untaken += 1;
                 if let Some(w) = e.waker.take() {
                     self.wakers.push(w);
                 }
@@ -493,6 +513,8 @@ impl State {
     /// `out` (empty) receives them; its allocation is kept for the next turn.
     pub(crate) fn turn(&mut self, out: &mut Vec<Waker>) -> Result<Option<Duration>, Error> {
         self.notified = false;
+        self.unflushed = false;
+        self.inline_spent = false;
         // Settle the ring (nothing left dispatched but unsubmitted, no backend result
         // unseen), route what completed, and again if routing canceled something (a
         // rescue: its cancel must reach the kernel, a queued op's completes at once).
@@ -520,9 +542,61 @@ impl State {
         Ok(next)
     }
 
+    /// Called by a future's poll while ops submitted since the ring last ran wait to
+    /// be handed to the kernel. When no other future has a completion waiting to be
+    /// taken (no other task is about to run and add to the batch), the poll does it
+    /// itself ([`turn_inline`](State::turn_inline)); otherwise the reactor is woken
+    /// and runs after those tasks, with their submissions too.
+    #[inline]
+    pub(crate) fn hand_over(&mut self, woken: &mut Vec<Waker>) {
+        if self.untaken == 0 && !self.inline_spent {
+            self.turn_inline();
+            self.take_wakers(woken);
+        } else {
+            self.notify();
+        }
+    }
+
+    /// The part of a turn a future runs from its poll: hand the staged ops to the
+    /// kernel and route what finished (often the future's own op, done inline), so it
+    /// need not wait for the reactor's turn. Timers, descriptor polling and whatever
+    /// this leaves staged are the reactor's, which is woken for them. Wakers to wake
+    /// are left in `self.wakers`.
+    pub(crate) fn turn_inline(&mut self) {
+        self.unflushed = false;
+        self.inline_spent = true;
+        self.recanceled = false;
+        let more = match self.ring.submit_and_reap() {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::debug!(error = %e, "inline turn failed; left to the reactor");
+                true
+            }
+        };
+        while let Some(c) = self.ring.next_completion() {
+            self.route(c);
+        }
+        if more || self.recanceled {
+            self.notify();
+        }
+    }
+
+    /// Moves the wakers an inline turn collected into `out` (keeping the allocation
+    /// when `out` is empty).
+    #[inline]
+    fn take_wakers(&mut self, out: &mut Vec<Waker>) {
+        if out.is_empty() {
+            std::mem::swap(&mut self.wakers, out);
+        } else {
+            out.append(&mut self.wakers);
+        }
+    }
+
     /// Blocks until something completes, `timeout` passes or a handle wakes the ring.
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Waker>) -> Result<(), Error> {
         self.notified = false;
+        self.unflushed = false;
+        self.inline_spent = false;
         self.ring.wait(1, timeout)?;
         while let Some(c) = self.ring.next_completion() {
             self.route(c);
@@ -580,6 +654,9 @@ impl Driver {
                     live: 0,
                     reactor: None,
                     notified: false,
+                    unflushed: false,
+                    untaken: 0,
+                    inline_spent: false,
                     recanceled: false,
                     reactor_attached: false,
                     wakers: Vec::new(),

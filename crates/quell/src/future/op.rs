@@ -105,7 +105,9 @@ pub struct OpFuture {
 
 impl Driver {
     /// Submits `op` and returns its future. A refused op comes back whole in the error
-    /// (I1, I10). The op is handed to the kernel the next time the ring runs.
+    /// (I1, I10). The ring owns the op (and its buffer) from here; the kernel gets it
+    /// when the future is first polled or the ring next runs, whichever comes first
+    /// (futures are lazy: one that is never polled waits for the ring's next turn).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -212,6 +214,20 @@ impl OpFuture {
     }
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {
+        let mut woken = Vec::new();
+        let r = self.poll_locked(cx, &mut woken);
+        // Other futures' completions routed by an inline turn: woken without the lock.
+        for w in woken {
+            w.wake();
+        }
+        r
+    }
+
+    fn poll_locked(
+        &mut self,
+        cx: &mut Context<'_>,
+        woken: &mut Vec<std::task::Waker>,
+    ) -> Poll<Completion> {
         loop {
             let t = match &self.state {
                 State::Live { t, .. } => *t,
@@ -225,6 +241,9 @@ impl OpFuture {
                 State::Taken => panic!("OpFuture polled after it resolved"),
             };
             let mut st = self.driver.lock();
+            if st.unflushed {
+                st.hand_over(woken);
+            }
             let (c, stream, rescued, canceled) = match st.take(t, cx.waker()) {
                 Take::Pending => return Poll::Pending,
                 Take::Gone => {
@@ -447,7 +466,7 @@ impl Future for BufFuture {
     }
 }
 
-/// Owned-buffer shortcuts for the common ops. Each submits at once; a refused
+/// Owned-buffer shortcuts for the common ops. Each submits to the ring at once; a refused
 /// submission resolves to its error with the buffer.
 impl Driver {
     fn buf_op(&self, op: Op) -> BufFuture {
