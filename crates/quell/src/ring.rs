@@ -1269,6 +1269,12 @@ impl Ring {
             reaped.clear();
             self.reaped = reaped;
             self.dispatch();
+            // Nothing staged by what this pass finished and nothing held back: settled
+            // without another pass (a result landing meanwhile makes the reactor's
+            // descriptor readable again, and that wakes it).
+            if !self.backend.has_local_work() && !self.shared.requests.is_pending() {
+                return Ok(true);
+            }
         }
         Ok(false)
     }

@@ -199,6 +199,9 @@ pub(crate) struct Portable {
     events: Vec<libc::epoll_event>,
     /// Set by `wait` after an epoll pass; `flush` then needs none.
     polled: bool,
+    /// The last epoll pass filled `events`: more may be ready, with no new edge on the
+    /// epoll descriptor to announce them.
+    events_full: bool,
     /// Descriptors on which `RWF_NOWAIT` is not supported for reads / writes.
     no_nowait: HashSet<(RawFd, bool)>,
 }
@@ -309,6 +312,7 @@ impl Portable {
             ready: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             polled: false,
+            events_full: false,
             no_nowait: HashSet::new(),
         })
     }
@@ -609,10 +613,11 @@ impl Portable {
         Ok(())
     }
 
-    /// Futures hook: results produced inline and not reaped yet.
+    /// Futures hook: results produced inline and not reaped yet, or ready descriptors
+    /// the last epoll pass had no room for.
     #[inline]
     pub(crate) fn has_local_work(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || self.events_full
     }
 
     /// Readable when a watched descriptor or the doorbell is ready.
@@ -683,6 +688,7 @@ impl Portable {
             }
         }
         self.polled = true;
+        self.events_full = n as usize == self.events.len();
         Ok(())
     }
 

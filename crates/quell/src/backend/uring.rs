@@ -309,10 +309,11 @@ impl Uring {
         }
     }
 
-    /// Futures hook: SQEs staged or published but not yet entered.
+    /// Futures hook: SQEs staged or published but not yet entered, or results kept
+    /// back from an earlier reap.
     #[inline]
     pub(crate) fn has_local_work(&self) -> bool {
-        !self.staged.is_empty() || self.unsubmitted > 0
+        !self.staged.is_empty() || self.unsubmitted > 0 || !self.ready.is_empty()
     }
 
     /// Readable when the completion queue holds entries (the doorbell's multishot
