@@ -122,6 +122,7 @@ pub fn attach(driver: &Driver) -> io::Result<()> {
         fd: afd,
         sleep: None,
         wakers: Vec::new(),
+        deferred: false,
     };
     rt.spawn(reactor);
     Ok(())
@@ -134,6 +135,8 @@ struct Reactor {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Reused between turns: waking a batch allocates nothing.
     wakers: Vec<std::task::Waker>,
+    /// This wake-up was put off once already (see `poll`).
+    deferred: bool,
 }
 
 impl Future for Reactor {
@@ -146,9 +149,13 @@ impl Future for Reactor {
             // reaps everything that made it readable, and an edge that arrives during
             // the turn wakes this task again. Checking after the turn instead costs
             // a second, empty turn for every wake-up by readiness.
+            let mut readable = false;
             loop {
                 match self.fd.poll_read_ready(cx) {
-                    Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
+                    Poll::Ready(Ok(mut guard)) => {
+                        guard.clear_ready();
+                        readable = true;
+                    }
                     Poll::Ready(Err(e)) => {
                         tracing::warn!(error = %e, "quell reactor: descriptor failed");
                         return Poll::Ready(());
@@ -162,6 +169,16 @@ impl Future for Reactor {
             let driver = Driver { shared };
             let next = {
                 let mut st = driver.lock();
+                // Woken to hand submissions over while tasks with completions to take
+                // have yet to run: they will submit too, so let them go first (once
+                // per wake-up, so a completion nobody takes cannot hold the ring up).
+                if !readable && !self.deferred && st.untaken > 0 && st.unflushed {
+                    self.deferred = true;
+                    drop(st);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                self.deferred = false;
                 match &st.reactor {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => st.reactor = Some(cx.waker().clone()),

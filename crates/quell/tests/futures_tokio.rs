@@ -9,7 +9,9 @@ mod common;
 use common::*;
 use quell::future::{Driver, Stream};
 use quell::BackendChoice;
+use std::future::Future;
 use std::os::fd::AsRawFd;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,6 +79,67 @@ impl Rng {
 }
 
 both_backends! {
+    fn a_lone_ops_first_poll_hands_it_to_the_kernel(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            // Room in the socket: the write completes as soon as the kernel has it, so
+            // its first poll (no other completion waiting to be taken) resolves it,
+            // with no reactor turn in between.
+            let mut w = std::pin::pin!(d.write(ours.as_raw_fd(), b"first".to_vec()));
+            let first = std::future::poll_fn(|cx| Poll::Ready(w.as_mut().poll(cx))).await;
+            let Poll::Ready((n, buf)) = first else {
+                panic!("the write was not handed over by its first poll");
+            };
+            assert_eq!(n.unwrap(), 5);
+            assert_eq!(buf, b"first");
+            let mut got = [0u8; 5];
+            std::io::Read::read_exact(&mut &peer, &mut got).unwrap();
+            assert_eq!(&got, b"first");
+            // Nothing to read yet: the read waits, and the reactor completes it later.
+            let mut r = std::pin::pin!(d.read(ours.as_raw_fd(), vec![0u8; 8]));
+            let first = std::future::poll_fn(|cx| Poll::Ready(r.as_mut().poll(cx))).await;
+            assert!(first.is_pending());
+            std::io::Write::write_all(&mut &peer, b"back").unwrap();
+            let (n, buf) = tokio::time::timeout(Duration::from_secs(10), r).await.expect("read hung");
+            assert_eq!(&buf[..n.unwrap()], b"back");
+            settled(&d, 5).await;
+        });
+    }
+
+    fn an_untaken_completion_does_not_hold_later_ops_back(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            // Two nops; awaiting the second completes both, and the first's completion
+            // then waits, untaken, while this task goes on. A poll that finds an
+            // untaken completion leaves the handing over to the reactor: the later
+            // read must still reach the kernel and complete.
+            let held = d.submit(quell::Op::nop()).unwrap();
+            let c = d.submit(quell::Op::nop()).unwrap().await;
+            assert!(c.outcome.is_done());
+            std::io::Write::write_all(&mut &peer, b"later").unwrap();
+            for round in 0..100 {
+                let (n, buf) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    d.read(ours.as_raw_fd(), vec![0u8; 8]),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("read {round} hung behind an untaken completion"));
+                assert_eq!(&buf[..n.unwrap()], b"later");
+                std::io::Write::write_all(&mut &peer, b"later").unwrap();
+            }
+            assert!(tokio::time::timeout(Duration::from_secs(10), held)
+                .await
+                .expect("held nop")
+                .outcome
+                .is_done());
+            let (n, _) = d.read(ours.as_raw_fd(), vec![0u8; 8]).await;
+            assert_eq!(n.unwrap(), 5);
+            settled(&d, 5).await;
+        });
+    }
+
     fn socket_read_wakes_the_reactor(b: BackendChoice) {
         current_thread().block_on(async {
             let d = driver(b, 64);

@@ -585,10 +585,20 @@ impl State {
     /// when `out` is empty).
     #[inline]
     fn take_wakers(&mut self, out: &mut Vec<Waker>) {
+        if self.wakers.is_empty() {
+            return;
+        }
         if out.is_empty() {
             std::mem::swap(&mut self.wakers, out);
         } else {
             out.append(&mut self.wakers);
+        }
+    }
+
+    /// Returns the (emptied) vector [`take_wakers`](State::take_wakers) lent out.
+    pub(crate) fn give_back_wakers(&mut self, v: Vec<Waker>) {
+        if self.wakers.capacity() == 0 {
+            self.wakers = v;
         }
     }
 

@@ -216,9 +216,13 @@ impl OpFuture {
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {
         let mut woken = Vec::new();
         let r = self.poll_locked(cx, &mut woken);
-        // Other futures' completions routed by an inline turn: woken without the lock.
-        for w in woken {
-            w.wake();
+        // Other futures' completions routed by an inline turn: woken without the lock,
+        // then the vector's allocation goes back to the driver for the next batch.
+        if woken.capacity() > 0 {
+            for w in woken.drain(..) {
+                w.wake();
+            }
+            self.driver.lock().give_back_wakers(woken);
         }
         r
     }
