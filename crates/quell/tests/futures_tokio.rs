@@ -156,6 +156,34 @@ both_backends! {
         });
     }
 
+    /// Submitting hands the op to the ring: it runs even while its task awaits
+    /// something else that depends on it, before the op's own future is polled.
+    fn a_submitted_op_runs_before_its_future_is_polled(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+            // Let the reactor start, run an op and go idle first.
+            assert!(d.submit(quell::Op::nop()).unwrap().await.outcome.is_done());
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            let write = d.submit(quell::Op::write(w.as_raw_fd(), b"ahead".to_vec())).unwrap();
+            // A plain thread reads what the quell write sends; the task awaits that
+            // thread first, and only then the write's own future.
+            let reader = tokio::task::spawn_blocking(move || {
+                let mut buf = [0u8; 5];
+                std::io::Read::read_exact(&mut &r, &mut buf).map(|_| buf)
+            });
+            let got = tokio::time::timeout(Duration::from_secs(10), reader)
+                .await
+                .expect("the write never reached the kernel while its future was unpolled")
+                .unwrap()
+                .unwrap();
+            assert_eq!(&got, b"ahead");
+            assert_eq!(write.await.outcome, quell::Outcome::Done(5));
+        });
+    }
+
     fn timeout_around_a_thousand_pending_socket_reads(b: BackendChoice) {
         current_thread().block_on(async {
             let d = driver(b, 4096);
