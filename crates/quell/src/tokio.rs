@@ -4,11 +4,14 @@
 //! [`attach`] spawns one *reactor task* per driver. It registers the ring's descriptor
 //! (the io_uring fd, or the portable backend's epoll fd; both turn wake-ups from pool
 //! threads and handles into readiness) with tokio through `AsyncFd`, sleeps on tokio's
-//! timer for the ring's own deadlines, and is woken by futures that submitted work
-//! while other tasks had completions to take, so one `io_uring_enter` carries the
-//! whole batch. A future polled when no other completion waits to be taken hands its
-//! op to the kernel itself and often resolves in that first poll (an io_uring socket
-//! write, a page-cache read): a lone task's round trip costs no reactor turn.
+//! timer for the ring's own deadlines, and is woken by submissions, so an op runs
+//! even if its future is not polled yet. A future polled while no other completion
+//! waits to be taken hands the ring's submissions to the kernel itself and often
+//! resolves in that first poll (an io_uring socket write, a page-cache read): a lone
+//! task's round trip then costs one reactor turn instead of two, and the reactor's
+//! wake-up finds nothing to do. While tasks still have completions to take, the
+//! handing over waits for them (they are about to submit too), so one
+//! `io_uring_enter` carries the whole batch.
 //!
 //! A driver is `Send + Sync` and its futures are `Send`: on a multi-thread runtime
 //! every task may share one driver (a lock around the ring, held for a few
@@ -139,6 +142,17 @@ struct Reactor {
     deferred: bool,
 }
 
+impl Reactor {
+    /// Whether the ring's own timer (tokio's sleep) has fired; if not, it stays
+    /// registered with `cx`.
+    fn sleep_due(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.sleep {
+            Some(s) => s.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+}
+
 impl Future for Reactor {
     type Output = ();
 
@@ -182,6 +196,18 @@ impl Future for Reactor {
                 match &st.reactor {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => st.reactor = Some(cx.waker().clone()),
+                }
+                // Woken by a submission whose future has since handed it over itself
+                // (the usual case), with the descriptor quiet and no timer due: nothing
+                // to do, and a turn would only read the clock and find that out.
+                if !readable
+                    && !st.unflushed
+                    && !st.recanceled
+                    && !st.ring.has_local_work()
+                    && !self.sleep_due(cx)
+                {
+                    st.reactor_idle();
+                    return Poll::Pending;
                 }
                 let mut wakers = std::mem::take(&mut self.wakers);
                 let r = st.turn(&mut wakers);

@@ -153,7 +153,7 @@ pub(crate) struct State {
     inline_spent: bool,
     /// Routing canceled ops (a rescue) since the ring last settled: their cancels must
     /// reach the kernel before the turn ends.
-    recanceled: bool,
+    pub(crate) recanceled: bool,
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) reactor_attached: bool,
     wakers: Vec<Waker>,
@@ -275,11 +275,11 @@ impl State {
         e.rescued = false;
         e.canceled = false;
         self.live += 1;
-        // The kernel gets the op when its future is first polled (normally right away:
-        // `submit(..).await`), or at the reactor's next turn, whichever comes first.
-        // Waking the reactor here instead would cost every op a reactor poll that finds
-        // the work already done.
+        // The kernel gets the op at the reactor's next turn, or sooner from its future's
+        // first poll (normally right away: `submit(..).await`), which then leaves the
+        // reactor a wake-up with nothing to do (see `Reactor::poll`).
         self.unflushed = true;
+        self.notify();
         Ok(Submitted::Op(Ticket { idx, id }))
     }
 
@@ -593,6 +593,14 @@ impl State {
         } else {
             out.append(&mut self.wakers);
         }
+    }
+
+    /// The reactor ran and found nothing to do: the next submission wakes it again,
+    /// and a future may run an inline turn again (its task has yielded since).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn reactor_idle(&mut self) {
+        self.notified = false;
+        self.inline_spent = false;
     }
 
     /// Returns the (emptied) vector [`take_wakers`](State::take_wakers) lent out.

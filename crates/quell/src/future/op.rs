@@ -105,9 +105,9 @@ pub struct OpFuture {
 
 impl Driver {
     /// Submits `op` and returns its future. A refused op comes back whole in the error
-    /// (I1, I10). The ring owns the op (and its buffer) from here; the kernel gets it
-    /// when the future is first polled or the ring next runs, whichever comes first
-    /// (futures are lazy: one that is never polled waits for the ring's next turn).
+    /// (I1, I10). The ring owns the op (and its buffer) from here and hands it to the
+    /// kernel the next time it runs, or from the future's first poll if that comes
+    /// first; the op runs whether or not the future is ever polled.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -26,4 +26,14 @@ impl Ring {
         self.dispatch();
         Ok(self.backend.has_local_work() || self.shared.requests.is_pending())
     }
+
+    /// Whether a reactor woken with its descriptor quiet and no timer due has anything
+    /// to do: work staged or results held back (see [`submit_and_reap`]), or a handle
+    /// request.
+    ///
+    /// [`submit_and_reap`]: Ring::submit_and_reap
+    #[inline]
+    pub(crate) fn has_local_work(&self) -> bool {
+        self.backend.has_local_work() || self.shared.requests.is_pending()
+    }
 }
