@@ -202,6 +202,7 @@ impl Future for Reactor {
                 // to do, and a turn would only read the clock and find that out.
                 if !readable
                     && !st.unflushed
+                    && !st.turn_wanted
                     && !st.recanceled
                     && !st.ring.has_local_work()
                     && !self.sleep_due(cx)

@@ -140,6 +140,43 @@ both_backends! {
         });
     }
 
+    fn deadlines_timeouts_and_cancels_reach_the_reactor(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            let fd = ours.as_raw_fd();
+            let within = Duration::from_secs(10);
+            // The read's first poll hands it over itself; its deadline is the ring's
+            // timer, which only the reactor's turn can put on tokio's clock.
+            let op = quell::Op::read(fd, vec![0u8; 8]).deadline(Instant::now() + Duration::from_millis(30));
+            let c = tokio::time::timeout(within, d.submit(op).unwrap()).await.expect("op deadline never fired");
+            assert_eq!(c.outcome, quell::Outcome::TimedOut { transferred: 0 });
+            assert_eq!(c.into_buf().unwrap().len(), 8);
+            // The same through a group made with `with_ring`.
+            let g = d.with_ring(|r| {
+                r.group(
+                    quell::GroupId::ROOT,
+                    quell::GroupOptions::default().deadline(Instant::now() + Duration::from_millis(30)),
+                )
+            })
+            .unwrap();
+            let op = quell::Op::read(fd, vec![0u8; 8]).group(g);
+            let c = tokio::time::timeout(within, d.submit(op).unwrap()).await.expect("group deadline never fired");
+            assert_eq!(c.outcome, quell::Outcome::TimedOut { transferred: 0 });
+            // A timeout op (the portable backend's own timer heap).
+            let c = tokio::time::timeout(within, d.sleep(Duration::from_millis(20)).unwrap()).await.expect("sleep never ended");
+            assert!(c.outcome.is_done());
+            // A cancel of a read waiting in the kernel (or the portable backend's FIFO).
+            let mut read = d.submit(quell::Op::read(fd, vec![0u8; 8])).unwrap();
+            let first = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut read).poll(cx))).await;
+            assert!(first.is_pending());
+            read.cancel();
+            let c = tokio::time::timeout(within, read).await.expect("cancel never landed");
+            assert_eq!(c.outcome, quell::Outcome::Canceled { transferred: 0 });
+            settled(&d, 5).await;
+        });
+    }
+
     fn socket_read_wakes_the_reactor(b: BackendChoice) {
         current_thread().block_on(async {
             let d = driver(b, 64);

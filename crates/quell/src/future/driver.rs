@@ -141,6 +141,10 @@ pub(crate) struct State {
     /// Ops were submitted since the ring last ran: the next future polled hands them
     /// to the kernel itself ([`State::turn_inline`]).
     pub(crate) unflushed: bool,
+    /// Something since the reactor's last turn needs a full one even if its
+    /// descriptor stays quiet: a cancel (pool interrupts are re-sent on a timer), a
+    /// timer armed, work an inline turn left behind.
+    pub(crate) turn_wanted: bool,
     /// Completions routed to waiting futures and not taken yet: those futures' tasks
     /// are about to run (and likely submit more), so a poll that finds any leaves the
     /// handing over to the last of them or to the reactor, and the batch goes in one
@@ -210,9 +214,17 @@ impl State {
         self.live -= 1;
     }
 
-    /// Wakes the reactor (once per turn) so it hands new work to the kernel.
+    /// Wakes the reactor for a full turn (a cancel, a timer to schedule, work an
+    /// inline turn left behind).
     #[inline]
     pub(crate) fn notify(&mut self) {
+        self.turn_wanted = true;
+        self.wake_reactor();
+    }
+
+    /// Wakes the reactor (once per turn) so it hands new work to the kernel.
+    #[inline]
+    fn wake_reactor(&mut self) {
         if !self.notified {
             if let Some(w) = &self.reactor {
                 self.notified = true;
@@ -252,6 +264,7 @@ impl State {
                 (self.entries.len() - 1) as u32
             }
         };
+        let plain = op.deadline.is_none() && op.group.is_none() && op.desc.kind != OpKind::Timeout;
         let mut op = op;
         let user_data = std::mem::replace(&mut op.user_data, idx as u64);
         let id = match self.ring.submit(op) {
@@ -279,7 +292,13 @@ impl State {
         // first poll (normally right away: `submit(..).await`), which then leaves the
         // reactor a wake-up with nothing to do (see `Reactor::poll`).
         self.unflushed = true;
-        self.notify();
+        if plain {
+            self.wake_reactor();
+        } else {
+            // A deadline or group timer, or a backend timer (a timeout on the portable
+            // backend), must reach the reactor's sleep: that takes a full turn.
+            self.notify();
+        }
         Ok(Submitted::Op(Ticket { idx, id }))
     }
 
@@ -515,6 +534,7 @@ impl State {
         self.notified = false;
         self.unflushed = false;
         self.inline_spent = false;
+        self.turn_wanted = false;
         // Settle the ring (nothing left dispatched but unsubmitted, no backend result
         // unseen), route what completed, and again if routing canceled something (a
         // rescue: its cancel must reach the kernel, a queued op's completes at once).
@@ -615,6 +635,7 @@ impl State {
         self.notified = false;
         self.unflushed = false;
         self.inline_spent = false;
+        self.turn_wanted = false;
         self.ring.wait(1, timeout)?;
         while let Some(c) = self.ring.next_completion() {
             self.route(c);
@@ -673,6 +694,7 @@ impl Driver {
                     reactor: None,
                     notified: false,
                     unflushed: false,
+                    turn_wanted: false,
                     untaken: 0,
                     inline_spent: false,
                     recanceled: false,
@@ -705,7 +727,12 @@ impl Driver {
     /// println!("{backend}");
     /// ```
     pub fn with_ring<T>(&self, f: impl FnOnce(&mut Ring) -> T) -> T {
-        f(&mut self.lock().ring)
+        let mut st = self.lock();
+        let r = f(&mut st.ring);
+        // Whatever `f` did (a group with a deadline, a cancel) is the reactor's to
+        // follow up: its next wake-up takes a full turn.
+        st.turn_wanted = true;
+        r
     }
 
     /// Futures whose op is still running (dropped ones included, until the kernel is
