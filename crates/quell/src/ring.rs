@@ -1272,7 +1272,7 @@ impl Ring {
             // Nothing staged by what this pass finished and nothing held back: settled
             // without another pass (a result landing meanwhile makes the reactor's
             // descriptor readable again, and that wakes it).
-            if !self.backend.has_local_work() && !self.shared.requests.is_pending() {
+            if !self.has_local_work() {
                 return Ok(true);
             }
         }

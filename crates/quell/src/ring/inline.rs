@@ -24,7 +24,7 @@ impl Ring {
             .map_err(|e| Error::io("submitting to the backend", e))?;
         self.reap();
         self.dispatch();
-        Ok(self.backend.has_local_work() || self.shared.requests.is_pending())
+        Ok(self.has_local_work())
     }
 
     /// Whether a reactor woken with its descriptor quiet and no timer due has anything
