@@ -19,10 +19,13 @@
 //! this floor 200 with `submit` called out of line as a library call is, 137 with it
 //! inlined into the loop; quell 419. See README ("Where quell is short of its goals").
 
+#[path = "support/raw_nop.rs"]
+mod raw_nop;
+
 use io_uring::{opcode, squeue, types, IoUring};
+use raw_nop::{raw, setup, BATCH};
 use std::time::Instant;
 
-const BATCH: usize = 32;
 const NONE: u32 = u32::MAX;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -175,15 +178,6 @@ impl Floor {
     }
 }
 
-fn setup() -> IoUring {
-    // The flags quell's backend and the bench's raw loop use.
-    IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .build(BATCH as u32)
-        .expect("io_uring")
-}
-
 fn nop(user_data: u64) -> Op {
     Op {
         read: false,
@@ -216,29 +210,6 @@ fn floor_loop(f: &mut Floor, batches: u64, inline: bool) -> u64 {
             }
         }
         taken += got as u64;
-    }
-    taken
-}
-
-#[inline(never)]
-fn raw(batches: u64) -> u64 {
-    let mut ring = setup();
-    let nop = opcode::Nop::new().build();
-    let (sub, mut sq, mut cq) = ring.split();
-    let mut taken = 0;
-    for _ in 0..batches {
-        sq.sync();
-        for i in 0..BATCH as u64 {
-            // SAFETY: a NOP points to no memory.
-            unsafe { sq.push(&nop.clone().user_data(i)) }.expect("room for a batch");
-        }
-        sq.sync();
-        sub.submit_and_wait(BATCH).expect("enter");
-        cq.sync();
-        for c in &mut cq {
-            assert!(c.result() >= 0);
-            taken += 1;
-        }
     }
     taken
 }

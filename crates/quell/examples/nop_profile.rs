@@ -5,7 +5,7 @@
 //! cargo build --release -p quell --example nop_profile
 //! valgrind --tool=callgrind --toggle-collect='nop_profile::run' \
 //!     target/release/examples/nop_profile 20000 [plain|nested]
-//! valgrind --tool=callgrind --toggle-collect='nop_profile::raw' \
+//! valgrind --tool=callgrind --toggle-collect='nop_profile::raw_nop::raw' \
 //!     target/release/examples/nop_profile 20000 raw
 //! ```
 //!
@@ -13,11 +13,12 @@
 //! batches, times 32). `nested` puts every NOP two groups deep with a deadline an hour
 //! away (the I8 contender); `raw` is the same loop on the `io-uring` crate directly.
 
-use io_uring::{opcode, IoUring};
-use quell::{GroupId, GroupOptions, Op, Ring};
-use std::time::{Duration, Instant};
+#[path = "support/raw_nop.rs"]
+mod raw_nop;
 
-const BATCH: usize = 32;
+use quell::{GroupId, GroupOptions, Op, Ring};
+use raw_nop::{raw, BATCH};
+use std::time::{Duration, Instant};
 
 #[inline(never)]
 fn run(ring: &mut Ring, batches: u64, scope: Option<(GroupId, Instant)>) -> u64 {
@@ -39,33 +40,6 @@ fn run(ring: &mut Ring, batches: u64, scope: Option<(GroupId, Instant)>) -> u64 
             }
         }
         taken += got as u64;
-    }
-    taken
-}
-
-#[inline(never)]
-fn raw(batches: u64) -> u64 {
-    let mut ring: IoUring = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .build(BATCH as u32)
-        .expect("io_uring");
-    let nop = opcode::Nop::new().build();
-    let (sub, mut sq, mut cq) = ring.split();
-    let mut taken = 0;
-    for _ in 0..batches {
-        sq.sync();
-        for i in 0..BATCH as u64 {
-            // SAFETY: a NOP points to no memory.
-            unsafe { sq.push(&nop.clone().user_data(i)) }.expect("room for a batch");
-        }
-        sq.sync();
-        sub.submit_and_wait(BATCH).expect("enter");
-        cq.sync();
-        for c in &mut cq {
-            assert!(c.result() >= 0);
-            taken += 1;
-        }
     }
     taken
 }
