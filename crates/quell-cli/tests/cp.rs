@@ -357,16 +357,24 @@ fn assert_prefix(src: &[u8], dst: &Path, n: u64) {
 
 const SLOW: u64 = 8 << 20;
 
-fn slow_source() -> Option<(FaultFs, Vec<u8>)> {
-    let fs = mount(
-        Spec::new().file(
-            FileSpec::pattern("slow.bin", SLOW)
-                .rule(Rule::read(0..SLOW, Behavior::Delay { ms: 40 }))
-                .cached(false),
-        ),
-    )?;
+/// `slow.bin`: every read of it takes 40 ms, and nothing of it is cached.
+fn slow_spec() -> Spec {
+    Spec::new().file(
+        FileSpec::pattern("slow.bin", SLOW)
+            .rule(Rule::read(0..SLOW, Behavior::Delay { ms: 40 }))
+            .cached(false),
+    )
+}
+
+/// Mounts `spec` (which holds `slow.bin`) and returns the mount with `slow.bin`'s bytes.
+fn mount_slow(spec: Spec) -> Option<(FaultFs, Vec<u8>)> {
+    let fs = mount(spec)?;
     let bytes = fs.file_contents("slow.bin").unwrap();
     Some((fs, bytes))
+}
+
+fn slow_source() -> Option<(FaultFs, Vec<u8>)> {
+    mount_slow(slow_spec())
 }
 
 #[test]
@@ -633,17 +641,7 @@ fn copy_range_across_filesystems_reads_and_writes_and_keeps_holes() {
 /// mount, so `--engine copy-range` (copy_file_range within one filesystem) is slow
 /// enough to interrupt and to overrun a deadline.
 fn slow_pair() -> Option<(FaultFs, Vec<u8>)> {
-    let fs = mount(
-        Spec::new()
-            .file(
-                FileSpec::pattern("slow.bin", SLOW)
-                    .rule(Rule::read(0..SLOW, Behavior::Delay { ms: 40 }))
-                    .cached(false),
-            )
-            .file(FileSpec::new("out.bin", 0).cached(false)),
-    )?;
-    let bytes = fs.file_contents("slow.bin").unwrap();
-    Some((fs, bytes))
+    mount_slow(slow_spec().file(FileSpec::new("out.bin", 0).cached(false)))
 }
 
 #[test]
