@@ -4,13 +4,18 @@
 //! submission of the write to the read's completion being seen.
 //!
 //! Peer `tokio-uds`: the same round trips with `tokio::net::UnixStream` on a
-//! current-thread runtime, against the same kind of echo thread.
+//! current-thread runtime, against the same kind of echo thread. Peer `tokio-uring`
+//! (where io_uring works): tokio-uring's `UnixStream`, the floor for an io_uring ring
+//! parked in tokio's reactor; peer `raw-uring-tokio`: the same with no library, a raw
+//! ring registered with tokio's reactor. Both are listed on the io_uring line.
 //!
 //! Without `--backend`, quell runs on both backends in the same interleaved rounds and
 //! prints one line per backend; the portable line carries `vs_uring_latency`
 //! (portable p50 / io_uring p50) and `vs_uring_p99`.
 
+use super::raw::RawUringTokioPingPong;
 use super::tokio_quell::QuellTokioPingPong;
+use super::uring_peers::TokioUringPingPong;
 use super::{
     common_extra, record, run_rounds, BackendArg, BenchArgs, Contender, Report, Sample, Settings,
 };
@@ -302,6 +307,31 @@ fn run_placed(
         via_tokio.push(QuellTokioPingPong::new(ring, name)?);
     }
     let mut tokio_uds = TokioUds::new()?;
+    // io_uring driven by tokio's reactor with the least bookkeeping (the floor for
+    // quell-tokio-uring's way of parking); only where io_uring works.
+    let mut tokio_uring = if kinds_have_uring(&quells) {
+        match TokioUringPingPong::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                skipped.push(("tokio-uring".to_string(), e.to_string()));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // The same with no library at all: a raw ring registered with tokio's reactor.
+    let mut raw_tokio = if kinds_have_uring(&quells) {
+        match RawUringTokioPingPong::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                skipped.push(("raw-uring-tokio".to_string(), e.to_string()));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let kinds: Vec<String> = quells
         .iter()
         .map(|q| q.ring.backend().name().to_string())
@@ -313,9 +343,17 @@ fn run_placed(
     for q in via_tokio.iter_mut() {
         contenders.push(q);
     }
+    if let Some(t) = raw_tokio.as_mut() {
+        contenders.push(t);
+    }
+    if let Some(t) = tokio_uring.as_mut() {
+        contenders.push(t);
+    }
     contenders.push(&mut tokio_uds);
     let mut sums = run_rounds(&mut contenders, s, &mut || Ok(()))?;
     let tokio_sum = sums.pop().expect("tokio-uds ran");
+    let tokio_uring_sum = tokio_uring.as_ref().and_then(|_| sums.pop());
+    let raw_tokio_sum = raw_tokio.as_ref().and_then(|_| sums.pop());
     let via_tokio_sums = sums.split_off(kinds.len());
     let mut extra = common_extra(s);
     extra.insert("message_bytes".into(), json!(MSG));
@@ -351,6 +389,23 @@ fn run_placed(
                 "over_tokio_uds": round3(qt.ops_per_sec / tokio_ops.max(1e-9)),
             }),
         );
+        let mut peers = vec![tokio_sum.result(), qt];
+        if let (Some(tu), "uring") = (&tokio_uring_sum, kind.as_str()) {
+            let tu = tu.result();
+            ex.insert(
+                "tokio_uring_over_tokio_uds".into(),
+                json!(round3(tu.ops_per_sec / tokio_ops.max(1e-9))),
+            );
+            peers.push(tu);
+        }
+        if let (Some(rt), "uring") = (&raw_tokio_sum, kind.as_str()) {
+            let rt = rt.result();
+            ex.insert(
+                "raw_uring_tokio_over_tokio_uds".into(),
+                json!(round3(rt.ops_per_sec / tokio_ops.max(1e-9))),
+            );
+            peers.push(rt);
+        }
         if kind == "portable" {
             if let Some((p50, p99, ops)) = uring_p50.filter(|u| u.0 > 0.0) {
                 ex.insert("vs_uring_latency".into(), json!(round3(q.p50_us / p50)));
@@ -365,12 +420,18 @@ fn run_placed(
             workload: "pingpong",
             backend: kind,
             quell: q,
-            peers: vec![tokio_sum.result(), qt],
+            peers,
             skipped: skipped.clone(),
             extra: ex,
         });
     }
     Ok(reports)
+}
+
+fn kinds_have_uring(quells: &[QuellPingPong]) -> bool {
+    quells
+        .iter()
+        .any(|q| q.ring.backend() != quell::BackendKind::Portable)
 }
 
 fn round3(v: f64) -> f64 {

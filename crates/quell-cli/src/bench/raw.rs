@@ -239,3 +239,160 @@ impl Contender for RawRead {
         })
     }
 }
+
+/// `raw-uring-tokio` in the `pingpong` workload: a raw ring (quell's flags) driven from
+/// a spawned task on a current-thread tokio runtime, its descriptor registered with
+/// tokio's reactor through `AsyncFd`. Each round trip pushes the write and the read,
+/// submits both with one `io_uring_enter` (no wait), and takes the CQEs when tokio
+/// reports the ring readable.
+///
+/// This is the least any library can do to park an io_uring ring in a stock tokio
+/// runtime: no op table, no cancellation, no buffer ownership. It measures what that
+/// way of parking costs against tokio's own `UnixStream`.
+pub struct RawUringTokioPingPong {
+    rt: tokio::runtime::Runtime,
+    ring: Option<IoUring>,
+    echo: super::pingpong::Echo,
+}
+
+impl RawUringTokioPingPong {
+    /// Builds the runtime, the ring (it needs io_uring) and an echo thread.
+    pub fn new() -> Result<RawUringTokioPingPong, CliError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let (ring, _) = raw_ring(8)?;
+        Ok(RawUringTokioPingPong {
+            rt,
+            ring: Some(ring),
+            echo: super::pingpong::Echo::new()?,
+        })
+    }
+}
+
+impl Contender for RawUringTokioPingPong {
+    fn name(&self) -> &'static str {
+        "raw-uring-tokio"
+    }
+
+    fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
+        use std::os::fd::AsRawFd;
+        let mut ring = self.ring.take().ok_or("raw-uring-tokio: no ring")?;
+        let fd = self.echo.stream().as_raw_fd();
+        let mut h = std::mem::replace(hist, super::new_histogram());
+        let task = self.rt.spawn(async move {
+            let out = ping_pong_on_tokio(&mut ring, fd, dur, &mut h).await;
+            (ring, h, out)
+        });
+        let (ring, h, out) = self
+            .rt
+            .block_on(task)
+            .map_err(|e| format!("raw-uring-tokio task: {e}"))?;
+        self.ring = Some(ring);
+        *hist = h;
+        out
+    }
+}
+
+/// The round trips of [`RawUringTokioPingPong`]. Every op it submits has completed when
+/// it returns, even on error (it waits for the CQEs still owed before returning), so
+/// the buffers outlive the kernel's use of them.
+async fn ping_pong_on_tokio(
+    ring: &mut IoUring,
+    fd: RawFd,
+    dur: Duration,
+    hist: &mut Histogram<u64>,
+) -> Result<Sample, CliError> {
+    use super::pingpong::MSG;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the ring's descriptor is open while `ring` lives, which outlasts this borrow.
+    let ring_fd = unsafe { BorrowedFd::borrow_raw(ring.as_raw_fd()) };
+    // tokio gets its own duplicate of the ring's descriptor, closed with the AsyncFd.
+    let dup = ring_fd
+        .try_clone_to_owned()
+        .map_err(|e| format!("raw-uring-tokio dup: {e}"))?;
+    // SAFETY: the AsyncFd owns `dup`, so the number stays open and names the ring for
+    // the AsyncFd's whole life.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| format!("raw-uring-tokio AsyncFd: {}", std::io::Error::from(e)))?;
+    let wbuf = [0x5au8; MSG];
+    let mut rbuf = vec![0u8; MSG];
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut ops = 0u64;
+    let mut failure: Option<String> = None;
+    while failure.is_none() {
+        let t0 = Instant::now();
+        if t0 >= deadline {
+            break;
+        }
+        let w = opcode::Write::new(types::Fd(fd), wbuf.as_ptr(), MSG as u32)
+            .build()
+            .user_data(0);
+        let r = opcode::Recv::new(types::Fd(fd), rbuf.as_mut_ptr(), MSG as u32)
+            .flags(libc::MSG_WAITALL)
+            .build()
+            .user_data(1);
+        // SAFETY: both buffers live until their CQEs are taken below (the loop does not
+        // leave while `pending > 0`); the queue has room for two (it is empty here).
+        unsafe {
+            let mut sq = ring.submission();
+            sq.push(&w).map_err(|_| "raw-uring-tokio: SQ full")?;
+            sq.push(&r).map_err(|_| "raw-uring-tokio: SQ full")?;
+        }
+        let mut pending = 2;
+        let mut submitted = false;
+        while pending > 0 {
+            if !submitted {
+                match ring.submit() {
+                    Ok(_) => submitted = true,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    // Nothing was handed over: nothing is owed.
+                    Err(e) => return Err(format!("raw io_uring_enter: {e}").into()),
+                }
+            }
+            let before = pending;
+            for cqe in ring.completion() {
+                pending -= 1;
+                if cqe.result() != MSG as i32 && failure.is_none() {
+                    failure = Some(format!(
+                        "raw-uring-tokio {} ended {}",
+                        if cqe.user_data() == 0 {
+                            "write"
+                        } else {
+                            "read"
+                        },
+                        cqe.result()
+                    ));
+                }
+            }
+            if pending == 0 || pending < before {
+                continue;
+            }
+            match afd.readable().await {
+                Ok(mut g) => {
+                    if ring.completion().is_empty() {
+                        g.clear_ready();
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(format!("raw-uring-tokio readiness: {e}"));
+                    // Still owed: wait for the kernel in the ring itself.
+                    let _ = ring.submit_and_wait(pending);
+                }
+            }
+        }
+        record(hist, t0.elapsed().as_nanos() as u64);
+        ops += 1;
+    }
+    match failure {
+        Some(f) => Err(f.into()),
+        None => Ok(Sample {
+            ops,
+            elapsed: start.elapsed(),
+        }),
+    }
+}

@@ -259,3 +259,117 @@ impl Contender for Monoio {
         self.shape.collect(results, start, hist)
     }
 }
+
+/// `tokio-uring` in the `pingpong` workload: the same round trips with tokio-uring's
+/// `UnixStream` (`write_all`, then `read` until 64 bytes are back), in a spawned task
+/// on tokio-uring's runtime.
+///
+/// tokio-uring is the thinnest way to drive io_uring from a stock tokio runtime: its
+/// ring descriptor is registered with tokio's reactor, so the thread parks in tokio's
+/// `epoll_wait`, as quell's tokio integration does. It keeps no op table beyond a slab
+/// and sends no cancel on drop, so it is the floor for that way of parking.
+pub struct TokioUringPingPong {
+    rt: tokio_uring::Runtime,
+    stream: Option<std::os::unix::net::UnixStream>,
+    _echo: super::pingpong::Echo,
+}
+
+impl TokioUringPingPong {
+    /// Builds the runtime (it needs io_uring) and an echo thread of its own.
+    pub fn new() -> Result<TokioUringPingPong, CliError> {
+        let rt = tokio_uring::Runtime::new(&tokio_uring::builder())
+            .map_err(|e| format!("tokio-uring runtime: {e}"))?;
+        let echo = super::pingpong::Echo::new()?;
+        let stream = echo.stream().try_clone().map_err(|e| format!("dup: {e}"))?;
+        Ok(TokioUringPingPong {
+            rt,
+            stream: Some(stream),
+            _echo: echo,
+        })
+    }
+}
+
+impl Contender for TokioUringPingPong {
+    fn name(&self) -> &'static str {
+        "tokio-uring"
+    }
+
+    fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
+        use super::pingpong::MSG;
+        let std_stream = self
+            .stream
+            .take()
+            .ok_or("tokio-uring pingpong: no stream")?;
+        let mut h = std::mem::replace(hist, new_histogram());
+        let (std_stream, h, sample, failure) = self
+            .rt
+            .block_on(async move {
+                // A spawned task, as for the other tokio contenders.
+                let task = tokio_uring::spawn(async move {
+                    // tokio-uring's stream owns the descriptor: it works on a dup, and hands
+                    // the original back for the next round.
+                    let dup = match std_stream.try_clone() {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let s = Sample {
+                                ops: 0,
+                                elapsed: Duration::ZERO,
+                            };
+                            return (std_stream, h, s, Some(format!("dup: {e}")));
+                        }
+                    };
+                    let stream = tokio_uring::net::UnixStream::from_std(dup);
+                    let mut wbuf = vec![0x5au8; MSG];
+                    let mut rbuf = vec![0u8; MSG];
+                    let start = Instant::now();
+                    let deadline = start + dur;
+                    let mut ops = 0u64;
+                    let mut failure = None;
+                    'rounds: loop {
+                        let t0 = Instant::now();
+                        if t0 >= deadline {
+                            break;
+                        }
+                        let (r, b) = stream.write_all(wbuf).await;
+                        wbuf = b;
+                        if let Err(e) = r {
+                            failure = Some(format!("tokio-uring write: {e}"));
+                            break;
+                        }
+                        let mut got = 0;
+                        while got < MSG {
+                            let (r, b) = stream.read(rbuf).await;
+                            rbuf = b;
+                            match r {
+                                Ok(0) => {
+                                    failure = Some("tokio-uring read: EOF".to_string());
+                                    break 'rounds;
+                                }
+                                Ok(n) => got += n,
+                                Err(e) => {
+                                    failure = Some(format!("tokio-uring read: {e}"));
+                                    break 'rounds;
+                                }
+                            }
+                        }
+                        record(&mut h, t0.elapsed().as_nanos() as u64);
+                        ops += 1;
+                    }
+                    let sample = Sample {
+                        ops,
+                        elapsed: start.elapsed(),
+                    };
+                    drop(stream); // closes the dup
+                    (std_stream, h, sample, failure)
+                });
+                task.await
+            })
+            .map_err(|e| format!("tokio-uring task: {e}"))?;
+        self.stream = Some(std_stream);
+        *hist = h;
+        match failure {
+            Some(f) => Err(f.into()),
+            None => Ok(sample),
+        }
+    }
+}
