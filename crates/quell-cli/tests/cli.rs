@@ -253,6 +253,16 @@ fn bench_pingpong_json_has_both_backends() {
     if io_uring_usable() {
         let p = lines.iter().find(|v| v["backend"] == "portable").unwrap();
         let u = lines.iter().find(|v| v["backend"] == "uring").unwrap();
+        // The floors for parking io_uring in tokio's reactor ride on the uring line only.
+        check_peer(u, "pingpong", "tokio-uring");
+        check_peer(u, "pingpong", "raw-uring-tokio");
+        assert!(p["peers"]["raw-uring-tokio"].is_null(), "{p}");
+        for k in [
+            "tokio_uring_over_tokio_uds",
+            "raw_uring_tokio_over_tokio_uds",
+        ] {
+            assert!(u[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {u}");
+        }
         let r = p["vs_uring_latency"].as_f64().expect("vs_uring_latency");
         let expect = p["p50_us"].as_f64().unwrap() / u["p50_us"].as_f64().unwrap();
         assert!((r - expect).abs() < 0.01, "{r} vs {expect}");

@@ -307,31 +307,17 @@ fn run_placed(
         via_tokio.push(QuellTokioPingPong::new(ring, name)?);
     }
     let mut tokio_uds = TokioUds::new()?;
-    // io_uring driven by tokio's reactor with the least bookkeeping (the floor for
-    // quell-tokio-uring's way of parking); only where io_uring works.
-    let mut tokio_uring = if kinds_have_uring(&quells) {
-        match TokioUringPingPong::new() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                skipped.push(("tokio-uring".to_string(), e.to_string()));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    // The same with no library at all: a raw ring registered with tokio's reactor.
-    let mut raw_tokio = if kinds_have_uring(&quells) {
-        match RawUringTokioPingPong::new() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                skipped.push(("raw-uring-tokio".to_string(), e.to_string()));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    // Where io_uring works, two floors for quell-tokio-uring's way of parking in tokio's
+    // reactor: tokio-uring's runtime, and a raw ring registered with tokio (no library).
+    let uring = kinds_have_uring(&quells);
+    let mut tokio_uring =
+        optional_peer(uring, "tokio-uring", &mut skipped, TokioUringPingPong::new);
+    let mut raw_tokio = optional_peer(
+        uring,
+        "raw-uring-tokio",
+        &mut skipped,
+        RawUringTokioPingPong::new,
+    );
     let kinds: Vec<String> = quells
         .iter()
         .map(|q| q.ring.backend().name().to_string())
@@ -436,4 +422,24 @@ fn kinds_have_uring(quells: &[QuellPingPong]) -> bool {
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// Builds a peer that only some machines can run: `None` when it is not `wanted`, or,
+/// with the reason recorded in `skipped`, when it cannot be built.
+fn optional_peer<T>(
+    wanted: bool,
+    name: &str,
+    skipped: &mut Vec<(String, String)>,
+    build: impl FnOnce() -> Result<T, CliError>,
+) -> Option<T> {
+    if !wanted {
+        return None;
+    }
+    match build() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            skipped.push((name.to_string(), e.to_string()));
+            None
+        }
+    }
 }
