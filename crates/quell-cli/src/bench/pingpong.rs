@@ -376,21 +376,20 @@ fn run_placed(
             }),
         );
         let mut peers = vec![tokio_sum.result(), qt];
-        if let (Some(tu), "uring") = (&tokio_uring_sum, kind.as_str()) {
-            let tu = tu.result();
-            ex.insert(
-                "tokio_uring_over_tokio_uds".into(),
-                json!(round3(tu.ops_per_sec / tokio_ops.max(1e-9))),
-            );
-            peers.push(tu);
-        }
-        if let (Some(rt), "uring") = (&raw_tokio_sum, kind.as_str()) {
-            let rt = rt.result();
-            ex.insert(
-                "raw_uring_tokio_over_tokio_uds".into(),
-                json!(round3(rt.ops_per_sec / tokio_ops.max(1e-9))),
-            );
-            peers.push(rt);
+        // The io_uring floors ride on the uring line only.
+        let floors = [
+            (&tokio_uring_sum, "tokio_uring_over_tokio_uds"),
+            (&raw_tokio_sum, "raw_uring_tokio_over_tokio_uds"),
+        ];
+        for (sum, key) in floors {
+            if let (Some(sum), "uring") = (sum, kind.as_str()) {
+                let r = sum.result();
+                ex.insert(
+                    key.into(),
+                    json!(round3(r.ops_per_sec / tokio_ops.max(1e-9))),
+                );
+                peers.push(r);
+            }
         }
         if kind == "portable" {
             if let Some((p50, p99, ops)) = uring_p50.filter(|u| u.0 > 0.0) {
