@@ -19,6 +19,7 @@ pub mod capture;
 pub mod chain;
 pub mod copy;
 pub mod drain;
+pub mod lanes;
 pub mod lazy;
 pub mod nop;
 pub mod pingpong;

@@ -6,85 +6,24 @@
 //!   `seek` + `read_exact` of one block.
 //!
 //! Both read the same file with the same block size, depth and duration as quell.
-//! Offsets come from the same generator ([`Rng`]): task `i` draws from a stream
+//! Offsets come from the same generator ([`Rng`](super::read::Rng)): task `i` draws from a stream
 //! seeded with `seed + i` (a shared stream would need a lock between the tasks).
 //! Latency is per op, from the task issuing it to the task seeing its result. The
 //! loops allocate (tokio boxes every blocking job); that is part of what is measured.
 
-use super::read::Rng;
-use super::{new_histogram, record, Contender, Sample};
+use super::lanes::{lanes, run_lanes, Lane};
+use super::{record, Contender, Sample};
 use crate::CliError;
 use hdrhistogram::Histogram;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-/// State one task carries between rounds.
-struct Lane {
-    rng: Rng,
-    buf: Vec<u8>,
-    hist: Histogram<u64>,
-    file: Option<tokio::fs::File>,
-}
-
-/// What a task hands back at the end of a round.
-type LaneResult = (Lane, u64, Option<String>);
-
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}").into())
-}
-
-/// Runs one round: every lane in its own task until `dur` has passed.
-fn run_lanes<F, Fut>(
-    rt: &tokio::runtime::Runtime,
-    lanes: &mut Vec<Lane>,
-    dur: Duration,
-    hist: &mut Histogram<u64>,
-    body: F,
-) -> Result<Sample, CliError>
-where
-    F: Fn(Lane, Instant) -> Fut,
-    Fut: std::future::Future<Output = LaneResult> + Send + 'static,
-{
-    let start = Instant::now();
-    let deadline = start + dur;
-    let taken: Vec<Lane> = std::mem::take(lanes);
-    let results = rt.block_on(async {
-        let handles: Vec<_> = taken
-            .into_iter()
-            .map(|l| tokio::spawn(body(l, deadline)))
-            .collect();
-        let mut out = Vec::with_capacity(handles.len());
-        for h in handles {
-            out.push(h.await);
-        }
-        out
-    });
-    let elapsed = start.elapsed();
-    let mut ops = 0u64;
-    let mut failure = None;
-    for r in results {
-        match r {
-            Ok((mut lane, n, err)) => {
-                ops += n;
-                hist.add(&lane.hist)
-                    .map_err(|e| format!("histogram: {e}"))?;
-                lane.hist.reset();
-                lanes.push(lane);
-                if failure.is_none() {
-                    failure = err;
-                }
-            }
-            Err(e) => failure = Some(format!("tokio task: {e}")),
-        }
-    }
-    if let Some(f) = failure {
-        return Err(f.into());
-    }
-    Ok(Sample { ops, elapsed })
 }
 
 /// `tokio-spawn-blocking`: `depth` tasks, each looping `spawn_blocking(pread)`.
@@ -107,14 +46,7 @@ impl TokioSpawnBlocking {
     ) -> Result<TokioSpawnBlocking, CliError> {
         Ok(TokioSpawnBlocking {
             rt: multi_thread_runtime()?,
-            lanes: (0..depth as u64)
-                .map(|i| Lane {
-                    rng: Rng::new(seed.wrapping_add(i)),
-                    buf: vec![0u8; block as usize],
-                    hist: new_histogram(),
-                    file: None,
-                })
-                .collect(),
+            lanes: lanes(depth, block, seed),
             fd,
             nblocks,
             block,
@@ -177,7 +109,7 @@ impl Contender for TokioSpawnBlocking {
 /// `seek` + `read_exact` of one block.
 pub struct TokioFs {
     rt: tokio::runtime::Runtime,
-    lanes: Vec<Lane>,
+    lanes: Vec<Lane<tokio::fs::File>>,
     nblocks: u64,
     block: u32,
 }
@@ -195,12 +127,7 @@ impl TokioFs {
         for i in 0..depth as u64 {
             let f = std::fs::File::open(path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            lanes.push(Lane {
-                rng: Rng::new(seed.wrapping_add(i)),
-                buf: vec![0u8; block as usize],
-                hist: new_histogram(),
-                file: Some(tokio::fs::File::from_std(f)),
-            });
+            lanes.push(Lane::new(seed, i, block, tokio::fs::File::from_std(f)));
         }
         Ok(TokioFs {
             rt: multi_thread_runtime()?,
@@ -225,9 +152,6 @@ impl Contender for TokioFs {
             hist,
             move |mut lane, deadline| async move {
                 let mut ops = 0u64;
-                let Some(mut file) = lane.file.take() else {
-                    return (lane, 0, Some("tokio-fs lane without a file".into()));
-                };
                 let mut err = None;
                 loop {
                     let t0 = Instant::now();
@@ -236,8 +160,8 @@ impl Contender for TokioFs {
                     }
                     let off = lane.rng.below(nblocks) * block as u64;
                     let r = async {
-                        file.seek(std::io::SeekFrom::Start(off)).await?;
-                        file.read_exact(&mut lane.buf).await
+                        lane.extra.seek(std::io::SeekFrom::Start(off)).await?;
+                        lane.extra.read_exact(&mut lane.buf).await
                     }
                     .await;
                     record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
@@ -247,7 +171,6 @@ impl Contender for TokioFs {
                         break;
                     }
                 }
-                lane.file = Some(file);
                 (lane, ops, err)
             },
         )

@@ -12,8 +12,8 @@
 //! Offsets come from the same generator as the other contenders: task `i` draws from a
 //! stream seeded with `seed + i`.
 
+use super::lanes::{lanes, run_lanes, Lane};
 use super::pingpong::{Echo, MSG};
-use super::read::Rng;
 use super::{new_histogram, record, Contender, Sample};
 use crate::CliError;
 use hdrhistogram::Histogram;
@@ -21,63 +21,6 @@ use quell::future::Driver;
 use quell::{Op, Outcome, Ring};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
-
-/// What one task carries between rounds.
-struct Lane {
-    rng: Rng,
-    buf: Vec<u8>,
-    hist: Histogram<u64>,
-}
-
-type LaneResult = (Lane, u64, Option<String>);
-
-fn lanes(depth: u32, block: u32, seed: u64) -> Vec<Lane> {
-    (0..depth as u64)
-        .map(|i| Lane {
-            rng: Rng::new(seed.wrapping_add(i)),
-            buf: vec![0u8; block as usize],
-            hist: new_histogram(),
-        })
-        .collect()
-}
-
-/// Merges what the tasks handed back into `hist`; the first failure wins.
-fn gather(
-    results: Vec<Result<LaneResult, String>>,
-    into: &mut Vec<Lane>,
-    hist: &mut Histogram<u64>,
-) -> Result<u64, CliError> {
-    let mut ops = 0;
-    let mut failure = None;
-    for r in results {
-        match r {
-            Ok((mut lane, n, err)) => {
-                ops += n;
-                hist.add(&lane.hist)
-                    .map_err(|e| format!("histogram: {e}"))?;
-                lane.hist.reset();
-                into.push(lane);
-                failure = failure.or(err);
-            }
-            Err(e) => failure = failure.or(Some(e)),
-        }
-    }
-    match failure {
-        Some(f) => Err(f.into()),
-        None => Ok(ops),
-    }
-}
-
-/// Awaits every lane task, in order; a task that panicked is an error.
-async fn join_lanes(
-    handles: Vec<tokio::task::JoinHandle<LaneResult>>,
-) -> Vec<Result<LaneResult, String>> {
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.map_err(|e| format!("tokio task: {e}")));
-    }
-    out
-}
 
 fn current_thread() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
@@ -144,46 +87,38 @@ impl Contender for QuellTokioRead {
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
         let (fd, nblocks, block) = (self.fd, self.nblocks, self.block);
-        let taken = std::mem::take(&mut self.lanes);
         let driver = &self.driver;
-        let start = Instant::now();
-        let deadline = start + dur;
-        let results = self.rt.block_on(async {
-            let handles: Vec<_> = taken
-                .into_iter()
-                .map(|mut lane| {
-                    let d = driver.clone();
-                    tokio::spawn(async move {
-                        let mut ops = 0u64;
-                        loop {
-                            let t0 = Instant::now();
-                            if t0 >= deadline {
-                                return (lane, ops, None);
-                            }
-                            let off = lane.rng.below(nblocks) * block as u64;
-                            let buf = std::mem::take(&mut lane.buf);
-                            let (res, buf) = d.read_at(fd, off, buf).await;
-                            lane.buf = buf;
-                            record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
-                            ops += 1;
-                            match res {
-                                Ok(n) if n == block as usize => {}
-                                Ok(n) => {
-                                    return (lane, ops, Some(format!("short read: {n} of {block}")))
-                                }
-                                Err(e) => {
-                                    return (lane, ops, Some(format!("quell-tokio read: {e}")))
-                                }
-                            }
+        run_lanes(
+            &self.rt,
+            &mut self.lanes,
+            dur,
+            hist,
+            |mut lane, deadline| {
+                let d = driver.clone();
+                async move {
+                    let mut ops = 0u64;
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= deadline {
+                            return (lane, ops, None);
                         }
-                    })
-                })
-                .collect();
-            join_lanes(handles).await
-        });
-        let elapsed = start.elapsed();
-        let ops = gather(results, &mut self.lanes, hist)?;
-        Ok(Sample { ops, elapsed })
+                        let off = lane.rng.below(nblocks) * block as u64;
+                        let buf = std::mem::take(&mut lane.buf);
+                        let (res, buf) = d.read_at(fd, off, buf).await;
+                        lane.buf = buf;
+                        record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                        ops += 1;
+                        match res {
+                            Ok(n) if n == block as usize => {}
+                            Ok(n) => {
+                                return (lane, ops, Some(format!("short read: {n} of {block}")))
+                            }
+                            Err(e) => return (lane, ops, Some(format!("quell-tokio read: {e}"))),
+                        }
+                    }
+                }
+            },
+        )
     }
 }
 
@@ -450,48 +385,42 @@ impl Contender for RingThreadRead {
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
         let (fd, nblocks, block) = (self.fd, self.nblocks, self.block);
-        let taken = std::mem::take(&mut self.lanes);
         let tx = self.tx.clone().ok_or("ring thread gone")?;
         let door = self.door.clone();
-        let start = Instant::now();
-        let deadline = start + dur;
-        let results = self.rt.block_on(async {
-            let handles: Vec<_> = taken
-                .into_iter()
-                .map(|mut lane| {
-                    let (tx, door) = (tx.clone(), door.clone());
-                    tokio::spawn(async move {
-                        let mut ops = 0u64;
-                        loop {
-                            let t0 = Instant::now();
-                            if t0 >= deadline {
-                                return (lane, ops, None);
-                            }
-                            let off = lane.rng.below(nblocks) * block as u64;
-                            let buf = std::mem::take(&mut lane.buf);
-                            let (reply, done) = tokio::sync::oneshot::channel();
-                            if tx.send((Op::read_at(fd, off, buf), reply)).is_err() {
-                                return (lane, ops, Some("ring thread gone".into()));
-                            }
-                            door.ring();
-                            let Ok(c) = done.await else {
-                                return (lane, ops, Some("ring thread refused the op".into()));
-                            };
-                            let outcome = c.outcome;
-                            lane.buf = c.into_buf().unwrap_or_default();
-                            record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
-                            ops += 1;
-                            if outcome != Outcome::Done(block as usize) {
-                                return (lane, ops, Some(format!("ring thread read: {outcome}")));
-                            }
+        run_lanes(
+            &self.rt,
+            &mut self.lanes,
+            dur,
+            hist,
+            |mut lane, deadline| {
+                let (tx, door) = (tx.clone(), door.clone());
+                async move {
+                    let mut ops = 0u64;
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= deadline {
+                            return (lane, ops, None);
                         }
-                    })
-                })
-                .collect();
-            join_lanes(handles).await
-        });
-        let elapsed = start.elapsed();
-        let ops = gather(results, &mut self.lanes, hist)?;
-        Ok(Sample { ops, elapsed })
+                        let off = lane.rng.below(nblocks) * block as u64;
+                        let buf = std::mem::take(&mut lane.buf);
+                        let (reply, done) = tokio::sync::oneshot::channel();
+                        if tx.send((Op::read_at(fd, off, buf), reply)).is_err() {
+                            return (lane, ops, Some("ring thread gone".into()));
+                        }
+                        door.ring();
+                        let Ok(c) = done.await else {
+                            return (lane, ops, Some("ring thread refused the op".into()));
+                        };
+                        let outcome = c.outcome;
+                        lane.buf = c.into_buf().unwrap_or_default();
+                        record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                        ops += 1;
+                        if outcome != Outcome::Done(block as usize) {
+                            return (lane, ops, Some(format!("ring thread read: {outcome}")));
+                        }
+                    }
+                }
+            },
+        )
     }
 }
