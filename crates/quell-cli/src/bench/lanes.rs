@@ -6,7 +6,7 @@
 //! are made once, outside the measured time.
 
 use super::read::Rng;
-use super::{new_histogram, Sample};
+use super::{new_histogram, record, Sample};
 use crate::CliError;
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
@@ -37,6 +37,26 @@ impl<X> Lane<X> {
             hist: new_histogram(),
             extra,
         }
+    }
+}
+
+impl<X> Lane<X> {
+    /// The next op of a task's loop: when it starts and the offset of the block to
+    /// read (one of the first `nblocks` blocks of `block` bytes), or `None` once the
+    /// round's `deadline` has passed.
+    pub fn next_op(
+        &mut self,
+        deadline: Instant,
+        nblocks: u64,
+        block: u32,
+    ) -> Option<(Instant, u64)> {
+        let t0 = Instant::now();
+        (t0 < deadline).then(|| (t0, self.rng.below(nblocks) * block as u64))
+    }
+
+    /// Records the latency of the op that started at `t0` (the task has its result).
+    pub fn took(&mut self, t0: Instant) {
+        record(&mut self.hist, t0.elapsed().as_nanos() as u64);
     }
 }
 

@@ -12,11 +12,11 @@
 //! loops allocate (tokio boxes every blocking job); that is part of what is measured.
 
 use super::lanes::{lanes, run_lanes, Lane};
-use super::{record, Contender, Sample};
+use super::{Contender, Sample};
 use crate::CliError;
 use hdrhistogram::Histogram;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -68,12 +68,7 @@ impl Contender for TokioSpawnBlocking {
             hist,
             move |mut lane, deadline| async move {
                 let mut ops = 0u64;
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= deadline {
-                        return (lane, ops, None);
-                    }
-                    let off = lane.rng.below(nblocks) * block as u64;
+                while let Some((t0, off)) = lane.next_op(deadline, nblocks, block) {
                     let mut buf = std::mem::take(&mut lane.buf);
                     let joined = tokio::task::spawn_blocking(move || {
                         // SAFETY: buf is a live, writable allocation of buf.len() bytes;
@@ -89,7 +84,7 @@ impl Contender for TokioSpawnBlocking {
                         Err(e) => return (lane, ops, Some(format!("spawn_blocking: {e}"))),
                     };
                     lane.buf = buf;
-                    record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                    lane.took(t0);
                     ops += 1;
                     if n != block as isize {
                         let why = if n < 0 {
@@ -100,6 +95,7 @@ impl Contender for TokioSpawnBlocking {
                         return (lane, ops, Some(why));
                     }
                 }
+                (lane, ops, None)
             },
         )
     }
@@ -153,18 +149,13 @@ impl Contender for TokioFs {
             move |mut lane, deadline| async move {
                 let mut ops = 0u64;
                 let mut err = None;
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= deadline {
-                        break;
-                    }
-                    let off = lane.rng.below(nblocks) * block as u64;
+                while let Some((t0, off)) = lane.next_op(deadline, nblocks, block) {
                     let r = async {
                         lane.extra.seek(std::io::SeekFrom::Start(off)).await?;
                         lane.extra.read_exact(&mut lane.buf).await
                     }
                     .await;
-                    record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                    lane.took(t0);
                     ops += 1;
                     if let Err(e) = r {
                         err = Some(format!("tokio-fs read: {e}"));

@@ -97,25 +97,20 @@ impl Contender for QuellTokioRead {
                 let d = driver.clone();
                 async move {
                     let mut ops = 0u64;
-                    loop {
-                        let t0 = Instant::now();
-                        if t0 >= deadline {
-                            return (lane, ops, None);
-                        }
-                        let off = lane.rng.below(nblocks) * block as u64;
+                    while let Some((t0, off)) = lane.next_op(deadline, nblocks, block) {
                         let buf = std::mem::take(&mut lane.buf);
                         let (res, buf) = d.read_at(fd, off, buf).await;
                         lane.buf = buf;
-                        record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                        lane.took(t0);
                         ops += 1;
-                        match res {
-                            Ok(n) if n == block as usize => {}
-                            Ok(n) => {
-                                return (lane, ops, Some(format!("short read: {n} of {block}")))
-                            }
-                            Err(e) => return (lane, ops, Some(format!("quell-tokio read: {e}"))),
-                        }
+                        let why = match res {
+                            Ok(n) if n == block as usize => continue,
+                            Ok(n) => format!("short read: {n} of {block}"),
+                            Err(e) => format!("quell-tokio read: {e}"),
+                        };
+                        return (lane, ops, Some(why));
                     }
+                    (lane, ops, None)
                 }
             },
         )
@@ -396,12 +391,7 @@ impl Contender for RingThreadRead {
                 let (tx, door) = (tx.clone(), door.clone());
                 async move {
                     let mut ops = 0u64;
-                    loop {
-                        let t0 = Instant::now();
-                        if t0 >= deadline {
-                            return (lane, ops, None);
-                        }
-                        let off = lane.rng.below(nblocks) * block as u64;
+                    while let Some((t0, off)) = lane.next_op(deadline, nblocks, block) {
                         let buf = std::mem::take(&mut lane.buf);
                         let (reply, done) = tokio::sync::oneshot::channel();
                         if tx.send((Op::read_at(fd, off, buf), reply)).is_err() {
@@ -413,12 +403,13 @@ impl Contender for RingThreadRead {
                         };
                         let outcome = c.outcome;
                         lane.buf = c.into_buf().unwrap_or_default();
-                        record(&mut lane.hist, t0.elapsed().as_nanos() as u64);
+                        lane.took(t0);
                         ops += 1;
                         if outcome != Outcome::Done(block as usize) {
                             return (lane, ops, Some(format!("ring thread read: {outcome}")));
                         }
                     }
+                    (lane, ops, None)
                 }
             },
         )
