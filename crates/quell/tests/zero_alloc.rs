@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 #[path = "common/alloc_count.rs"]
 mod alloc_count;
-use alloc_count::ALLOCS;
+use alloc_count::{measured, ALLOCS};
 
 fn rounds(ring: &mut Ring, fd: i32, bufs: &mut Vec<Vec<u8>>, n: usize) {
     for _ in 0..n {
@@ -59,6 +59,6 @@ fn steady_state_allocates_nothing(b: BackendChoice) {
 
 #[test]
 fn steady_state_allocates_nothing_on_either_backend() {
-    steady_state_allocates_nothing(BackendChoice::Uring);
-    steady_state_allocates_nothing(BackendChoice::Portable);
+    measured(|| steady_state_allocates_nothing(BackendChoice::Uring));
+    measured(|| steady_state_allocates_nothing(BackendChoice::Portable));
 }

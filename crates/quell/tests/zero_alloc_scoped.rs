@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/alloc_count.rs"]
 mod alloc_count;
-use alloc_count::ALLOCS;
+use alloc_count::{measured, ALLOCS};
 
 struct Scoped {
     group: GroupId,
@@ -95,6 +95,6 @@ fn scoped_steady_state_allocates_nothing(b: BackendChoice) {
 
 #[test]
 fn scoped_steady_state_allocates_nothing_on_either_backend() {
-    scoped_steady_state_allocates_nothing(BackendChoice::Uring);
-    scoped_steady_state_allocates_nothing(BackendChoice::Portable);
+    measured(|| scoped_steady_state_allocates_nothing(BackendChoice::Uring));
+    measured(|| scoped_steady_state_allocates_nothing(BackendChoice::Portable));
 }
