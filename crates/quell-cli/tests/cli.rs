@@ -253,7 +253,7 @@ fn bench_pingpong_json_has_both_backends() {
     if io_uring_usable() {
         let p = lines.iter().find(|v| v["backend"] == "portable").unwrap();
         let u = lines.iter().find(|v| v["backend"] == "uring").unwrap();
-        // The floors for parking io_uring in tokio's reactor ride on the uring line only.
+        // The peers that park io_uring in tokio's reactor ride on the uring line only.
         check_peer(u, "pingpong", "tokio-uring");
         check_peer(u, "pingpong", "raw-uring-tokio");
         assert!(p["peers"]["raw-uring-tokio"].is_null(), "{p}");

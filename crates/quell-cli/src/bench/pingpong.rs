@@ -4,10 +4,11 @@
 //! submission of the write to the read's completion being seen.
 //!
 //! Peer `tokio-uds`: the same round trips with `tokio::net::UnixStream` on a
-//! current-thread runtime, against the same kind of echo thread. Peer `tokio-uring`
-//! (where io_uring works): tokio-uring's `UnixStream`, the floor for an io_uring ring
-//! parked in tokio's reactor; peer `raw-uring-tokio`: the same with no library, a raw
-//! ring registered with tokio's reactor. Both are listed on the io_uring line.
+//! current-thread runtime, against the same kind of echo thread. Where io_uring works,
+//! two peers park a ring in tokio's reactor as quell's tokio integration does:
+//! `tokio-uring` (that library's `UnixStream`) and `raw-uring-tokio` (a raw ring
+//! registered with tokio, no library: the floor for that way of parking). Both are
+//! listed on the io_uring line.
 //!
 //! Without `--backend`, quell runs on both backends in the same interleaved rounds and
 //! prints one line per backend; the portable line carries `vs_uring_latency`
@@ -307,8 +308,8 @@ fn run_placed(
         via_tokio.push(QuellTokioPingPong::new(ring, name)?);
     }
     let mut tokio_uds = TokioUds::new()?;
-    // Where io_uring works, two floors for quell-tokio-uring's way of parking in tokio's
-    // reactor: tokio-uring's runtime, and a raw ring registered with tokio (no library).
+    // Where io_uring works, two peers that park a ring in tokio's reactor as
+    // quell-tokio-uring does: tokio-uring, and a raw ring with no library (the floor).
     let uring = kinds_have_uring(&quells);
     let mut tokio_uring =
         optional_peer(uring, "tokio-uring", &mut skipped, TokioUringPingPong::new);
@@ -376,12 +377,12 @@ fn run_placed(
             }),
         );
         let mut peers = vec![tokio_sum.result(), qt];
-        // The io_uring floors ride on the uring line only.
-        let floors = [
+        // The io_uring peers ride on the uring line only.
+        let uring_peers = [
             (&tokio_uring_sum, "tokio_uring_over_tokio_uds"),
             (&raw_tokio_sum, "raw_uring_tokio_over_tokio_uds"),
         ];
-        for (sum, key) in floors {
+        for (sum, key) in uring_peers {
             if let (Some(sum), "uring") = (sum, kind.as_str()) {
                 let r = sum.result();
                 ex.insert(

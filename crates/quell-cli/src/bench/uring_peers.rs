@@ -264,14 +264,13 @@ impl Contender for Monoio {
 /// `UnixStream` (`write_all`, then `read` until 64 bytes are back), in a spawned task
 /// on tokio-uring's runtime.
 ///
-/// tokio-uring is the thinnest way to drive io_uring from a stock tokio runtime: its
-/// ring descriptor is registered with tokio's reactor, so the thread parks in tokio's
-/// `epoll_wait`, as quell's tokio integration does. It keeps no op table beyond a slab
-/// and sends no cancel on drop, so it is the floor for that way of parking.
+/// tokio-uring parks the way quell's tokio integration does: its ring descriptor is
+/// registered with tokio's reactor, so the thread sleeps in tokio's `epoll_wait`. It
+/// keeps no op table beyond a slab and sends no cancel on drop: the nearest library
+/// peer for that way of parking (`raw-uring-tokio` is the floor with no library).
 pub struct TokioUringPingPong {
     rt: tokio_uring::Runtime,
-    stream: Option<std::os::unix::net::UnixStream>,
-    _echo: super::pingpong::Echo,
+    echo: super::pingpong::Echo,
 }
 
 impl TokioUringPingPong {
@@ -279,12 +278,9 @@ impl TokioUringPingPong {
     pub fn new() -> Result<TokioUringPingPong, CliError> {
         let rt = tokio_uring::Runtime::new(&tokio_uring::builder())
             .map_err(|e| format!("tokio-uring runtime: {e}"))?;
-        let echo = super::pingpong::Echo::new()?;
-        let stream = echo.stream().try_clone().map_err(|e| format!("dup: {e}"))?;
         Ok(TokioUringPingPong {
             rt,
-            stream: Some(stream),
-            _echo: echo,
+            echo: super::pingpong::Echo::new()?,
         })
     }
 }
@@ -296,28 +292,18 @@ impl Contender for TokioUringPingPong {
 
     fn run(&mut self, dur: Duration, hist: &mut Histogram<u64>) -> Result<Sample, CliError> {
         use super::pingpong::MSG;
-        let std_stream = self
-            .stream
-            .take()
-            .ok_or("tokio-uring pingpong: no stream")?;
+        // tokio-uring's stream owns (and closes) its descriptor: each round gets a dup.
+        let dup = self
+            .echo
+            .stream()
+            .try_clone()
+            .map_err(|e| format!("tokio-uring pingpong dup: {e}"))?;
         let mut h = std::mem::replace(hist, new_histogram());
-        let (std_stream, h, sample, failure) = self
+        let (h, sample, failure) = self
             .rt
             .block_on(async move {
                 // A spawned task, as for the other tokio contenders.
                 let task = tokio_uring::spawn(async move {
-                    // tokio-uring's stream owns the descriptor: it works on a dup, and hands
-                    // the original back for the next round.
-                    let dup = match std_stream.try_clone() {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let s = Sample {
-                                ops: 0,
-                                elapsed: Duration::ZERO,
-                            };
-                            return (std_stream, h, s, Some(format!("dup: {e}")));
-                        }
-                    };
                     let stream = tokio_uring::net::UnixStream::from_std(dup);
                     let mut wbuf = vec![0x5au8; MSG];
                     let mut rbuf = vec![0u8; MSG];
@@ -359,13 +345,11 @@ impl Contender for TokioUringPingPong {
                         ops,
                         elapsed: start.elapsed(),
                     };
-                    drop(stream); // closes the dup
-                    (std_stream, h, sample, failure)
+                    (h, sample, failure)
                 });
                 task.await
             })
             .map_err(|e| format!("tokio-uring task: {e}"))?;
-        self.stream = Some(std_stream);
         *hist = h;
         match failure {
             Some(f) => Err(f.into()),
