@@ -180,7 +180,7 @@ impl ChainState {
                 continue;
             }
             let asked = l.descs[i].request_len();
-            let o = outcome_of(kind, l.flags_at[i], 0, asked, r);
+            let o = outcome_of(kind, u16::from(l.flags_at[i]), 0, asked, r);
             self.results[i].outcome = Some(o);
             match o {
                 Outcome::Failed(e) => {
@@ -479,7 +479,7 @@ impl Ring {
             return;
         }
         l.res[step] = Some(res);
-        l.flags_at[step] = flags;
+        l.flags_at[step] = flags as u8; // chains use only the low eight flags
         l.waiting -= 1;
         if self.trace_ops {
             self.trace_linked_step(idx, step, res);

@@ -2,8 +2,11 @@
 //!
 //! Classification costs an `fstat` + `fstatfs` (+ `fcntl`), so results are cached per
 //! descriptor number. quell's own `close`, `openat` and `accept` invalidate the entry
-//! for their descriptor; a program that closes a descriptor behind the ring's back and
-//! reuses its number for a different kind of file calls [`Ring::forget_fd`].
+//! for their descriptor. A number closed behind the ring's back and reused for a
+//! different kind of file leaves a stale entry; the one decision a stale entry could
+//! make wrongly for good — detaching an op at its deadline as if it were device I/O —
+//! asks the kernel again first (`ring::identity`, I12). [`Ring::forget_fd`] drops an
+//! entry at once.
 //!
 //! [`Ring::forget_fd`]: crate::Ring::forget_fd
 
@@ -15,6 +18,17 @@ const NFS_SUPER_MAGIC: i64 = 0x6969;
 const SMB2_MAGIC_NUMBER: i64 = 0xfe53_4d42;
 const CIFS_MAGIC_NUMBER: i64 = 0xff53_4d42;
 const CEPH_SUPER_MAGIC: i64 = 0x00c3_6400;
+/// 9P (virtio-9p and WSL2's host shares, QEMU's virtfs).
+const V9FS_MAGIC: i64 = 0x0102_1997;
+const LUSTRE_SUPER_MAGIC: i64 = 0x0bd0_0bd0;
+/// IBM Spectrum Scale (GPFS).
+const GPFS_SUPER_MAGIC: i64 = 0x4750_4653;
+/// OpenAFS.
+const AFS_SUPER_MAGIC: i64 = 0x5346_414f;
+/// The kernel's own AFS client (kAFS).
+const KAFS_MAGIC: i64 = 0x6b41_4653;
+const CODA_SUPER_MAGIC: i64 = 0x7375_7245;
+const ORANGEFS_SUPER_MAGIC: i64 = 0x2003_0528;
 
 /// What quell knows about a descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,11 +88,15 @@ pub(crate) fn probe_fd(fd: RawFd) -> Result<FdInfo, i32> {
 }
 
 /// The class of a regular file on the file system with magic number `magic`
-/// (`statfs`'s `f_type`): network and FUSE file systems are Interruptible.
+/// (`statfs`'s `f_type`): network, cluster and FUSE file systems, whose I/O waits for a
+/// server that may never answer, are Interruptible.
 pub(crate) fn class_of_fs(magic: i64) -> CancelClass {
     match magic {
         FUSE_SUPER_MAGIC | NFS_SUPER_MAGIC | SMB2_MAGIC_NUMBER | CIFS_MAGIC_NUMBER
-        | CEPH_SUPER_MAGIC => CancelClass::Interruptible,
+        | CEPH_SUPER_MAGIC | V9FS_MAGIC | LUSTRE_SUPER_MAGIC | GPFS_SUPER_MAGIC
+        | AFS_SUPER_MAGIC | KAFS_MAGIC | CODA_SUPER_MAGIC | ORANGEFS_SUPER_MAGIC => {
+            CancelClass::Interruptible
+        }
         _ => CancelClass::Bounded,
     }
 }
@@ -141,6 +159,17 @@ impl FdCache {
         Ok(info)
     }
 
+    /// Records what the kernel just said `fd` is (a re-validation found the cache stale).
+    pub(crate) fn store(&mut self, fd: RawFd, info: FdInfo) {
+        if fd >= 0 && (fd as usize) < CACHE_LIMIT {
+            let i = fd as usize;
+            if self.entries.len() <= i {
+                self.entries.resize(i + 1, None);
+            }
+            self.entries[i] = Some(info);
+        }
+    }
+
     /// Forgets what is known about `fd` (it was closed, or reused).
     #[inline]
     pub(crate) fn forget(&mut self, fd: RawFd) {
@@ -166,6 +195,20 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         assert_eq!(probe_fd(s.as_raw_fd()).unwrap().class, CancelClass::Prompt);
         assert_eq!(probe_fd(-1), Err(libc::EBADF));
+        // Network and cluster file systems wait on servers: interruptible.
+        for magic in [
+            FUSE_SUPER_MAGIC,
+            NFS_SUPER_MAGIC,
+            V9FS_MAGIC,
+            LUSTRE_SUPER_MAGIC,
+            GPFS_SUPER_MAGIC,
+            AFS_SUPER_MAGIC,
+            KAFS_MAGIC,
+        ] {
+            assert_eq!(class_of_fs(magic), CancelClass::Interruptible, "{magic:#x}");
+        }
+        assert_eq!(class_of_fs(0xef53), CancelClass::Bounded); // ext4
+        assert_eq!(class_of_fs(0x0102_1994), CancelClass::Bounded); // tmpfs
         assert_eq!(probe_fd(1_000_000), Err(libc::EBADF));
     }
 }

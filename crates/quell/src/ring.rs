@@ -18,8 +18,8 @@ use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
-    SlotState, Table, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DELIVERED, F_EXACT, F_KERNEL_DONE,
-    F_SINK, F_TIMEOUT,
+    SlotState, Table, F_ANCHORED, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DECLARED, F_DELIVERED,
+    F_EXACT, F_KERNEL_DONE, F_SINK, F_TIMEOUT,
 };
 use crate::timer::{Timers, GROUP_TARGET};
 use crate::wake::Doorbell;
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod identity;
 mod inline;
 mod lane;
 mod ready;
@@ -357,6 +358,8 @@ pub struct Ring {
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
     dumps: Vec<introspect::DumpBinding>,
+    /// Duplicates held by ops that waited in quell's queue (I12, `identity`).
+    anchors: identity::Anchors,
 }
 
 impl Ring {
@@ -437,6 +440,7 @@ impl Ring {
             sinks: sink::Sinks::default(),
             paused: false,
             dumps: Vec::new(),
+            anchors: identity::Anchors::default(),
         })
     }
 
@@ -622,6 +626,11 @@ impl Ring {
         if d.kind == OpKind::Fallocate && d.aux > i64::MAX as u64 {
             return Err(Error::TooLong { len: d.aux });
         }
+        if offset_out_of_range(d.offset) && (d.kind.is_transfer() || d.kind == OpKind::Fallocate) {
+            return Err(Error::InvalidArgument(
+                "offset beyond i64::MAX (the kernel refuses it)",
+            ));
+        }
         if d.kind.is_path_op() {
             if d.fd < 0 && d.fd != libc::AT_FDCWD {
                 return Err(Error::InvalidFd { fd: d.fd });
@@ -643,12 +652,15 @@ impl Ring {
         Ok(match d.kind {
             OpKind::Nop | OpKind::Timeout => CancelClass::Prompt,
             OpKind::Blocking => CancelClass::Interruptible,
+            // A path op can block for as long as its partner likes (opening a FIFO waits
+            // for the other end; network and FUSE lookups wait for a server), so it is
+            // interruptible whatever its directory is: a deadline cancels it rather than
+            // detaching it and leaking the descriptor it opens later.
             k if k.is_path_op() => {
-                if d.fd == libc::AT_FDCWD {
-                    CancelClass::Bounded
-                } else {
-                    self.fd_class(d.fd)?
+                if d.fd != libc::AT_FDCWD {
+                    self.fd_class(d.fd)?;
                 }
+                CancelClass::Interruptible
             }
             OpKind::Splice => {
                 let a = self.fd_class(d.fd)?;
@@ -771,6 +783,9 @@ impl Ring {
         if op.sink {
             s.flags |= F_SINK;
         }
+        if op.class.is_some() {
+            s.flags |= F_DECLARED;
+        }
         s.set_desc(op.desc);
         if let Some(c) = chain.take() {
             s.flags |= F_CHAIN;
@@ -804,7 +819,7 @@ impl Ring {
                 && !self.paused
                 && self.start_slot(idx, key))
             {
-                self.queue.push_back(key);
+                self.enqueue(idx, key);
             }
         }
         Ok(id)
@@ -881,6 +896,9 @@ impl Ring {
             return true;
         }
         let mut raw = s.desc.raw();
+        if s.flags & F_ANCHORED != 0 {
+            self.anchors.apply(idx, &mut raw);
+        }
         // Resubmitted stream transfers (Send/Recv) continue after what moved before.
         if (matches!(raw.kind, OpKind::Read | OpKind::Write)
             && (s.transferred > 0 || (raw.len > self.part_size && raw.offset != NO_OFFSET)))
@@ -950,10 +968,19 @@ impl Ring {
                 g.stats.in_flight -= 1;
                 g.stats.queued += 1;
                 self.in_flight -= 1;
+                // The next part may wait for room: it must find the same file (I12).
+                // Best effort: without a spare descriptor it goes on with the number.
+                if let Err(errno) = self.anchor(idx) {
+                    tracing::debug!(errno, "could not anchor a continued transfer");
+                }
                 self.queue.push_front(key);
                 return;
             }
         }
+        if s.flags & F_ANCHORED != 0 {
+            self.release_anchor(idx);
+        }
+        let s = self.table.slot_mut(idx);
         let outcome = if s.flags & F_CHAIN == 0 {
             outcome_of(s.desc.kind, s.flags, s.transferred, asked, res)
         } else {
@@ -1000,9 +1027,22 @@ impl Ring {
             tracing::error!(key, ?state, "completion for an op not in flight; ignored");
             return;
         }
+        if s.flags & F_KERNEL_DONE != 0 {
+            // Given up on at teardown (`leak_in_flight`): already accounted for.
+            return;
+        }
+        if matches!(s.desc.kind, OpKind::OpenAt | OpKind::Accept) && res >= 0 {
+            // The user was released with `Detached` and will never see this
+            // descriptor: close it rather than leak it.
+            // SAFETY: the kernel just created this descriptor for this op; nobody else
+            // has its number.
+            unsafe { libc::close(res as RawFd) };
+        }
+        let gidx = s.group;
+        self.release_anchor(idx);
         self.in_flight -= 1;
         self.stats.detached_finished += 1;
-        self.groups.at(s.group).stats.detached -= 1;
+        self.groups.at(gidx).stats.detached -= 1;
         if self.trace_ops {
             self.trace_kernel_done(idx, res);
         }
@@ -1472,19 +1512,7 @@ impl Ring {
                         None => return, // a cleanup close runs first
                     }
                 }
-                let s = self.table.slot_mut(idx);
-                s.state = SlotState::Completed;
-                let had_deadline = s.deadline != u64::MAX;
-                self.groups.at(s.group).stats.queued -= 1;
-                if had_deadline {
-                    self.note_timer_stale();
-                }
-                self.outstanding -= 1;
-                if self.trace_ops {
-                    self.trace_completed(idx, &outcome);
-                }
-                self.push_completion(idx, outcome);
-                self.stats.completed += 1;
+                self.complete_queued(idx, outcome);
                 self.stats.canceled_queued += 1;
                 self.stats.cancel_requests += 1;
             }
@@ -1497,29 +1525,19 @@ impl Ring {
                     self.chains.get(idx).stop(timed_out);
                     return;
                 }
-                // A chain is never detached: it waits for the step, then closes what it opened.
-                if timed_out && s.class == CancelClass::Bounded && s.flags & F_CHAIN == 0 {
-                    // Device I/O cannot be stopped: release the user now, keep the
-                    // memory until the kernel's own completion (I2, I4).
-                    let gidx = s.group;
-                    let was_canceled = s.flags & F_CANCEL != 0;
-                    s.state = SlotState::Detached;
-                    s.flags |= F_TIMEOUT;
-                    let g = self.groups.at(gidx);
-                    g.stats.in_flight -= 1;
-                    if was_canceled {
-                        g.stats.cancel_requested -= 1;
-                    }
-                    g.stats.detached += 1;
-                    self.outstanding -= 1;
-                    if self.trace_ops {
-                        self.trace_completed(idx, &Outcome::Detached);
-                    }
-                    self.push_completion(idx, Outcome::Detached);
-                    self.stats.completed += 1;
-                    self.stats.detached += 1;
+                // A chain is never detached: it waits for the step, then closes what it
+                // opened. Device I/O cannot be stopped: release the user now, keep the
+                // memory until the kernel's own completion (I2, I4) — once the kernel
+                // confirms the descriptor really is device I/O (I12).
+                if timed_out
+                    && s.class == CancelClass::Bounded
+                    && s.flags & F_CHAIN == 0
+                    && self.still_bounded(idx)
+                {
+                    self.detach_slot(idx);
                     return;
                 }
+                let s = self.table.slot_mut(idx);
                 if s.flags & F_CANCEL_SENT != 0 {
                     return;
                 }
@@ -1535,6 +1553,48 @@ impl Ring {
             }
             _ => {}
         }
+    }
+
+    /// Ends the queued slot `idx` with `outcome` (canceled in user space, or refused
+    /// at the last moment): it never reached the backend.
+    fn complete_queued(&mut self, idx: u32, outcome: Outcome) {
+        self.release_anchor(idx);
+        let s = self.table.slot_mut(idx);
+        s.state = SlotState::Completed;
+        let had_deadline = s.deadline != u64::MAX;
+        self.groups.at(s.group).stats.queued -= 1;
+        if had_deadline {
+            self.note_timer_stale();
+        }
+        self.outstanding -= 1;
+        if self.trace_ops {
+            self.trace_completed(idx, &outcome);
+        }
+        self.push_completion(idx, outcome);
+        self.stats.completed += 1;
+    }
+
+    /// Releases the user of the in-flight slot `idx` with `Detached`; the slot (and the
+    /// op's memory) stays with the ring until the kernel's own completion.
+    fn detach_slot(&mut self, idx: u32) {
+        let s = self.table.slot_mut(idx);
+        let gidx = s.group;
+        let was_canceled = s.flags & F_CANCEL != 0;
+        s.state = SlotState::Detached;
+        s.flags |= F_TIMEOUT;
+        let g = self.groups.at(gidx);
+        g.stats.in_flight -= 1;
+        if was_canceled {
+            g.stats.cancel_requested -= 1;
+        }
+        g.stats.detached += 1;
+        self.outstanding -= 1;
+        if self.trace_ops {
+            self.trace_completed(idx, &Outcome::Detached);
+        }
+        self.push_completion(idx, Outcome::Detached);
+        self.stats.completed += 1;
+        self.stats.detached += 1;
     }
 
     /// Requests cancellation of every outstanding op on `fd` (as either descriptor of a
@@ -1558,7 +1618,15 @@ impl Ring {
     /// # Ok(()) }
     /// ```
     pub fn cancel_fd(&mut self, fd: RawFd) -> usize {
-        self.cancel_where(|kind, f1, f2| kind.uses_fd() && (f1 == fd || f2 == fd))
+        // Negative numbers name no descriptor (-1 fills unused slots, AT_FDCWD is the
+        // working directory): they reach nothing.
+        if fd < 0 {
+            return 0;
+        }
+        self.cancel_where(|kind, f1, f2| {
+            kind.uses_fd()
+                && (f1 == fd || (matches!(kind, OpKind::Splice | OpKind::RenameAt) && f2 == fd))
+        })
     }
 
     /// Requests cancellation of every outstanding op. Returns how many were reached.
@@ -1605,9 +1673,18 @@ impl Ring {
         slots.len()
     }
 
-    /// Forgets what the ring knows about descriptor `fd`. Call it after closing a
-    /// descriptor behind the ring's back whose number may be reused for a different
-    /// kind of file (pipe vs FUSE file), so the next op on it is classified afresh.
+    /// Forgets what the ring knows about descriptor `fd`, so the next op on it is
+    /// classified afresh.
+    ///
+    /// The ring caches each number's class and cannot see a number closed behind its
+    /// back (an ordinary `drop(File)`) and reused. Correctness does not depend on this
+    /// call: before a deadline detaches an op as device I/O, the ring asks the kernel
+    /// again what the descriptor is, and an op never acts on a file other than the
+    /// one it was submitted on (contract item I12). What a stale entry can still cost
+    /// is speed and placement: on io_uring, a FUSE or NFS file reusing a pipe's number
+    /// would be submitted without `IOSQE_ASYNC` and could block the ring's thread in
+    /// the kernel until its server answers. Call `forget_fd` after closing a raw
+    /// descriptor outside quell if its number may come back as a different kind of file.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -2098,6 +2175,7 @@ impl Ring {
         self.closed = true;
         self.shared.closed.store(true, Ordering::Release);
         self.cancel_all();
+        self.cancel_detached();
         let start = Instant::now();
         // Canceled chains may still have a close to run (queued): dispatch it.
         while self.in_flight > 0 || self.chains.len() > 0 {
@@ -2127,18 +2205,47 @@ impl Ring {
         self.completions().collect()
     }
 
-    /// Leaks the memory of ops the kernel may still use (never frees it under the kernel).
-    fn leak_in_flight(&mut self) {
+    /// Asks the backend to stop detached ops too: an op detached as device I/O is
+    /// waited for at teardown, and if it was not device I/O after all (a descriptor
+    /// whose number was reused under it), the cancel ends it instead of the teardown
+    /// timeout. For real device I/O the request is harmless.
+    fn cancel_detached(&mut self) {
         let live: Vec<u32> = self.table.live().collect();
         for idx in live {
             let s = self.table.slot_mut(idx);
-            if matches!(s.state, SlotState::InFlight | SlotState::Detached) {
+            if s.state == SlotState::Detached && s.flags & (F_KERNEL_DONE | F_CANCEL_SENT) == 0 {
+                s.flags |= F_CANCEL_SENT;
+                let (key, kind, class) = (key_of(idx, s.gen), s.desc.kind, s.class);
+                self.backend.cancel(key, kind, class);
+            }
+        }
+    }
+
+    /// Gives up on ops the kernel still runs after the teardown timeout: each in-flight
+    /// op still yields its one completion (`Detached`: the caller is released), and its
+    /// memory is leaked, never freed under the kernel. A late kernel completion for any
+    /// of them is ignored.
+    fn leak_in_flight(&mut self) {
+        let live: Vec<u32> = self.table.live().collect();
+        for idx in live {
+            let state = self.table.slot(idx).state;
+            if !matches!(state, SlotState::InFlight | SlotState::Detached) {
+                continue;
+            }
+            if state == SlotState::InFlight {
+                self.detach_slot(idx);
+            }
+            let s = self.table.slot_mut(idx);
+            if s.state == SlotState::Detached && s.flags & F_KERNEL_DONE == 0 {
                 std::mem::forget(std::mem::take(&mut s.desc.payload));
+                // Accounted for: the completion, when taken, frees the slot.
+                s.flags |= F_KERNEL_DONE;
                 self.stats.leaked_at_teardown += 1;
                 tracing::warn!(slot = idx, kind = %s.desc.kind, "op still in flight at teardown; its memory is leaked");
             }
         }
         self.chains.leak_linked();
+        self.anchors.clear();
         self.in_flight = 0;
     }
 }
@@ -2243,7 +2350,7 @@ fn choose_backend(choice: BackendChoice, parts: &BackendParts) -> Result<(Backen
 
 /// The honest outcome of a finished op (contract item I4).
 #[inline]
-fn outcome_of(kind: OpKind, flags: u8, prior: u64, asked: u64, res: i64) -> Outcome {
+fn outcome_of(kind: OpKind, flags: u16, prior: u64, asked: u64, res: i64) -> Outcome {
     let canceled = flags & F_CANCEL != 0;
     let stopped = |t: u64| {
         if flags & F_TIMEOUT != 0 {
@@ -2275,6 +2382,13 @@ fn outcome_of(kind: OpKind, flags: u8, prior: u64, asked: u64, res: i64) -> Outc
         return stopped(prior);
     }
     Outcome::Failed(crate::outcome::Errno::from_raw_os_error(errno))
+}
+
+/// Whether a file offset is one the kernel refuses (`EINVAL`): above `i64::MAX`, other
+/// than [`NO_OFFSET`] ("the current position"). One add and one compare.
+#[inline(always)]
+pub(crate) fn offset_out_of_range(offset: u64) -> bool {
+    offset.wrapping_add(1) > (i64::MAX as u64) + 1
 }
 
 /// O_DIRECT alignment rules for one buffer.

@@ -42,28 +42,34 @@ pub(crate) enum SlotState {
 }
 
 /// Slot flag: a cancel was requested while the op was in flight.
-pub(crate) const F_CANCEL: u8 = 1;
+pub(crate) const F_CANCEL: u16 = 1;
 /// Slot flag: the cancel came from a deadline (outcome `TimedOut`).
-pub(crate) const F_TIMEOUT: u8 = 2;
+pub(crate) const F_TIMEOUT: u16 = 2;
 /// Slot flag: the backend has been asked to cancel (ASYNC_CANCEL sent or queued).
-pub(crate) const F_CANCEL_SENT: u8 = 8;
+pub(crate) const F_CANCEL_SENT: u16 = 8;
 /// Slot flag: retry short transfers until the whole buffer moved (`read_exact`/`write_all`).
-pub(crate) const F_EXACT: u8 = 4;
+pub(crate) const F_EXACT: u16 = 4;
 /// Slot flag (detached ops): the user has been given the `Detached` completion.
-pub(crate) const F_DELIVERED: u8 = 16;
+pub(crate) const F_DELIVERED: u16 = 16;
 /// Slot flag (detached ops): the kernel's own completion has arrived.
-pub(crate) const F_KERNEL_DONE: u8 = 32;
+pub(crate) const F_KERNEL_DONE: u16 = 32;
 /// Slot flag: the slot runs a chain's steps (state in the ring's `Chains`).
-pub(crate) const F_CHAIN: u8 = 64;
+pub(crate) const F_CHAIN: u16 = 64;
 /// Slot flag: the completion goes to an internal sink (`ring::sink`), not to the user.
-pub(crate) const F_SINK: u8 = 128;
+pub(crate) const F_SINK: u16 = 128;
+/// Slot flag: the op holds duplicates of its descriptors (`ring::identity`), taken when
+/// it had to wait in quell's queue, so it acts on the files it was submitted on.
+pub(crate) const F_ANCHORED: u16 = 256;
+/// Slot flag: the class was declared by the submitter (`Op::class`), not derived from
+/// the descriptor; the ring uses it as given.
+pub(crate) const F_DECLARED: u16 = 512;
 
 /// Bookkeeping for one operation.
 pub(crate) struct Slot {
     pub(crate) gen: u32,
     pub(crate) state: SlotState,
     pub(crate) class: CancelClass,
-    pub(crate) flags: u8,
+    pub(crate) flags: u16,
     /// Free-list link while free; position in the live array while live.
     pub(crate) link: u32,
     pub(crate) group: u32,

@@ -15,7 +15,7 @@ use crate::error::SubmitError;
 use crate::id::{key_of, OpId};
 use crate::op::{Op, OpKind, Payload, RawOp, NO_OFFSET};
 use crate::outcome::{CancelClass, Outcome};
-use crate::table::SlotState;
+use crate::table::{SlotState, F_DECLARED};
 
 impl Ring {
     /// The group index `op` goes to if it may take the plain lane right now; `None`
@@ -86,6 +86,9 @@ impl Ring {
         let key = key_of(idx, gen);
         s.state = SlotState::InFlight;
         s.class = class;
+        if op.class.is_some() {
+            s.flags = F_DECLARED;
+        }
         s.user_data = op.user_data;
         s.submitted = self.coarse_now;
         s.group = gidx;
@@ -128,7 +131,7 @@ impl Ring {
             self.in_flight += 1;
         } else {
             g.queued += 1;
-            self.queue.push_back(key);
+            self.enqueue(idx, key);
         }
         Ok(OpId {
             ring: self.id,
@@ -149,6 +152,11 @@ impl Ring {
         }
         if d.fd < 0 {
             return Err(crate::Error::InvalidFd { fd: d.fd });
+        }
+        if super::offset_out_of_range(d.offset) {
+            return Err(crate::Error::InvalidArgument(
+                "offset beyond i64::MAX (the kernel refuses it)",
+            ));
         }
         if let Some(c) = op.class {
             return Ok(c);
@@ -184,7 +192,7 @@ impl Ring {
         let plain = s.gen == gen
             && s.state == SlotState::InFlight
             && res >= 0
-            && s.flags == 0
+            && s.flags & !F_DECLARED == 0
             && s.transferred == 0
             && s.deadline == u64::MAX
             && match kind {
