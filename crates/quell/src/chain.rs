@@ -27,9 +27,11 @@
 //! cancels the running step and every later one. A step that fails does the same. In
 //! both cases every descriptor the chain opened and has not closed yet is still
 //! closed: by the chain's own close step for it when it has one, or by a close the
-//! chain adds. Close steps are shielded from the chain's cancel flag (canceling a
-//! close could only leak the descriptor); a cancel that finds one running stops the
-//! steps after it.
+//! chain adds. Each descriptor gets one such close, never retried: a close refused or
+//! failed (`EBADF`: the number was closed behind the ring's back) is reported in its
+//! step, and the chain then completes. Close steps are shielded from the chain's
+//! cancel flag (canceling a close could only leak the descriptor); a cancel that finds
+//! one running stops the steps after it.
 //! A chain step past its deadline is never detached: the step is asked to stop and the
 //! chain waits for it (a Bounded step ends in finite time), so the cleanup can run.
 
@@ -679,7 +681,7 @@ impl ChainState {
         r.payload = payload;
         match (kind, outcome) {
             (OpKind::OpenAt, Outcome::Done(newfd)) => self.opened.push(newfd as RawFd),
-            // A close releases the number whatever it reports (except a bad fd).
+            // A close releases the number whatever it reports: it is never retried.
             (OpKind::Close, _) => self.opened.retain(|&f| f != fd),
             _ => {}
         }
@@ -697,7 +699,12 @@ impl ChainState {
         let r = &mut self.results[self.current];
         r.outcome = Some(Outcome::Failed(errno));
         r.payload = op.desc.payload;
-        if self.failed.is_none() {
+        if op.desc.kind == OpKind::Close {
+            // A close is tried once: refused (the number was closed behind the ring's
+            // back), the descriptor is no longer the chain's to close.
+            self.opened.retain(|&f| f != op.desc.fd);
+        }
+        if self.failed.is_none() && !self.cleanup {
             self.failed = Some(errno);
         }
     }
@@ -716,7 +723,9 @@ impl ChainState {
 
     /// The next step to run: the next pending one while the chain goes on; once it
     /// stops, only closes of descriptors it opened (its own close steps for them
-    /// first, else added ones). `None`: the chain is over.
+    /// first, else added ones), one per descriptor: a descriptor leaves the opened set
+    /// when its cleanup close is handed out, whatever that close then reports
+    /// (`EBADF` included), so cleanup always ends. `None`: the chain is over.
     pub(crate) fn next(&mut self) -> Option<Next> {
         if !self.stopping() {
             let p = self.pending.pop_front()?;
@@ -737,6 +746,7 @@ impl ChainState {
             p.op.desc.kind == OpKind::Close
                 && (p.op.desc.fd == fd || (p.op.desc.fd == Chain::OPENED && self.latest_is(fd)))
         });
+        self.opened.pop();
         self.cleanup = true;
         if let Some(pos) = own {
             let p = self.pending.remove(pos).expect("position is valid");
@@ -859,7 +869,9 @@ impl Ring {
     /// one completion (outcome of the whole chain, every step's outcome and buffer in
     /// [`Completion::steps`](crate::Completion::steps)), one cancel flag, one deadline
     /// and one group (I6). Canceling it stops the running step and every later one; a
-    /// failing step does the same; either way the descriptors it opened are closed.
+    /// failing step does the same; either way the descriptors it opened are closed,
+    /// each by one close whose outcome is in the steps (a descriptor closed behind the
+    /// ring's back shows `Failed(EBADF)` there; the close is not retried).
     /// On io_uring a chain the kernel can sequence goes to it as linked SQEs (counted
     /// in [`Stats::linked_chains`](crate::Stats::linked_chains)); its open step then
     /// reports `Done(0)`, the file living in a direct descriptor the chain closes.
@@ -1005,5 +1017,89 @@ impl Ring {
             }
             return None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close handed out while a canceled chain cleans up is refused (the
+    /// numbers were closed behind the ring's back): one close per opened descriptor,
+    /// then the chain is over.
+    #[test]
+    fn cleanup_hands_out_one_close_per_descriptor_even_when_each_is_refused() {
+        let chain = Chain::new()
+            .then(Op::openat(libc::AT_FDCWD, "/a", libc::O_RDONLY, 0))
+            .then(Op::openat(libc::AT_FDCWD, "/b", libc::O_RDONLY, 0))
+            .then(Op::timeout(std::time::Duration::from_secs(60)))
+            .then(Op::close(Chain::OPENED));
+        let (_first, mut st) = ChainState::start(chain, None);
+        st.record(
+            libc::AT_FDCWD,
+            OpKind::OpenAt,
+            Outcome::Done(10),
+            Payload::None,
+        );
+        let open_b = st.next().expect("second open");
+        st.record(
+            open_b.op.desc.fd,
+            OpKind::OpenAt,
+            Outcome::Done(11),
+            Payload::None,
+        );
+        let timeout = st.next().expect("timeout");
+        assert_eq!(timeout.op.desc.kind, OpKind::Timeout);
+        let canceled = Outcome::Canceled { transferred: 0 };
+        st.record(-1, OpKind::Timeout, canceled, Payload::None);
+        let mut closed = Vec::new();
+        while let Some(next) = st.next() {
+            assert!(next.cleanup);
+            assert_eq!(next.op.desc.kind, OpKind::Close);
+            assert!(
+                closed.len() < 2,
+                "a third close for two descriptors: {closed:?}"
+            );
+            closed.push(next.op.desc.fd);
+            st.refuse_current(Errno::BADF, next.op);
+        }
+        assert_eq!(closed, [11, 10]);
+        let (outcome, payload) = st.finish();
+        assert_eq!(
+            outcome, canceled,
+            "a refused cleanup close does not fail the chain"
+        );
+        let Payload::Chain(steps) = payload else {
+            panic!("a chain's payload")
+        };
+        let closes: Vec<_> = steps.iter().map(|s| (s.outcome, s.added)).skip(3).collect();
+        assert_eq!(
+            closes,
+            [
+                (Some(Outcome::Failed(Errno::BADF)), false),
+                (Some(Outcome::Failed(Errno::BADF)), true)
+            ]
+        );
+    }
+
+    /// The chain's own close, refused while the chain goes on, fails the chain and
+    /// leaves nothing to clean up.
+    #[test]
+    fn a_refused_own_close_is_not_followed_by_an_added_one() {
+        let chain = Chain::new()
+            .then(Op::openat(libc::AT_FDCWD, "/a", libc::O_RDONLY, 0))
+            .then(Op::close(Chain::OPENED));
+        let (_first, mut st) = ChainState::start(chain, None);
+        st.record(
+            libc::AT_FDCWD,
+            OpKind::OpenAt,
+            Outcome::Done(10),
+            Payload::None,
+        );
+        let close = st.next().expect("own close");
+        assert_eq!(close.op.desc.fd, 10);
+        st.refuse_current(Errno::BADF, close.op);
+        assert!(st.next().is_none(), "no close added for a refused one");
+        assert_eq!(st.finish().0, Outcome::Failed(Errno::BADF));
     }
 }

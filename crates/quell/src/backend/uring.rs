@@ -10,6 +10,11 @@
 //! per flush or wait, so the shared head/tail are synchronised once per batch rather
 //! than once per op. Staging never refuses an entry, so a cancel is never lost to a full
 //! submission queue: it waits in order behind the ops staged before it.
+//!
+//! "Submitted" means the kernel took every SQE: an SQE that fails its preparation
+//! (`ENAMETOOLONG` path, bad flags) stops the kernel from taking the ones behind it
+//! unless the ring has `IORING_SETUP_SUBMIT_ALL` (5.18+, asked for at setup), so every
+//! enter checks its count and enters again for the rest.
 
 use super::direct::{self, DirectTable, LinkRanges, LinkStep, CANCEL_RESULT};
 use super::pool::Pool;
@@ -79,6 +84,12 @@ pub(crate) struct Uring {
 impl Uring {
     /// Sets up a ring and checks every opcode quell needs.
     pub(crate) fn new(parts: &BackendParts) -> Result<Uring, Unavailable> {
+        Self::with_setup(parts, true)
+    }
+
+    /// [`new`](Uring::new); `submit_all: false` sets the ring up as a kernel without
+    /// `IORING_SETUP_SUBMIT_ALL` would (tests of the re-entering path).
+    fn with_setup(parts: &BackendParts, submit_all: bool) -> Result<Uring, Unavailable> {
         let sq = parts.config.sq_entries.clamp(8, 32768).next_power_of_two();
         // Room for a full window of 3-step linked chains (one CQE per step, see
         // `direct.rs`) plus their cancels: an overflowing CQ still loses nothing, but
@@ -87,12 +98,23 @@ impl Uring {
             .max(sq * 2)
             .clamp(16, 1 << 16)
             .next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(cq)
+        // SUBMIT_ALL (5.18): an SQE that fails its preparation no longer stops the
+        // kernel from taking the ones behind it. `submit` counts what the kernel took
+        // anyway, so an older kernel without it strands nothing either.
+        let builder = |all: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq);
+            if all && submit_all {
+                b.setup_submit_all();
+            }
+            b
+        };
+        let ring = builder(true)
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .build(sq)
-            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
+            .or_else(|_| builder(true).build(sq))
+            .or_else(|_| builder(false).build(sq))
             .map_err(|e| Unavailable(describe_setup_error(&e), Vec::new()))?;
         let mut probe = io_uring::Probe::new();
         ring.submitter()
@@ -274,12 +296,17 @@ impl Uring {
         self.push(sqe);
     }
 
-    fn submit(&mut self, want: usize) -> io::Result<()> {
+    /// Hands every published SQE to the kernel. Without `IORING_SETUP_SUBMIT_ALL` the
+    /// kernel stops at the first SQE that fails its preparation (a path longer than
+    /// `PATH_MAX`, flags an opcode does not take) and leaves the ones behind it in the
+    /// queue: they are entered again here, at once, not at some later wait.
+    fn submit(&mut self) -> io::Result<()> {
         loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => {
-                    self.unsubmitted = 0;
-                    return Ok(());
+            match self.ring.submit_and_wait(0) {
+                Ok(n) => {
+                    if !self.took(n) {
+                        return Ok(());
+                    }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // The CQ is backed up: the ring reaps, then submits again.
@@ -289,13 +316,31 @@ impl Uring {
         }
     }
 
+    /// The kernel took `n` SQEs in one enter. Returns whether some are still in the
+    /// submission queue and the kernel made progress (so entering again helps).
+    #[inline]
+    fn took(&mut self, n: usize) -> bool {
+        if n == self.unsubmitted as usize {
+            self.unsubmitted = 0;
+            return false;
+        }
+        // Rare: a refused SQE stopped the kernel (or the count drifted). The queue's
+        // head, which the kernel moves, says what is really left.
+        self.unsubmitted = self.ring.submission().len() as u32;
+        self.unsubmitted > 0 && n > 0
+    }
+
     #[inline]
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.pool.tick(); // pool hook: due interrupt re-sends (a Vec length check when none)
         loop {
             self.publish();
-            if self.unsubmitted > 0 || self.ring.submission().need_wakeup() {
-                self.submit(0)?;
+            // With nothing to submit, enter anyway when the kernel flags queued task
+            // work (COOP_TASKRUN: a completion from another CPU waits there, without an
+            // interrupt, until this thread enters the kernel; else until the next tick).
+            // `submit_and_wait` adds GETEVENTS for it. One load of the SQ flags.
+            if self.unsubmitted > 0 || self.ring.submission().taskrun() {
+                self.submit()?;
             }
             if self.staged.is_empty() {
                 return Ok(());
@@ -353,10 +398,10 @@ impl Uring {
             }
         };
         match res {
-            Ok(_) => {
-                self.unsubmitted = 0;
-                Ok(())
-            }
+            // A refused SQE stopped the kernel before its wait: hand it the rest now
+            // (the refused SQE's own CQE is ready, so the ring has something to reap).
+            Ok(n) if self.took(n) => self.submit(),
+            Ok(_) => Ok(()),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -512,4 +557,98 @@ fn build(r: &RawOp) -> Result<squeue::Entry, i32> {
             .build(),
         OpKind::Blocking => return Err(libc::EOPNOTSUPP),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendConfig;
+
+    /// A ring set up as on a kernel without `IORING_SETUP_SUBMIT_ALL` (before 5.18).
+    fn without_submit_all() -> Uring {
+        let parts = BackendParts {
+            config: BackendConfig {
+                sq_entries: 64,
+                max_in_flight: 64,
+                pool_threads: 1,
+                direct_slots: 0,
+            },
+            doorbell: Arc::new(Doorbell::new().unwrap()),
+        };
+        let mut u = Uring::with_setup(&parts, false).unwrap_or_else(|e| panic!("{}", e.0));
+        // The doorbell poll first.
+        u.flush().unwrap();
+        // The kernel really stops at a refused SQE on this ring: one enter takes the
+        // refused open and leaves the nops behind it.
+        let path = std::ffi::CString::new("q".repeat(5000)).unwrap();
+        stage(&mut u, &path, 1);
+        u.publish();
+        assert_eq!(
+            u.ring.submit().unwrap(),
+            1,
+            "the kernel stopped at the refused SQE"
+        );
+        u.flush().unwrap();
+        assert_eq!(reaped(&mut u).len(), 3);
+        u
+    }
+
+    /// Stages `bad` refused SQEs, each followed by two nops, keyed 1, 2, 3, ...
+    fn stage(u: &mut Uring, path: &std::ffi::CStr, bad: u64) -> Vec<u64> {
+        let mut keys = Vec::new();
+        for i in 0..bad {
+            let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                .build()
+                .user_data(i * 3 + 1);
+            u.push(open);
+            u.push(opcode::Nop::new().build().user_data(i * 3 + 2));
+            u.push(opcode::Nop::new().build().user_data(i * 3 + 3));
+            keys.extend([i * 3 + 1, i * 3 + 2, i * 3 + 3]);
+        }
+        keys
+    }
+
+    fn reaped(u: &mut Uring) -> Vec<(u64, i64)> {
+        let mut out = Vec::new();
+        u.reap(&mut out);
+        out.sort_unstable();
+        out
+    }
+
+    fn expected(keys: &[u64]) -> Vec<(u64, i64)> {
+        keys.iter()
+            .map(|&k| {
+                (
+                    k,
+                    if k % 3 == 1 {
+                        -libc::ENAMETOOLONG as i64
+                    } else {
+                        0
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_flush_hands_over_everything_behind_refused_sqes() {
+        let mut u = without_submit_all();
+        let path = std::ffi::CString::new("q".repeat(5000)).unwrap();
+        let keys = stage(&mut u, &path, 3);
+        u.flush().unwrap();
+        // Nops and prep failures complete during the enter: one flush, no second look.
+        assert_eq!(reaped(&mut u), expected(&keys));
+        assert!(!u.has_local_work(), "nothing left unsubmitted");
+    }
+
+    #[test]
+    fn a_wait_hands_over_everything_behind_refused_sqes() {
+        let mut u = without_submit_all();
+        let path = std::ffi::CString::new("q".repeat(5000)).unwrap();
+        u.flush().unwrap(); // the doorbell poll, so the batch below is only ours
+        let keys = stage(&mut u, &path, 2);
+        u.wait(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(reaped(&mut u), expected(&keys));
+        assert!(!u.has_local_work(), "nothing left unsubmitted");
+    }
 }
