@@ -37,10 +37,17 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" 
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --target x86_64-unknown-linux-gnu --test lazy -- \
   drop_mid_flight cancel_midway many_lazy
-# Linked chains: the kernel owns every step's memory until its last CQE.
+# Linked chains: the kernel owns every step's memory until its last CQE; chains whose
+# cleanup close is refused; batches the kernel stops taking part-way.
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
   CARGO_TARGET_DIR=target/asan \
-  cargo test -p quell --target x86_64-unknown-linux-gnu --test linked_chains
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test linked_chains --test chain_cleanup \
+  --test partial_submit
+# Descriptor identity and teardown: duplicates held by queued ops, ops detached and then
+# canceled at teardown, ops shutdown gives up on (their memory leaked, never freed).
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test fd_identity
 
 echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ_SECS:-60} s, AddressSanitizer)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
