@@ -3,10 +3,10 @@
 //!
 //! Contenders: `quell` (io_uring links the chain's SQEs, the open into a direct
 //! descriptor, after a `statx` of the path tells its file system), `quell-declared`
-//! (the same with the read declared `CancelClass::Bounded`, so no `statx`),
+//! (the same with the open and the read declared `CancelClass::Bounded`, so no `statx`),
 //! `quell-sequenced` (a ring with `link_chains(false)`: one step per trip through the
 //! kernel, the opened descriptor classified with `fstat`/`fstatfs`/`fcntl`),
-//! `quell-sequenced-declared` (the same with the read's class declared) and `sync-syscalls` (`open`, `pread`, `close` on the calling thread, one
+//! `quell-sequenced-declared` (the same with the open's and the read's class declared) and `sync-syscalls` (`open`, `pread`, `close` on the calling thread, one
 //! chain at a time). A chain owns its steps, so each one allocates
 //! (its step list and path); the read buffers are reused.
 
@@ -57,11 +57,16 @@ impl QuellChains {
         let off = (self.next_block % BLOCKS) * BLOCK as u64;
         self.next_block += 1;
         let mut read = Op::read_at(Chain::OPENED, off, buf);
+        let mut open = Op::openat(libc::AT_FDCWD, &self.path, libc::O_RDONLY, 0);
         if self.declared {
+            // The caller knows the path is a regular file on a local file system: the
+            // open may take io_uring's inline attempt instead of a worker (an undeclared
+            // open is Interruptible, since a FIFO or a network lookup can block).
             read = read.class(CancelClass::Bounded);
+            open = open.class(CancelClass::Bounded);
         }
         let chain = Chain::new()
-            .then(Op::openat(libc::AT_FDCWD, &self.path, libc::O_RDONLY, 0))
+            .then(open)
             .then(read)
             .then(Op::close(Chain::OPENED))
             .user_data(lane as u64);
