@@ -886,9 +886,9 @@ impl Driver {
     pub fn with_ring<T>(&self, f: impl FnOnce(&mut Ring) -> T) -> T {
         let mut st = self.lock();
         let r = f(&mut st.ring);
-        // Whatever `f` did (a group with a deadline, a cancel) is the reactor's to
-        // follow up: its next wake-up takes a full turn.
-        st.turn_wanted = true;
+        // Whatever `f` did (a group with a deadline, a cancel) is the ring's owner's to
+        // follow up at once: the reactor takes a full turn, a sleeping `block_on` wakes.
+        st.notify();
         r
     }
 
