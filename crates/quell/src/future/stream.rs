@@ -67,6 +67,8 @@ pub struct Stream {
     wspare: Vec<u8>,
     /// A write failure not yet reported (the next write, flush or shutdown gets it).
     werr: Option<io::Error>,
+    /// The end the read op met while writes were in flight (see `poll_end`).
+    end_held: Option<io::Result<()>>,
 }
 
 impl Stream {
@@ -97,6 +99,7 @@ impl Stream {
             wbuf: Vec::new(),
             wspare: Vec::new(),
             werr: None,
+            end_held: None,
         }
     }
 
@@ -263,6 +266,9 @@ impl Stream {
         if dst.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if let Some(end) = self.end_held.take() {
+            return self.poll_end(cx, end);
+        }
         if self.reading.is_none() {
             let mut buf = std::mem::take(&mut self.rbuf);
             buf.resize(READ_CHUNK.max(buf.len()), 0);
@@ -292,10 +298,38 @@ impl Stream {
             {
                 self.rpos = 0;
                 self.rlen = n.min(self.rbuf.len());
+                if self.rlen == 0 && n == 0 {
+                    return self.poll_end(cx, Ok(()));
+                }
                 Poll::Ready(Ok(self.copy_out(dst)))
             }
-            o => Poll::Ready(Err(o.into_result().unwrap_err())),
+            o => self.poll_end(cx, Err(o.into_result().unwrap_err())),
         }
+    }
+
+    /// The end of the stream (end of file, or an error such as a reset) is reported
+    /// once the writes acknowledged before it are done, and one call later than that
+    /// if writes were in flight when it came: a peer usually closes (or resets)
+    /// *because* it read our reply, and over tokio's stream (whose writes are the
+    /// kernel's at once, whose flush does nothing) a caller has seen its write and
+    /// flush finish before it sees that end. hyper depends on it: an end it reads
+    /// before its flush returned counts as a connection closed mid-message. The extra
+    /// `Pending` (with a wake-up) lets a caller that polls read, write and flush in turn
+    /// see its flush done first. Bytes are never held back, only the end.
+    fn poll_end(&mut self, cx: &mut Context<'_>, end: io::Result<()>) -> Poll<io::Result<usize>> {
+        let busy = self.writing.is_some() || !self.wbuf.is_empty();
+        if let Err(e) = self.drive_writes(cx) {
+            // The write side's failure is its next call's to report.
+            self.werr = Some(e);
+        }
+        if busy || self.writing.is_some() {
+            if self.writing.is_none() {
+                cx.waker().wake_by_ref();
+            }
+            self.end_held = Some(end);
+            return Poll::Pending;
+        }
+        Poll::Ready(end.map(|()| 0))
     }
 
     fn copy_out(&mut self, dst: &mut [u8]) -> usize {
