@@ -140,8 +140,8 @@ impl Prefix {
     /// The whole read's completion from the rest's: counts add up, the buffer is the
     /// caller's. A failure hands the prefix's bytes back to the stream (they are the
     /// next read's), so the error hides none.
-    fn finish(self: Box<Prefix>, st: &mut DriverState, mut c: Completion, fd: RawFd) -> Completion {
-        let Prefix { mut buf, n } = *self;
+    fn finish(self, st: &mut DriverState, mut c: Completion, fd: RawFd) -> Completion {
+        let Prefix { mut buf, n } = self;
         let t = c.outcome.transferred().min(buf.len() - n);
         if let Payload::Buf(rest) = &*c.payload {
             buf[n..n + t].copy_from_slice(&rest[..t]);
@@ -461,7 +461,7 @@ impl OpFuture {
                 }
             }
             if let Some(p) = self.prefix.take() {
-                c = p.finish(&mut st, c, key.fd);
+                c = (*p).finish(&mut st, c, key.fd);
             }
             return Poll::Ready(c);
         }
