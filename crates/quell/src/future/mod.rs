@@ -42,17 +42,24 @@
 //! **Reads keep one op in flight** across calls, reading into the stream's own buffer:
 //! `Pending` leaves it running, and whatever it brings is served to the next call, with
 //! whatever buffer that call passes (I11). A read stopped part-way by a cancel (say a
-//! `cancel_fd` through the ring) serves the bytes it moved.
+//! `cancel_fd` through the ring) serves the bytes it moved. The end of the stream (end
+//! of file, or an error such as a reset) is reported only once the writes acknowledged
+//! before it have finished, and one call after they did: a peer usually closes
+//! *because* it read the reply, and a caller (hyper) that sees the end before its own
+//! flush returned would take the connection for one closed mid-message. Bytes are
+//! never held back, only the end.
 //!
 //! **Moving from tokio's `TcpStream`:** `write` returning `Ok` means the bytes are
 //! quell's to send, not yet the kernel's: call `flush` (or `shutdown`) where it
 //! matters, as with a `BufWriter`. A peer that reset the connection makes `shutdown`
 //! succeed (as tokio does), not fail with `ENOTCONN`. A peer that half-closes (sends
-//! its request, then `shutdown(SHUT_WR)`, as `nc -N` and some HTTP clients do) reads
-//! as end of stream while writes go on working: a server that answers before it
-//! closes (hyper with `half_close(true)`, or any loop that writes its reply, then
-//! flushes or shuts down) answers it, exactly as over tokio's stream; acknowledged
-//! bytes are never dropped because a read saw end of stream.
+//! its request, then `shutdown(SHUT_WR)`, as `nc -N` does) reads as end of stream
+//! while writes go on working, as over tokio's stream: a server that writes its reply
+//! after reading that end answers it. hyper does so only with
+//! `http1::Builder::half_close(true)`; with its default it drops the connection
+//! whenever it reads the end before it wrote the reply, over either stream (tokio's
+//! "answers them" only when the reply wins that race), so set it if such clients
+//! matter (`tests/hyper_server.rs` checks both streams answer them with it).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
