@@ -279,6 +279,20 @@ impl AsyncWrite for Stream {
         Stream::poll_write(self.get_mut(), cx, src)
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Stream::poll_write_vectored(self.get_mut(), cx, bufs)
+    }
+
+    /// Writes are copied into the stream's write-behind buffer, so several slices cost
+    /// one copy each and no extra op: callers (hyper) need not flatten them first.
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Stream::poll_flush(self.get_mut(), cx)
     }

@@ -107,6 +107,41 @@ both_backends! {
         });
     }
 
+    /// Several ops polled in one task poll each reach the kernel from that poll when
+    /// they can: a read that waits (nothing to read yet) does not keep the write polled
+    /// after it waiting for a reactor turn (hyper polls its read first, then writes).
+    fn a_waiting_read_does_not_hold_back_the_write_polled_after_it(b: BackendChoice) {
+        current_thread().block_on(async {
+            let d = driver(b, 64);
+            let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (mut r, mut w) = (Stream::new(&d, ours.try_clone().unwrap()), Stream::new(&d, ours));
+            for round in 0..20 {
+                let line = format!("reply {round}\n");
+                let mut buf = [0u8; 16];
+                let done = std::future::poll_fn(|cx| {
+                    assert!(r.poll_read(cx, &mut buf).is_pending(), "nothing was sent yet");
+                    let n = match w.poll_write(cx, line.as_bytes()) {
+                        Poll::Ready(n) => n.unwrap(),
+                        Poll::Pending => return Poll::Ready(false),
+                    };
+                    assert_eq!(n, line.len());
+                    // Flushed in the same poll: the write went to the kernel and is done.
+                    Poll::Ready(w.poll_flush(cx).is_ready())
+                })
+                .await;
+                assert!(done, "round {round}: the write waited for a reactor turn");
+                let mut got = vec![0u8; line.len()];
+                std::io::Read::read_exact(&mut &peer, &mut got).unwrap();
+                assert_eq!(got, line.as_bytes());
+                // The read gets an answer; the next round starts with a fresh read.
+                std::io::Write::write_all(&mut &peer, b"x").unwrap();
+                let n = tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await.expect("read hung").unwrap();
+                assert_eq!(n, 1);
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
     fn an_untaken_completion_does_not_hold_later_ops_back(b: BackendChoice) {
         current_thread().block_on(async {
             let d = driver(b, 64);

@@ -3,7 +3,7 @@
 //! (I2: their memory stays in the ring until the kernel's own completion; I11: what a
 //! dropped stream read or accept brought in is kept for the next one).
 
-use super::kept::{Kept, StreamKey};
+use super::kept::{Ident, Kept, StreamKey};
 use crate::completion::Completion;
 use crate::error::{Error, SubmitError};
 use crate::handle::Handle;
@@ -85,6 +85,8 @@ struct Entry {
     rescued: bool,
     /// The user asked for a cancel (explicitly or through a deadline).
     canceled: bool,
+    /// An exact read (`Op::exact`): its own bytes precede kept ones (see `merge_kept`).
+    exact: bool,
 }
 
 impl Entry {
@@ -102,6 +104,7 @@ impl Entry {
         stream: None,
         rescued: false,
         canceled: false,
+        exact: false,
     };
 }
 
@@ -118,13 +121,6 @@ pub(crate) enum Take {
     Gone,
 }
 
-/// A stream read or accept settled against what is kept for its descriptor.
-pub(crate) enum Settle {
-    Done(Completion),
-    /// The driver's own cancel stopped it and there was nothing to serve: run it again.
-    Again(Completion),
-}
-
 pub(crate) struct State {
     pub(crate) ring: Ring,
     ring_id: u32,
@@ -134,6 +130,17 @@ pub(crate) struct State {
     /// Descriptors closed by their quell owner while ops on them were still in flight:
     /// kept open (so the number is not reused) until the last op on them completes.
     retired: HashMap<RawFd, OwnedFd>,
+    /// The file behind each abandoned stream op's descriptor, taken when its future
+    /// was dropped (I12: what it brings in is kept for that file only).
+    idents: HashMap<u32, Ident>,
+    /// Writes of dropped streams: by entry, the acknowledged bytes to send after the
+    /// op's own, and until when (see [`State::linger`]).
+    lingering: HashMap<u32, (Vec<u8>, std::time::Instant)>,
+    /// Threads of [`Driver::block_on`] sleeping on the ring's descriptor without the
+    /// lock: work another thread leaves for the ring rings their doorbell.
+    sleepers: usize,
+    /// Rings the ring's doorbell (wakes a sleeping [`Driver::block_on`]).
+    handle: Handle,
     live: usize,
     /// The reactor task (tokio), woken when there is work to hand to the kernel.
     pub(crate) reactor: Option<Waker>,
@@ -150,10 +157,13 @@ pub(crate) struct State {
     /// handing over to the last of them or to the reactor, and the batch goes in one
     /// system call.
     pub(crate) untaken: usize,
-    /// A future ran an inline turn since the reactor's last turn. One per reactor turn:
-    /// ops that keep completing inline (page-cache reads) would otherwise let a task
-    /// loop without ever yielding, one system call per op, while other tasks wait to
-    /// add theirs to a batch.
+    /// An inline turn since the reactor's last turn completed the op of the future
+    /// that ran it. Then no more inline turns until the reactor's next: ops that keep
+    /// completing inline (page-cache reads) would otherwise let a task loop without
+    /// ever yielding, one system call per op, while other tasks wait to add theirs to
+    /// a batch. An inline turn that leaves its op waiting (a socket read with nothing
+    /// to read yet) spends nothing: its task cannot loop on it, and the next op the
+    /// task polls (the response's write) goes to the kernel at once too.
     inline_spent: bool,
     /// Routing canceled ops (a rescue) since the ring last settled: their cancels must
     /// reach the kernel before the turn ends.
@@ -222,7 +232,8 @@ impl State {
         self.wake_reactor();
     }
 
-    /// Wakes the reactor (once per turn) so it hands new work to the kernel.
+    /// Wakes the reactor (once per turn) so it hands new work to the kernel, and
+    /// any [`Driver::block_on`] asleep on the ring's descriptor.
     #[inline]
     fn wake_reactor(&mut self) {
         if !self.notified {
@@ -231,6 +242,16 @@ impl State {
                 w.wake_by_ref();
             }
         }
+        if self.sleepers > 0 {
+            self.wake_sleepers();
+        }
+    }
+
+    /// Another thread left work while a `block_on` sleeps without the lock (I3: it
+    /// never holds the lock while it sleeps); its wait ends on the doorbell.
+    #[cold]
+    fn wake_sleepers(&mut self) {
+        let _ = self.handle.wake();
     }
 
     /// Submits `op` for a future. A stream read or accept with something kept for its
@@ -248,8 +269,8 @@ impl State {
         stream: Option<StreamKey>,
     ) -> Result<Submitted, SubmitError> {
         if let Some(key) = stream {
-            if self.kept.has(key) {
-                return Ok(Submitted::Served(self.serve_new(op, key), key));
+            if self.kept.has_checked(key) {
+                return Ok(self.serve_new(op, key));
             }
         }
         let fd = if op.desc.kind.uses_fd() {
@@ -265,6 +286,7 @@ impl State {
             }
         };
         let plain = op.deadline.is_none() && op.group.is_none() && op.desc.kind != OpKind::Timeout;
+        let exact = op.exact;
         let mut op = op;
         let user_data = std::mem::replace(&mut op.user_data, idx as u64);
         let id = match self.ring.submit(op) {
@@ -287,6 +309,7 @@ impl State {
         e.stream = stream;
         e.rescued = false;
         e.canceled = false;
+        e.exact = exact;
         self.live += 1;
         // The kernel gets the op at the reactor's next turn, or sooner from its future's
         // first poll (normally right away: `submit(..).await`), which then leaves the
@@ -302,39 +325,55 @@ impl State {
         Ok(Submitted::Op(Ticket { idx, id }))
     }
 
-    fn serve_new(&mut self, op: Op, key: StreamKey) -> Completion {
+    fn serve_new(&mut self, op: Op, key: StreamKey) -> Submitted {
         let kind = op.desc.kind;
         let user_data = op.user_data;
-        let (outcome, payload) = if key.accept {
-            let conn = self.kept.take_conn(key.fd).expect("checked by has()");
-            (Outcome::Done(into_raw(conn) as usize), Payload::None)
+        let (outcome, payload, ident) = if key.accept {
+            let (conn, ident) = self.kept.take_conn(key.fd).expect("checked by has()");
+            (Outcome::Done(into_raw(conn) as usize), Payload::None, ident)
         } else {
+            let ident = self.kept.bytes_ident(key.fd).expect("checked by has()");
             let mut buf = op.into_buf().unwrap_or_default();
             let n = self.kept.take_bytes(key.fd, &mut buf);
-            (Outcome::Done(n), Payload::Buf(buf))
+            (Outcome::Done(n), Payload::Buf(buf), ident)
         };
-        Completion {
+        let c = Completion {
             id: served_id(self.ring_id),
             user_data,
             outcome,
             kind,
             payload: payload.into(),
-        }
+        };
+        Submitted::Served(c, key, ident)
     }
 
     /// A future served from kept data was dropped before it was polled: put the data
     /// back in front, where it came from.
-    pub(crate) fn unserve(&mut self, c: Completion, key: StreamKey) {
+    pub(crate) fn unserve(&mut self, c: Completion, key: StreamKey, ident: Ident) {
         match c.outcome {
             Outcome::Done(fd) if key.accept => {
                 // SAFETY: the descriptor was taken from the kept queue for this
                 // completion and nobody else owns it.
                 let conn = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-                self.kept.unshift_conn(key.fd, conn);
+                self.kept.unshift_conn(key.fd, ident, conn);
             }
-            _ if !key.accept => self.kept.unshift_bytes(key.fd, c.data()),
+            _ if !key.accept => self.keep_front(key.fd, Some(ident), c.data()),
             _ => {}
         }
+    }
+
+    /// Puts bytes taken from `fd`'s stream back in front of what is kept (they are the
+    /// earliest), and lets reads waiting on `fd` be served them. `ident` is the file
+    /// they came from; `None` checks the number now (a closed number keeps nothing).
+    pub(crate) fn keep_front(&mut self, fd: RawFd, ident: Option<Ident>, data: &[u8]) {
+        if data.is_empty() || self.retired.contains_key(&fd) {
+            return;
+        }
+        let Some(ident) = ident.or_else(|| Ident::of(fd)) else {
+            return;
+        };
+        self.kept.unshift_bytes(fd, ident, data);
+        self.rescue(StreamKey { fd, accept: false });
     }
 
     /// Looks for the completion of `id`, registering `waker` if it is not there yet.
@@ -387,40 +426,128 @@ impl State {
             return;
         };
         e.waker = None;
+        // A stream op's later bytes or connection are kept for the file its descriptor
+        // names now (I12). A cancel is the rare path: one fstat.
+        let ident = e.stream.and_then(|k| Ident::of(k.fd));
         match e.done.take() {
             Some(c) => {
                 let (stream, fd) = (e.stream, e.fd);
                 self.untaken -= 1;
                 self.vacate(t.idx);
-                self.settle_abandoned(c, stream, fd);
+                // Routed before anything kept now (see `merge_kept`): its bytes or
+                // connection go back in front.
+                self.settle_abandoned(c, stream, fd, ident, true);
             }
             None => {
                 e.phase = Phase::Abandoned;
+                if let Some(ident) = ident {
+                    self.idents.insert(t.idx, ident);
+                }
                 let _ = self.ring.cancel(t.id);
                 self.notify();
             }
         }
     }
 
+    /// A dropped stream's write op in flight: its bytes were acknowledged, so they still
+    /// go out, then `tail` (acknowledged bytes no op carried yet), all by `until`.
+    /// The op gets the deadline by being canceled and sent again from where it
+    /// stopped (a cancel is the rare path; on a socket with room the op has long
+    /// finished and only the tail is sent).
+    pub(crate) fn linger(&mut self, t: Ticket, tail: Vec<u8>, until: std::time::Instant) {
+        let Some(e) = self.entry(t) else {
+            return;
+        };
+        e.waker = None;
+        let fd = e.fd;
+        match e.done.take() {
+            Some(c) => {
+                self.untaken -= 1;
+                self.vacate(t.idx);
+                self.send_rest(&c, fd, tail, until);
+            }
+            None => {
+                e.phase = Phase::Abandoned;
+                self.lingering.insert(t.idx, (tail, until));
+                let _ = self.ring.cancel(t.id);
+                self.notify();
+            }
+        }
+    }
+
+    /// Sends what a lingering write `c` did not, then `tail`.
+    fn send_rest(
+        &mut self,
+        c: &Completion,
+        fd: RawFd,
+        mut tail: Vec<u8>,
+        until: std::time::Instant,
+    ) {
+        let mut rest = match (c.outcome, &*c.payload) {
+            (Outcome::Done(n) | Outcome::Canceled { transferred: n }, Payload::Buf(b)) => {
+                b[n.min(b.len())..].to_vec()
+            }
+            // Failed, or stopped by its own deadline: the stream is broken, nobody is
+            // left to tell, and sending the tail would leave a hole before it.
+            _ => return,
+        };
+        rest.append(&mut tail);
+        self.write_detached(fd, rest, until);
+    }
+
+    /// Sends `buf` on `fd` with nobody waiting for the result (a dropped stream's
+    /// acknowledged bytes), by `until` at the latest.
+    pub(crate) fn write_detached(&mut self, fd: RawFd, buf: Vec<u8>, until: std::time::Instant) {
+        if buf.is_empty() {
+            return;
+        }
+        let op = Op::write(fd, buf).exact().deadline(until);
+        match self.submit_keyed(op, None) {
+            Ok(Submitted::Op(t)) => self.entries[t.idx as usize].phase = Phase::Abandoned,
+            Ok(Submitted::Served(..)) => unreachable!("a write is served from nothing kept"),
+            Err(e) => tracing::debug!(fd, error = %e, "a dropped stream's bytes could not be sent"),
+        }
+    }
+
     /// Settles a completion nobody waits for: keep stream bytes and connections (I11),
     /// close descriptors an open or accept produced, free the rest.
-    fn settle_abandoned(&mut self, c: Completion, stream: Option<StreamKey>, fd: RawFd) {
+    /// `ident` is the file the op's descriptor named when its future was dropped; with
+    /// none (the number was already closed), nothing is kept. `front`: the completion
+    /// was routed earlier than what is kept now, so it goes in front.
+    fn settle_abandoned(
+        &mut self,
+        c: Completion,
+        stream: Option<StreamKey>,
+        fd: RawFd,
+        ident: Option<Ident>,
+        front: bool,
+    ) {
         let fd_result = matches!(c.kind, OpKind::Accept | OpKind::OpenAt);
         match (stream, c.outcome) {
             (Some(key), Outcome::Done(newfd)) if key.accept => {
                 // SAFETY: the kernel just returned this descriptor to us and nothing
                 // else knows it; we take ownership (and close it if it is not kept).
                 let conn = unsafe { OwnedFd::from_raw_fd(newfd as RawFd) };
-                if !self.retired.contains_key(&key.fd) {
-                    self.kept.push_conn(key.fd, conn);
+                if let (false, Some(ident)) = (self.retired.contains_key(&key.fd), ident) {
+                    if front {
+                        self.kept.unshift_conn(key.fd, ident, conn);
+                    } else {
+                        self.kept.push_conn(key.fd, ident, conn);
+                    }
                     self.rescue(key);
                 }
             }
             (Some(key), _)
                 if !key.accept && !c.data().is_empty() && !self.retired.contains_key(&key.fd) =>
             {
-                self.kept.push_bytes(key.fd, c.data());
-                self.rescue(key);
+                if let Some(ident) = ident {
+                    if front {
+                        self.kept.unshift_bytes(key.fd, ident, c.data());
+                    } else {
+                        self.kept.push_bytes(key.fd, ident, c.data());
+                    }
+                    self.rescue(key);
+                }
             }
             (_, Outcome::Done(newfd)) if fd_result => {
                 // SAFETY: as above: a fresh descriptor nobody else owns.
@@ -451,49 +578,68 @@ impl State {
         }
     }
 
-    /// Settles a stream read's or accept's completion against what is kept for its
-    /// descriptor, so the kept (earlier) data is served first and nothing is lost.
-    pub(crate) fn settle(
-        &mut self,
-        mut c: Completion,
-        key: StreamKey,
-        rescued: bool,
-        canceled: bool,
-    ) -> Settle {
+    /// Serves what is kept for `key` to a completion as it is routed to its waiting
+    /// future, so bytes and connections come out in the order they came in (I11, I13):
+    /// everything kept was brought in by completions routed before this one.
+    ///
+    /// A plain read's own bytes came in after the kept ones, so they go behind them
+    /// (what does not fit stays kept). An exact read's own bytes go first: its parts
+    /// started before the kept bytes' completion was routed and canceled it (a rescue),
+    /// so the bytes it holds are the earlier ones. A read stopped by its user or its
+    /// deadline with nothing read, or one that failed, is served nothing: the kept
+    /// bytes wait for the next read, and the error is not hidden.
+    fn merge_kept(&mut self, c: &mut Completion, key: StreamKey, exact: bool, rescue_only: bool) {
+        let driver_cancel = rescue_only && matches!(c.outcome, Outcome::Canceled { .. });
         if key.accept {
-            let user_stop = canceled && c.outcome.is_canceled();
-            if self.kept.has(key) && !user_stop {
-                if let Outcome::Done(newfd) = c.outcome {
-                    // SAFETY: a fresh descriptor from the kernel, owned by nobody yet.
-                    let conn = unsafe { OwnedFd::from_raw_fd(newfd as RawFd) };
-                    self.kept.push_conn(key.fd, conn);
-                }
-                let conn = self.kept.take_conn(key.fd).expect("checked by has()");
-                c.outcome = Outcome::Done(into_raw(conn) as usize);
-                return Settle::Done(c);
+            if !(c.outcome.is_done() || driver_cancel) || !self.kept.has_checked(key) {
+                return;
             }
-            if rescued && !canceled && c.outcome.is_canceled() {
-                return Settle::Again(c);
+            let (conn, ident) = self.kept.take_conn(key.fd).expect("checked above");
+            if let Outcome::Done(newfd) = c.outcome {
+                // SAFETY: a fresh descriptor from the kernel, owned by nobody yet.
+                let own = unsafe { OwnedFd::from_raw_fd(newfd as RawFd) };
+                self.kept.push_conn(key.fd, ident, own);
             }
-            return Settle::Done(c);
+            c.outcome = Outcome::Done(into_raw(conn) as usize);
+            return;
         }
-        if self.kept.has(key) {
-            let n = c.outcome.transferred();
-            if let Payload::Buf(buf) = &mut *c.payload {
-                self.kept.push_bytes(key.fd, &buf[..n.min(buf.len())]);
-                let m = self.kept.take_bytes(key.fd, buf);
-                c.outcome = match c.outcome {
-                    Outcome::Canceled { .. } if canceled => Outcome::Canceled { transferred: m },
-                    Outcome::TimedOut { .. } if canceled => Outcome::TimedOut { transferred: m },
-                    _ => Outcome::Done(m),
-                };
+        let n = c.outcome.transferred();
+        let merge = match c.outcome {
+            Outcome::Done(_) => true,
+            Outcome::Canceled { .. } | Outcome::TimedOut { .. } => {
+                driver_cancel || (!exact && n > 0)
             }
-            return Settle::Done(c);
+            _ => false,
+        };
+        if !merge || !self.kept.has_checked(key) {
+            return;
         }
-        if rescued && !canceled && c.outcome == (Outcome::Canceled { transferred: 0 }) {
-            return Settle::Again(c);
-        }
-        Settle::Done(c)
+        let ident = self.kept.bytes_ident(key.fd).expect("checked above");
+        let Payload::Buf(buf) = &mut *c.payload else {
+            return;
+        };
+        let len = buf.len();
+        let n = n.min(len);
+        let m = if exact {
+            n + self.kept.take_bytes(key.fd, &mut buf[n..])
+        } else {
+            let own = buf[..n].to_vec();
+            let k = self.kept.take_bytes(key.fd, buf);
+            let fit = (len - k).min(n);
+            buf[k..k + fit].copy_from_slice(&own[..fit]);
+            self.kept.push_bytes(key.fd, ident, &own[fit..]);
+            k + fit
+        };
+        c.outcome = match c.outcome {
+            Outcome::Done(_) => Outcome::Done(m),
+            // The driver's own cancel with something to show: the user never canceled.
+            Outcome::Canceled { .. } if driver_cancel && (m == len || (!exact && m > 0)) => {
+                Outcome::Done(m)
+            }
+            Outcome::Canceled { .. } => Outcome::Canceled { transferred: m },
+            Outcome::TimedOut { .. } => Outcome::TimedOut { transferred: m },
+            o => o,
+        };
     }
 
     /// Routes one completion from the ring.
@@ -512,6 +658,13 @@ impl State {
         c.user_data = e.user_data;
         match e.phase {
             Phase::Waiting => {
+                if let Some(key) = e.stream {
+                    if self.kept.has(key) {
+                        let (exact, rescue_only) = (e.exact, e.rescued && !e.canceled);
+                        self.merge_kept(&mut c, key, exact, rescue_only);
+                    }
+                }
+                let e = &mut self.entries[idx as usize];
                 e.done = Some(c);
                 self.untaken += 1;
                 if let Some(w) = e.waker.take() {
@@ -521,7 +674,16 @@ impl State {
             Phase::Abandoned => {
                 let (stream, fd) = (e.stream, e.fd);
                 self.vacate(idx as u32);
-                self.settle_abandoned(c, stream, fd);
+                let ident = match stream {
+                    Some(_) => self.idents.remove(&(idx as u32)),
+                    None => None,
+                };
+                if !self.lingering.is_empty() {
+                    if let Some((tail, until)) = self.lingering.remove(&(idx as u32)) {
+                        self.send_rest(&c, fd, tail, until);
+                    }
+                }
+                self.settle_abandoned(c, stream, fd, ident, false);
             }
             Phase::Vacant => unreachable!("filtered above"),
         }
@@ -567,10 +729,16 @@ impl State {
     /// taken (no other task is about to run and add to the batch), the poll does it
     /// itself ([`turn_inline`](State::turn_inline)); otherwise the reactor is woken
     /// and runs after those tasks, with their submissions too.
+    ///
+    /// `t` is the polling future's op: if the turn completes it, the turn spends the
+    /// reactor turn's inline budget (see `inline_spent`).
     #[inline]
-    pub(crate) fn hand_over(&mut self, woken: &mut Vec<Waker>) {
+    pub(crate) fn hand_over(&mut self, woken: &mut Vec<Waker>, t: Ticket) {
         if self.untaken == 0 && !self.inline_spent {
             self.turn_inline();
+            if self.entries[t.idx as usize].done.is_some() {
+                self.inline_spent = true;
+            }
             self.take_wakers(woken);
         } else {
             self.notify();
@@ -584,7 +752,6 @@ impl State {
     /// are left in `self.wakers`.
     pub(crate) fn turn_inline(&mut self) {
         self.unflushed = false;
-        self.inline_spent = true;
         self.recanceled = false;
         let more = match self.ring.submit_and_reap() {
             Ok(more) => more,
@@ -630,20 +797,6 @@ impl State {
         }
     }
 
-    /// Blocks until something completes, `timeout` passes or a handle wakes the ring.
-    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Waker>) -> Result<(), Error> {
-        self.notified = false;
-        self.unflushed = false;
-        self.inline_spent = false;
-        self.turn_wanted = false;
-        self.ring.wait(1, timeout)?;
-        while let Some(c) = self.ring.next_completion() {
-            self.route(c);
-        }
-        std::mem::swap(&mut self.wakers, out);
-        Ok(())
-    }
-
     /// Closes a retired descriptor once no op on it is left.
     fn close_if_retired(&mut self, fd: RawFd) {
         if !self.retired.contains_key(&fd) {
@@ -663,8 +816,8 @@ impl State {
 /// What a submission became.
 pub(crate) enum Submitted {
     Op(Ticket),
-    /// Served from kept data; no op was started.
-    Served(Completion, StreamKey),
+    /// Served from kept data (of the file `Ident`); no op was started.
+    Served(Completion, StreamKey, Ident),
 }
 
 fn into_raw(fd: OwnedFd) -> RawFd {
@@ -690,6 +843,10 @@ impl Driver {
                     free: Vec::new(),
                     kept: Kept::default(),
                     retired: HashMap::new(),
+                    idents: HashMap::new(),
+                    lingering: HashMap::new(),
+                    sleepers: 0,
+                    handle: handle.clone(),
                     live: 0,
                     reactor: None,
                     notified: false,
@@ -729,9 +886,9 @@ impl Driver {
     pub fn with_ring<T>(&self, f: impl FnOnce(&mut Ring) -> T) -> T {
         let mut st = self.lock();
         let r = f(&mut st.ring);
-        // Whatever `f` did (a group with a deadline, a cancel) is the reactor's to
-        // follow up: its next wake-up takes a full turn.
-        st.turn_wanted = true;
+        // Whatever `f` did (a group with a deadline, a cancel) is the ring's owner's to
+        // follow up at once: the reactor takes a full turn, a sleeping `block_on` wakes.
+        st.notify();
         r
     }
 
@@ -769,8 +926,10 @@ impl Driver {
     }
 
     /// Forgets what the driver kept for `fd` (bytes, accepted connections, which are
-    /// closed) and what the ring knows of it. Call it after closing a descriptor you
-    /// used with raw-fd futures, before its number can be reused.
+    /// closed) and what the ring knows of it. Not needed for what the driver kept: a
+    /// number closed outside quell and reused by another file finds its stale kept data
+    /// dropped, never served (I12: the file's identity is checked before serving);
+    /// calling it after closing a raw descriptor frees that data sooner.
     ///
     /// ```
     /// let driver = quell::future::Driver::new(quell::Ring::new().unwrap());
@@ -825,13 +984,27 @@ impl Driver {
     }
 
     /// Runs `fut` to completion on this thread, driving the ring while it waits. The
-    /// thread sleeps in the ring's wait; a wake from another thread interrupts it.
+    /// thread sleeps on the ring's descriptor *without* the driver's lock, so other
+    /// threads' cancels, drops, submissions and [`with_ring`](Driver::with_ring) calls
+    /// never wait behind the sleep (I3); work they leave for the ring, and a wake of
+    /// the future from elsewhere, ring the ring's doorbell and end the sleep.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let driver = quell::future::Driver::new(quell::Ring::new()?);
     /// let c = driver.block_on(driver.submit(quell::Op::nop())?);
     /// assert_eq!(c.outcome, quell::Outcome::Done(0));
+    /// // Another thread cancels while this one sleeps in `block_on`.
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let read = driver.submit(quell::Op::read(std::os::fd::AsRawFd::as_raw_fd(&r), vec![0u8; 8]))?;
+    /// let d2 = driver.clone();
+    /// let id = read.id().unwrap();
+    /// let t = std::thread::spawn(move || {
+    ///     std::thread::sleep(std::time::Duration::from_millis(20));
+    ///     d2.with_ring(|ring| ring.cancel(id)).unwrap()
+    /// });
+    /// assert!(driver.block_on(read).outcome.is_canceled());
+    /// t.join().unwrap();
     /// # Ok(()) }
     /// ```
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
@@ -850,27 +1023,55 @@ impl Driver {
                     return v;
                 }
             }
-            {
+            // Run the ring without blocking, then sleep on its descriptor with the lock
+            // released. Registering as a sleeper under the lock means anything another
+            // thread leaves afterwards rings the doorbell (see `wake_reactor`).
+            let (sleep, fd) = {
                 let mut st = self.lock();
-                if st.ring.is_empty() {
-                    drop(st);
-                    if !signal.woken.load(Ordering::Acquire) {
-                        std::thread::park_timeout(Duration::from_millis(50));
+                let next = match st.turn(&mut wakers) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        // The ring itself failed (not an op): back off rather than spin.
+                        tracing::warn!(error = %e, "driver turn failed");
+                        Some(Duration::from_millis(1))
                     }
-                    continue;
+                };
+                let busy = next.is_some_and(|d| d.is_zero())
+                    || !wakers.is_empty()
+                    || signal.woken.load(Ordering::Acquire);
+                if !busy {
+                    st.sleepers += 1;
                 }
-                if let Err(e) = st.wait(None, &mut wakers) {
-                    // The ring itself failed (not an op): back off rather than spin.
-                    tracing::warn!(error = %e, "driver wait failed");
-                    drop(st);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+                ((!busy).then_some(next), st.ring.reactor_fd())
+            };
             for w in wakers.drain(..) {
                 w.wake();
             }
+            if let Some(timeout) = sleep {
+                sleep_on(fd, timeout);
+                self.lock().sleepers -= 1;
+            }
         }
     }
+}
+
+/// Sleeps until `fd` is readable or `timeout` passes (an interrupted sleep just ends:
+/// the caller runs the ring and looks again).
+fn sleep_on(fd: RawFd, timeout: Option<Duration>) {
+    let ms = match timeout {
+        // Round up, so a timer due in 0.4 ms is not polled for in a busy loop.
+        Some(d) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+        None => -1,
+    };
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; `fd` is the ring's own descriptor, open while the
+    // driver (borrowed by the caller) lives. A raw call: rustix's takes a `BorrowedFd`
+    // whose lifetime the ring's descriptor, held under a lock, cannot lend out.
+    unsafe { libc::poll(&mut p, 1, ms) };
 }
 
 /// The waker of [`Driver::block_on`]: marks the future woken and interrupts the ring's

@@ -1,8 +1,8 @@
 //! The future of one op: owned memory in, [`Completion`] (with the memory) out;
 //! dropping it is a cancel request that leaves the memory with the ring (I2).
 
-use super::driver::{Driver, Settle, Submitted, Take, Ticket};
-use super::kept::StreamKey;
+use super::driver::{Driver, State as DriverState, Submitted, Take, Ticket};
+use super::kept::{Ident, StreamKey};
 use crate::completion::Completion;
 use crate::error::{Error, SubmitError};
 use crate::group::GroupId;
@@ -42,10 +42,10 @@ impl Redo {
     }
 
     fn op(&self, c: &mut Completion) -> Op {
-        let buf = match std::mem::take(&mut *c.payload) {
-            Payload::Buf(b) => b,
-            _ => Vec::new(),
-        };
+        self.op_with(take_buf(c))
+    }
+
+    fn op_with(&self, buf: Vec<u8>) -> Op {
         let mut op = match self.kind {
             OpKind::Accept => Op::accept(self.fd),
             OpKind::Recv => Op::recv(self.fd, buf, 0),
@@ -69,8 +69,95 @@ enum State {
         redo: Option<Redo>,
     },
     /// Served at submission from what was kept for its descriptor (I11).
-    Served(Completion, StreamKey),
+    Served(Completion, StreamKey, Ident),
     Taken,
+}
+
+/// An exact read that holds part of its bytes (served from kept bytes, or read before
+/// the driver's own cancel) while an op reads the rest: `Op::exact` is short only at
+/// end of file, whatever was kept.
+#[derive(Debug)]
+struct Prefix {
+    /// The caller's buffer; its first `n` bytes are the earliest of the stream.
+    buf: Vec<u8>,
+    n: usize,
+}
+
+/// Takes the single buffer out of a completion (empty if it has none).
+fn take_buf(c: &mut Completion) -> Vec<u8> {
+    match std::mem::take(&mut *c.payload) {
+        Payload::Buf(b) => b,
+        _ => Vec::new(),
+    }
+}
+
+/// What [`Prefix::read_rest`] came to.
+enum Rest {
+    /// An op reads the rest.
+    Reading(Ticket, Box<Prefix>),
+    /// Kept bytes filled the buffer: done without an op.
+    Full(Vec<u8>),
+    /// The op was refused: the buffer with the bytes held so far.
+    Refused(crate::Error, Vec<u8>, usize),
+}
+
+impl Prefix {
+    /// Starts (or goes on with) reading the rest of an exact read whose buffer `buf`
+    /// holds its first `n` bytes (folded into `prefix`, the part held before, if any:
+    /// there is only ever one).
+    fn read_rest(
+        st: &mut DriverState,
+        redo: &Redo,
+        prefix: Option<Box<Prefix>>,
+        buf: Vec<u8>,
+        n: usize,
+    ) -> Rest {
+        let (mut buf, mut n) = match prefix {
+            Some(mut p) => {
+                p.buf[p.n..p.n + n].copy_from_slice(&buf[..n]);
+                p.n += n;
+                (std::mem::take(&mut p.buf), p.n)
+            }
+            None => (buf, n),
+        };
+        loop {
+            if n >= buf.len() {
+                return Rest::Full(buf);
+            }
+            match st.submit(redo.op_with(vec![0u8; buf.len() - n])) {
+                Ok(Submitted::Op(t)) => return Rest::Reading(t, Box::new(Prefix { buf, n })),
+                // Bytes were kept since: take them and read what is still missing.
+                Ok(Submitted::Served(c, ..)) => {
+                    let k = c.outcome.transferred();
+                    buf[n..n + k].copy_from_slice(&c.data()[..k]);
+                    n += k;
+                }
+                Err(e) => return Rest::Refused(e.into_parts().0, buf, n),
+            }
+        }
+    }
+
+    /// The whole read's completion from the rest's: counts add up, the buffer is the
+    /// caller's. A failure hands the prefix's bytes back to the stream (they are the
+    /// next read's), so the error hides none.
+    fn finish(self, st: &mut DriverState, mut c: Completion, fd: RawFd) -> Completion {
+        let Prefix { mut buf, n } = self;
+        let t = c.outcome.transferred().min(buf.len() - n);
+        if let Payload::Buf(rest) = &*c.payload {
+            buf[n..n + t].copy_from_slice(&rest[..t]);
+        }
+        c.outcome = match c.outcome {
+            Outcome::Done(_) => Outcome::Done(n + t),
+            Outcome::Canceled { .. } => Outcome::Canceled { transferred: n + t },
+            Outcome::TimedOut { .. } => Outcome::TimedOut { transferred: n + t },
+            o => {
+                st.keep_front(fd, None, &buf[..n + t]);
+                o
+            }
+        };
+        c.payload = Payload::Buf(buf).into();
+        c
+    }
 }
 
 /// The future of one op submitted through a [`Driver`]. Resolves to the op's one
@@ -101,6 +188,8 @@ enum State {
 pub struct OpFuture {
     driver: Driver,
     state: State,
+    /// An exact stream read's bytes so far, while the op of `state` reads the rest.
+    prefix: Option<Box<Prefix>>,
 }
 
 impl Driver {
@@ -119,13 +208,48 @@ impl Driver {
     pub fn submit(&self, op: Op) -> Result<OpFuture, SubmitError> {
         let stream = super::driver::stream_key(&op);
         let redo = stream.map(|_| Redo::of(&op));
-        let state = match self.lock().submit_keyed(op, stream)? {
-            Submitted::Op(t) => State::Live { t, redo },
-            Submitted::Served(c, key) => State::Served(c, key),
+        let mut st = self.lock();
+        let (state, prefix) = match st.submit_keyed(op, stream)? {
+            Submitted::Op(t) => (State::Live { t, redo }, None),
+            Submitted::Served(mut c, key, ident) => {
+                let short = match (&*c.payload, c.outcome) {
+                    (Payload::Buf(b), Outcome::Done(n)) => n < b.len(),
+                    _ => false,
+                };
+                match redo {
+                    // An exact read served fewer kept bytes than it asked for: it goes
+                    // on reading the rest (short only at end of file).
+                    Some(redo) if redo.exact && !key.accept && short => {
+                        let n = c.outcome.transferred();
+                        let buf = take_buf(&mut c);
+                        match Prefix::read_rest(&mut st, &redo, None, buf, n) {
+                            Rest::Reading(t, p) => (
+                                State::Live {
+                                    t,
+                                    redo: Some(redo),
+                                },
+                                Some(p),
+                            ),
+                            Rest::Full(buf) => {
+                                c.outcome = Outcome::Done(buf.len());
+                                c.payload = Payload::Buf(buf).into();
+                                (State::Served(c, key, ident), None)
+                            }
+                            Rest::Refused(err, buf, n) => {
+                                st.keep_front(key.fd, Some(ident), &buf[..n]);
+                                return Err(SubmitError::new(err, redo.op_with(buf)));
+                            }
+                        }
+                    }
+                    _ => (State::Served(c, key, ident), None),
+                }
+            }
         };
+        drop(st);
         Ok(OpFuture {
             driver: self.clone(),
             state,
+            prefix,
         })
     }
 }
@@ -196,6 +320,15 @@ impl OpFuture {
         }
     }
 
+    /// Lets a write op finish with nobody waiting (a dropped stream's acknowledged
+    /// bytes), then sends `tail`, all by `until` (see `State::linger`).
+    pub(crate) fn linger(mut self, tail: Vec<u8>, until: std::time::Instant) {
+        match std::mem::replace(&mut self.state, State::Taken) {
+            State::Live { t, .. } => self.driver.lock().linger(t, tail, until),
+            _ => unreachable!("a write is live until taken"),
+        }
+    }
+
     /// The op's outcome as an `io::Result` with its buffer (read, write, send, recv).
     ///
     /// ```
@@ -236,7 +369,7 @@ impl OpFuture {
             let t = match &self.state {
                 State::Live { t, .. } => *t,
                 State::Served(..) => {
-                    let State::Served(c, _) = std::mem::replace(&mut self.state, State::Taken)
+                    let State::Served(c, ..) = std::mem::replace(&mut self.state, State::Taken)
                     else {
                         unreachable!()
                     };
@@ -246,9 +379,9 @@ impl OpFuture {
             };
             let mut st = self.driver.lock();
             if st.unflushed {
-                st.hand_over(woken);
+                st.hand_over(woken, t);
             }
-            let (c, stream, rescued, canceled) = match st.take(t, cx.waker()) {
+            let (mut c, stream, rescued, canceled) = match st.take(t, cx.waker()) {
                 Take::Pending => return Poll::Pending,
                 Take::Gone => {
                     drop(st);
@@ -267,31 +400,70 @@ impl OpFuture {
                 return Poll::Ready(c);
             };
             let redo = match std::mem::replace(&mut self.state, State::Taken) {
-                State::Live { redo, .. } => redo,
-                _ => None,
+                State::Live { redo, .. } => redo.expect("stream ops carry a redo"),
+                _ => unreachable!("taken from a live op"),
             };
-            match st.settle(c, key, rescued, canceled) {
-                Settle::Done(c) => return Poll::Ready(c),
-                Settle::Again(mut c) => {
-                    let redo = redo.expect("stream ops carry a redo");
-                    let op = redo.op(&mut c);
-                    match st.submit(op) {
+            // Kept bytes were served as the completion was routed (`merge_kept`). What
+            // is left to decide: the driver's own cancel (a rescue, not the user's)
+            // that found nothing to serve runs the read again, and an exact read
+            // holding part of its bytes reads the rest.
+            if rescued && !canceled && matches!(c.outcome, Outcome::Canceled { .. }) {
+                let n = c.outcome.transferred();
+                // An exact read's bytes so far, whose rest is still to read.
+                let mut rest = None;
+                if key.accept || n == 0 {
+                    match st.submit(redo.op(&mut c)) {
                         Ok(Submitted::Op(t)) => {
                             self.state = State::Live {
                                 t,
                                 redo: Some(redo),
+                            };
+                            continue;
+                        }
+                        // Kept data came in since: served at once.
+                        Ok(Submitted::Served(served, ..)) => {
+                            let k = served.outcome.transferred();
+                            let short = served.data().len() == k
+                                && matches!(&*served.payload, Payload::Buf(b) if k < b.len());
+                            if redo.exact && !key.accept && short {
+                                rest = Some((served.into_buf().unwrap_or_default(), k));
+                            } else {
+                                c = served;
                             }
                         }
-                        Ok(Submitted::Served(c, _)) => return Poll::Ready(c),
-                        Err(e) => {
-                            // Cannot run it again (ring closing, table full): report
-                            // the cancel the driver made, buffer returned.
-                            c.payload = e.into_op().desc.payload.into();
-                            return Poll::Ready(c);
+                        // Cannot run it again (ring closing, table full): report the
+                        // cancel the driver made, buffer returned.
+                        Err(e) => c.payload = e.into_op().desc.payload.into(),
+                    }
+                } else {
+                    rest = Some((take_buf(&mut c), n));
+                }
+                if let Some((buf, n)) = rest {
+                    match Prefix::read_rest(&mut st, &redo, self.prefix.take(), buf, n) {
+                        Rest::Reading(t, p) => {
+                            self.prefix = Some(p);
+                            self.state = State::Live {
+                                t,
+                                redo: Some(redo),
+                            };
+                            continue;
+                        }
+                        Rest::Full(buf) => {
+                            c.outcome = Outcome::Done(buf.len());
+                            c.payload = Payload::Buf(buf).into();
+                        }
+                        // Cannot run it: report the driver's cancel, with what was read.
+                        Rest::Refused(_, buf, n) => {
+                            c.outcome = Outcome::Canceled { transferred: n };
+                            c.payload = Payload::Buf(buf).into();
                         }
                     }
                 }
             }
+            if let Some(p) = self.prefix.take() {
+                c = (*p).finish(&mut st, c, key.fd);
+            }
+            return Poll::Ready(c);
         }
     }
 }
@@ -307,8 +479,16 @@ impl Future for OpFuture {
 impl Drop for OpFuture {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Taken) {
-            State::Live { t, .. } => self.driver.lock().abandon(t),
-            State::Served(c, key) => self.driver.lock().unserve(c, key),
+            State::Live { t, redo } => {
+                let mut st = self.driver.lock();
+                st.abandon(t);
+                // The part of an exact read already held is the stream's earliest: back
+                // in front for the next read (I11).
+                if let (Some(p), Some(redo)) = (self.prefix.take(), redo) {
+                    st.keep_front(redo.fd, None, &p.buf[..p.n]);
+                }
+            }
+            State::Served(c, key, ident) => self.driver.lock().unserve(c, key, ident),
             State::Taken => {}
         }
     }
@@ -462,6 +642,14 @@ impl Future for BufFuture {
             BufInner::Op(f) => f.poll_inner(cx).map(|c| {
                 let res = match c.outcome {
                     Outcome::Done(n) => Ok(n),
+                    // A transfer stopped part-way is the count it moved, as read(2) and
+                    // write(2) answer when a signal interrupts them after some data: the
+                    // `let n = res?` caller keeps the bytes (I11, I13).
+                    Outcome::Canceled { transferred: n } | Outcome::TimedOut { transferred: n }
+                        if n > 0 =>
+                    {
+                        Ok(n)
+                    }
                     o => o.into_result(),
                 };
                 (res, c.into_buf().unwrap_or_default())

@@ -1,6 +1,9 @@
 //! Owned stream descriptors (sockets, pipes) and listening sockets over a [`Driver`]:
 //! owned-buffer async methods, plus poll-style read/write state machines that the
 //! tokio feature exposes as `AsyncRead`/`AsyncWrite`.
+//!
+//! What a caller that gives up on a read or write sees is in the [module docs of
+//! `future`](crate::future#streams-what-a-caller-that-gives-up-sees).
 
 use super::driver::Driver;
 use super::op::{BufFuture, OpFuture};
@@ -13,19 +16,26 @@ use std::task::{Context, Poll};
 
 /// Size of the buffer a poll-style read hands the kernel.
 const READ_CHUNK: usize = 16 * 1024;
-/// Most bytes one poll-style write hands the kernel.
+/// Most acknowledged bytes a stream holds that no op carries yet (and most bytes one op
+/// carries): `poll_write` is `Pending` while this much waits.
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// How long a dropped [`Stream`] goes on sending bytes it acknowledged before giving
+/// up (a peer that never reads cannot hold the descriptor open for ever).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A connected stream (TCP or Unix socket, pipe end) whose I/O runs on a quell ring.
 ///
 /// Its owned-buffer methods return futures: dropping one cancels its op, and bytes a
 /// dropped read brought in anyway are served first to the next read (I11). Its
-/// poll-style [`poll_read`](Stream::poll_read) / [`poll_write`](Stream::poll_write)
-/// keep one op in flight across calls, so a caller that gives up (a timeout around
-/// `read`) loses nothing either: the next call continues the same op.
+/// poll-style [`poll_read`](Stream::poll_read) keeps one read in flight across calls
+/// and [`poll_write`](Stream::poll_write) writes behind, so a caller that gives up (a
+/// timeout around `read` or `write_all`) loses nothing and sends nothing it did not
+/// have acknowledged (see the [rules](crate::future#streams-what-a-caller-that-gives-up-sees)).
 ///
-/// Dropping the stream cancels what it has in flight and closes the descriptor once
-/// the kernel is done with it (so the number is not reused under a running op).
+/// Dropping the stream cancels its read, lets acknowledged writes finish (for at most
+/// [`LINGER`]), and closes the descriptor once the kernel is done with it (so the
+/// number is not reused under a running op).
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,8 +59,16 @@ pub struct Stream {
     rbuf: Vec<u8>,
     rpos: usize,
     rlen: usize,
+    /// The write op in flight: acknowledged bytes only.
     writing: Option<OpFuture>,
+    /// Acknowledged bytes no op carries yet.
     wbuf: Vec<u8>,
+    /// The last write op's buffer, for the next op.
+    wspare: Vec<u8>,
+    /// A write failure not yet reported (the next write, flush or shutdown gets it).
+    werr: Option<io::Error>,
+    /// The end the read op met while writes were in flight (see `poll_end`).
+    end_held: Option<io::Result<()>>,
 }
 
 impl Stream {
@@ -79,6 +97,9 @@ impl Stream {
             rlen: 0,
             writing: None,
             wbuf: Vec::new(),
+            wspare: Vec::new(),
+            werr: None,
+            end_held: None,
         }
     }
 
@@ -245,6 +266,9 @@ impl Stream {
         if dst.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if let Some(end) = self.end_held.take() {
+            return self.poll_end(cx, end);
+        }
         if self.reading.is_none() {
             let mut buf = std::mem::take(&mut self.rbuf);
             buf.resize(READ_CHUNK.max(buf.len()), 0);
@@ -266,13 +290,46 @@ impl Stream {
         let outcome = c.outcome;
         self.rbuf = c.into_buf().unwrap_or_default();
         match outcome {
-            Outcome::Done(n) => {
+            // A read stopped part-way (a cancel through the ring) serves what it moved.
+            Outcome::Done(n)
+            | Outcome::Canceled { transferred: n }
+            | Outcome::TimedOut { transferred: n }
+                if n > 0 || outcome.is_done() =>
+            {
                 self.rpos = 0;
                 self.rlen = n.min(self.rbuf.len());
+                if self.rlen == 0 && n == 0 {
+                    return self.poll_end(cx, Ok(()));
+                }
                 Poll::Ready(Ok(self.copy_out(dst)))
             }
-            o => Poll::Ready(Err(o.into_result().unwrap_err())),
+            o => self.poll_end(cx, Err(o.into_result().unwrap_err())),
         }
+    }
+
+    /// The end of the stream (end of file, or an error such as a reset) is reported
+    /// once the writes acknowledged before it are done, and one call later than that
+    /// if writes were in flight when it came: a peer usually closes (or resets)
+    /// *because* it read our reply, and over tokio's stream (whose writes are the
+    /// kernel's at once, whose flush does nothing) a caller has seen its write and
+    /// flush finish before it sees that end. hyper depends on it: an end it reads
+    /// before its flush returned counts as a connection closed mid-message. The extra
+    /// `Pending` (with a wake-up) lets a caller that polls read, write and flush in turn
+    /// see its flush done first. Bytes are never held back, only the end.
+    fn poll_end(&mut self, cx: &mut Context<'_>, end: io::Result<()>) -> Poll<io::Result<usize>> {
+        let busy = self.writing.is_some() || !self.wbuf.is_empty();
+        if let Err(e) = self.drive_writes(cx) {
+            // The write side's failure is its next call's to report.
+            self.werr = Some(e);
+        }
+        if busy || self.writing.is_some() {
+            if self.writing.is_none() {
+                cx.waker().wake_by_ref();
+            }
+            self.end_held = Some(end);
+            return Poll::Pending;
+        }
+        Poll::Ready(end.map(|()| 0))
     }
 
     fn copy_out(&mut self, dst: &mut [u8]) -> usize {
@@ -282,9 +339,13 @@ impl Stream {
         n
     }
 
-    /// Writes from `src`, keeping one write op in flight across calls. As with every
-    /// completion-based writer, a call after `Pending` must pass the same bytes: the
-    /// op started with the first call's bytes and reports how many of those it wrote.
+    /// Writes from `src` behind: copies what fits in the stream's buffer and answers
+    /// `Ready(n)` at once; `Pending` only while the buffer is full, having taken
+    /// nothing. An op in flight carries acknowledged bytes only, so a call given up
+    /// after `Pending` sends nothing, and the next call, whatever its bytes, is never
+    /// answered with another call's count (I13). A failed write is reported by the next
+    /// call (see the [rules](crate::future#streams-what-a-caller-that-gives-up-sees)); [`poll_flush`](Stream::poll_flush) waits
+    /// until everything acknowledged is written.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -294,46 +355,117 @@ impl Stream {
     /// let mut s = quell::future::Stream::new(&driver, mine);
     /// let n = driver.block_on(poll_fn(|cx| s.poll_write(cx, b"xyz")))?;
     /// assert_eq!(n, 3);
+    /// driver.block_on(poll_fn(|cx| s.poll_flush(cx)))?;
     /// let mut got = [0u8; 3];
     /// std::io::Read::read_exact(&mut &peer, &mut got)?;
     /// assert_eq!(&got, b"xyz");
     /// # Ok(()) }
     /// ```
     pub fn poll_write(&mut self, cx: &mut Context<'_>, src: &[u8]) -> Poll<io::Result<usize>> {
-        if self.writing.is_none() {
-            if src.is_empty() {
-                return Poll::Ready(Ok(0));
+        self.poll_write_vectored(cx, &[io::IoSlice::new(src)])
+    }
+
+    /// [`poll_write`](Stream::poll_write) from several buffers at once (taken in order,
+    /// as much as fits).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::future::poll_fn;
+    /// use std::io::IoSlice;
+    /// let driver = quell::future::Driver::new(quell::Ring::new()?);
+    /// let (mine, peer) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut s = quell::future::Stream::new(&driver, mine);
+    /// let bufs = [IoSlice::new(b"head "), IoSlice::new(b"body")];
+    /// let n = driver.block_on(poll_fn(|cx| s.poll_write_vectored(cx, &bufs)))?;
+    /// assert_eq!(n, 9);
+    /// driver.block_on(poll_fn(|cx| s.poll_shutdown(cx)))?;
+    /// let mut got = Vec::new();
+    /// std::io::Read::read_to_end(&mut &peer, &mut got)?;
+    /// assert_eq!(got, b"head body");
+    /// # Ok(()) }
+    /// ```
+    pub fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.drive_writes(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let room = WRITE_CHUNK.saturating_sub(self.wbuf.len());
+        if room == 0 {
+            // Full: the op in flight (polled above) wakes this task when it is done.
+            return Poll::Pending;
+        }
+        let mut taken = 0;
+        for b in bufs {
+            let n = b.len().min(room - taken);
+            self.wbuf.extend_from_slice(&b[..n]);
+            taken += n;
+            if taken == room {
+                break;
             }
-            let mut buf = std::mem::take(&mut self.wbuf);
-            buf.clear();
-            buf.extend_from_slice(&src[..src.len().min(WRITE_CHUNK)]);
-            match self.driver.submit(Op::write(self.raw, buf)) {
+        }
+        // Hand the bytes to an op now if none is in flight (its first poll gives it to
+        // the kernel). A failure now is the next call's: these bytes are acknowledged.
+        if let Err(e) = self.drive_writes(cx) {
+            self.werr = Some(e);
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    /// Takes a finished write op's result and starts the next op from the buffer; the
+    /// op in flight, if any, is polled (so this task is woken when it finishes). An
+    /// error not yet reported is returned (once).
+    fn drive_writes(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        loop {
+            if let Some(f) = self.writing.as_mut() {
+                let c = match std::pin::Pin::new(f).poll(cx) {
+                    Poll::Pending => return Ok(()),
+                    Poll::Ready(c) => c,
+                };
+                self.writing = None;
+                let outcome = c.outcome;
+                let mut buf = c.into_buf().unwrap_or_default();
+                let len = buf.len();
+                if outcome != Outcome::Done(len) && self.werr.is_none() {
+                    // What this op did not write and what waits behind it are lost: a
+                    // stream with a hole in it is worse than a stream that stopped.
+                    let lost = len - outcome.transferred().min(len) + self.wbuf.len();
+                    self.wbuf.clear();
+                    self.werr = Some(write_error(outcome, lost));
+                }
+                buf.clear();
+                self.wspare = buf;
+            }
+            if let Some(e) = self.werr.take() {
+                return Err(e);
+            }
+            if self.wbuf.is_empty() {
+                return Ok(());
+            }
+            let mut buf = std::mem::take(&mut self.wspare);
+            std::mem::swap(&mut buf, &mut self.wbuf);
+            match self.driver.submit(Op::write(self.raw, buf).exact()) {
                 Ok(f) => self.writing = Some(f),
                 Err(e) => {
                     let (e, op) = e.into_parts();
-                    self.wbuf = op.into_buf().unwrap_or_default();
-                    return Poll::Ready(Err(e.into()));
+                    let lost = op.into_buf().map_or(0, |b| b.len());
+                    return Err(io::Error::other(format!(
+                        "{e} ({lost} acknowledged bytes not written)"
+                    )));
                 }
             }
         }
-        self.poll_write_done(cx)
     }
 
-    fn poll_write_done(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(f) = self.writing.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        let c = match std::pin::Pin::new(f).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(c) => c,
-        };
-        self.writing = None;
-        let outcome = c.outcome;
-        self.wbuf = c.into_buf().unwrap_or_default();
-        Poll::Ready(outcome.into_result())
-    }
-
-    /// Waits for a write in flight, then shuts the write side down (`SHUT_WR`).
+    /// Waits for everything acknowledged to be written, then shuts the write side down
+    /// (`SHUT_WR`). A connection the peer already reset (`ENOTCONN`) counts as shut
+    /// down, as tokio's `TcpStream` answers.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -350,24 +482,26 @@ impl Stream {
     /// # Ok(()) }
     /// ```
     pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.poll_write_done(cx) {
+        match self.poll_flush(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Ok(())) => {}
         }
         // SAFETY: shutdown(2) on our own descriptor; it does not block.
         let rc = unsafe { libc::shutdown(self.raw, libc::SHUT_WR) };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            // A pipe end is no socket: nothing to shut down but the writes.
-            if e.raw_os_error() != Some(libc::ENOTSOCK) {
+            // A pipe end is no socket: nothing to shut down but the writes. A reset
+            // connection is shut already.
+            if !matches!(e.raw_os_error(), Some(libc::ENOTSOCK | libc::ENOTCONN)) {
                 return Poll::Ready(Err(e));
             }
         }
         Poll::Ready(Ok(()))
     }
 
-    /// Waits for a write in flight (there is no user-space write buffer to flush).
+    /// Waits until every acknowledged byte is written (the write-behind buffer is empty
+    /// and no write op is in flight); reports a write failure not reported yet.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -385,16 +519,50 @@ impl Stream {
     /// # Ok(()) }
     /// ```
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_write_done(cx).map(|r| r.map(|_| ()))
+        if let Err(e) = self.drive_writes(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if self.writing.is_some() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+/// The error a failed write-behind op is reported with: a failure keeps its errno (so
+/// `EPIPE`, `ECONNRESET` match what tokio's stream reports); a cancel or a deadline
+/// says so, with the count of acknowledged bytes that were not written.
+fn write_error(outcome: Outcome, lost: usize) -> io::Error {
+    match outcome {
+        Outcome::Failed(e) => io::Error::from_raw_os_error(e.raw_os_error()),
+        Outcome::Canceled { .. } => io::Error::new(
+            io::ErrorKind::Interrupted,
+            format!("write canceled: {lost} acknowledged bytes not written"),
+        ),
+        Outcome::TimedOut { .. } | Outcome::Detached => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("write timed out: {lost} acknowledged bytes not written"),
+        ),
+        Outcome::Done(_) => io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("write stopped short: {lost} acknowledged bytes not written"),
+        ),
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // Cancel first, then retire: the descriptor stays open until the canceled ops'
-        // completions are in.
+        // Cancel the read, let acknowledged writes finish (bounded by LINGER), then
+        // retire: the descriptor stays open until those ops' completions are in.
         self.reading = None;
-        self.writing = None;
+        let tail = std::mem::take(&mut self.wbuf);
+        let until = std::time::Instant::now() + LINGER;
+        match self.writing.take() {
+            Some(f) => f.linger(tail, until),
+            None if !tail.is_empty() => self.driver.lock().write_detached(self.raw, tail, until),
+            None => {}
+        }
         if let Some(fd) = self.fd.take() {
             self.driver.retire(fd);
         }
