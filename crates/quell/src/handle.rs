@@ -1,6 +1,7 @@
 //! Cross-thread control of a ring.
 
 use crate::error::Error;
+use crate::group::GroupId;
 use crate::id::OpId;
 use crate::info::OpInfo;
 use crate::mailbox::Mailbox;
@@ -16,6 +17,8 @@ pub(crate) enum Request {
     Cancel(OpId),
     CancelFd(RawFd),
     CancelAll,
+    CancelGroup(GroupId),
+    Drain(GroupId),
     Wake,
     /// A snapshot of `ops()`, sent back on the channel.
     Ops(mpsc::Sender<Vec<OpInfo>>),
@@ -138,6 +141,53 @@ impl Handle {
     /// ```
     pub fn cancel_all(&self) -> Result<(), Error> {
         self.push(Request::CancelAll)
+    }
+
+    /// Requests cancellation of group `g` and its descendants, as
+    /// [`Ring::cancel_group`](crate::Ring::cancel_group) does on the ring's thread: every
+    /// op in it is canceled and the group stays canceled (ops submitted to it later
+    /// complete `Canceled` at once). A group that no longer exists when the ring takes
+    /// the request is ignored.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let request = ring.group(GroupId::ROOT, GroupOptions::default().name("request"))?;
+    /// let a = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).group(request))?;
+    /// // A supervisor thread gives up on the request.
+    /// let handle = ring.handle();
+    /// std::thread::spawn(move || handle.cancel_group(request)).join().unwrap()?;
+    /// assert!(ring.wait_for(a)?.outcome.is_canceled());
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_group(&self, g: GroupId) -> Result<(), Error> {
+        self.push(Request::CancelGroup(g))
+    }
+
+    /// Starts draining group `g` from another thread, as [`Ring::drain`](crate::Ring::drain)
+    /// does: new submissions to it are refused (`Draining`), its ops still queued in
+    /// user space are canceled, ops in flight run to their end. Wait for the end on the
+    /// ring's thread with [`Ring::wait_drained`](crate::Ring::wait_drained).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use quell::{GroupId, GroupOptions, Op};
+    /// let mut ring = quell::Ring::new()?;
+    /// let jobs = ring.group(GroupId::ROOT, GroupOptions::default())?;
+    /// let t = ring.submit(Op::timeout(Duration::from_millis(5)).group(jobs))?;
+    /// let handle = ring.handle();
+    /// std::thread::spawn(move || handle.drain(jobs)).join().unwrap()?;
+    /// assert!(ring.wait_drained(jobs, Some(Duration::from_secs(10)))?);
+    /// assert!(ring.wait_for(t)?.outcome.is_done()); // in flight: it ran to its end
+    /// assert!(matches!(ring.submit(Op::nop().group(jobs)).unwrap_err().error(), quell::Error::Draining));
+    /// # Ok(()) }
+    /// ```
+    pub fn drain(&self, g: GroupId) -> Result<(), Error> {
+        self.push(Request::Drain(g))
     }
 
     /// Wakes the ring if it is waiting (its `wait` returns early with what it has).

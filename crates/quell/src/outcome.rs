@@ -93,8 +93,12 @@ impl Outcome {
         }
     }
 
-    /// Converts to a `Result`: `Done(n)` is `Ok(n)`, everything else an `io::Error`
-    /// (`ECANCELED` for canceled, `ETIMEDOUT` for timed out or detached).
+    /// Converts to a `Result`: `Done(n)` is `Ok(n)`, and so is a transfer that was
+    /// canceled or timed out after moving `n > 0` bytes — as `read(2)` interrupted by a
+    /// signal after some data returns the count, so a `let n = res?` caller keeps the
+    /// bytes (match on the outcome itself to tell the two apart). Everything else is an
+    /// `io::Error`: `ECANCELED` for canceled, `ETIMEDOUT` for timed out or detached, the
+    /// errno for a failure.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -106,12 +110,19 @@ impl Outcome {
     /// let err = ring.wait_for(id)?.outcome.into_result().unwrap_err();
     /// assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
     /// assert_eq!(quell::Outcome::Done(7).into_result()?, 7);
+    /// // Stopped part-way: the count survives the conversion.
+    /// assert_eq!(quell::Outcome::Canceled { transferred: 3 }.into_result()?, 3);
     /// # Ok(()) }
     /// ```
     pub fn into_result(self) -> std::io::Result<usize> {
         match self {
             Outcome::Done(n) => Ok(n),
             Outcome::Failed(e) => Err(std::io::Error::from_raw_os_error(e.raw_os_error())),
+            Outcome::Canceled { transferred } | Outcome::TimedOut { transferred }
+                if transferred > 0 =>
+            {
+                Ok(transferred)
+            }
             Outcome::Canceled { .. } => Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
             Outcome::TimedOut { .. } | Outcome::Detached => {
                 Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT))

@@ -1088,6 +1088,13 @@ impl Ring {
                 Request::CancelAll => {
                     self.cancel_all();
                 }
+                // A group removed meanwhile has nothing left to cancel or drain.
+                Request::CancelGroup(g) => {
+                    let _ = self.cancel_group(g);
+                }
+                Request::Drain(g) => {
+                    let _ = self.drain(g);
+                }
                 Request::Wake => woken = true,
                 Request::Ops(tx) => {
                     // The asker may have given up waiting; nothing to do then.

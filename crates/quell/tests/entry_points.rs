@@ -174,11 +174,20 @@ fn under_ring_wait(b: BackendChoice, kind: Blocker) {
     let (op, end) = blocker(kind);
     let id = ring.submit(op).unwrap();
     let other = ring.submit(Op::read(quiet, vec![0u8; 8])).unwrap();
+    let (grouped_r, _grouped_w) = std::os::unix::net::UnixStream::pair().unwrap();
+    let g = ring.group(GroupId::ROOT, GroupOptions::default()).unwrap();
+    let grouped = ring
+        .submit(Op::read(grouped_r.as_raw_fd(), vec![0u8; 8]).group(g))
+        .unwrap();
+    let drained = ring.group(GroupId::ROOT, GroupOptions::default()).unwrap();
     let h = ring.handle();
     let owner = std::thread::spawn(move || {
-        // Sleeps until something completes; loops until the owner's op is in.
+        // Sleeps until something completes; loops until the owner's op and the
+        // canceled group's op are in.
         let mut got = Vec::new();
-        while !got.iter().any(|c: &quell::Completion| c.id == id) {
+        while !(got.iter().any(|c: &quell::Completion| c.id == id)
+            && got.iter().any(|c: &quell::Completion| c.id == grouped))
+        {
             ring.wait(1, None).unwrap();
             got.extend(ring.completions());
         }
@@ -196,9 +205,16 @@ fn under_ring_wait(b: BackendChoice, kind: Blocker) {
         "Handle::request_ops, served by the waking owner",
         move || h1.request_ops().unwrap().wait(GUARD).unwrap(),
     );
+    let h1 = h.clone();
+    within("Handle::cancel_group", move || h1.cancel_group(g).unwrap());
+    let h1 = h.clone();
+    within("Handle::drain", move || h1.drain(drained).unwrap());
     end();
     let got = within("the owner's own op", move || owner.join().unwrap());
     assert!(got.iter().any(|c| c.id == other && c.outcome.is_canceled()));
+    assert!(got
+        .iter()
+        .any(|c| c.id == grouped && c.outcome.is_canceled()));
     let h1 = h.clone();
     within("Handle::cancel_all", move || {
         h1.cancel_all().map_err(|e| e.to_string())

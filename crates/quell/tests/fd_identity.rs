@@ -168,6 +168,43 @@ both_backends! {
         drop((new_r, old_w, blocker_r));
     }
 
+    /// An op that waited in quell's queue, its number unchanged, joins the other ops on
+    /// that descriptor: the stream's bytes come out in completion order, each once. On
+    /// the portable backend, which keeps one FIFO per descriptor, the read submitted
+    /// first gets the first bytes; io_uring wakes every read waiting on a pipe and may
+    /// complete the later one first (measured: it does, with or without quell's queue),
+    /// so which of two concurrent reads gets which bytes is not part of the contract.
+    fn queued_op_joins_the_reads_of_the_same_file_in_stream_order(b: BackendChoice) {
+        for round in 0..20 {
+            let mut ring = ring_with(b, 2);
+            let (blocker_r, blocker_w) = pipe();
+            let blocker = ring.submit(Op::read(blocker_r.as_raw_fd(), vec![0u8; 8])).unwrap();
+            let (r, w) = pipe();
+            let first = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 2])).unwrap();
+            let second = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 2])).unwrap();
+            ring.flush().unwrap();
+            write_all(blocker_w.as_raw_fd(), b"go");
+            assert_eq!(wait_within(&mut ring, blocker, 10).data(), b"go");
+            ring.flush().unwrap(); // the second read is with the backend now
+            let mut got = Vec::new();
+            for chunk in [&b"12"[..], b"34"] {
+                write_all(w.as_raw_fd(), chunk);
+                let c = common::collect(&mut ring, 1, 10).pop().unwrap();
+                got.push((c.id, c.data().to_vec()));
+            }
+            assert_eq!(got[0].1, b"12", "round {round}: {got:?}");
+            assert_eq!(got[1].1, b"34", "round {round}: {got:?}");
+            let mut ids = [got[0].0, got[1].0];
+            ids.sort();
+            let mut want = [first, second];
+            want.sort();
+            assert_eq!(ids, want, "each read completes once");
+            if b == BackendChoice::Portable {
+                assert_eq!(got[0].0, first, "round {round}: FIFO per descriptor");
+            }
+        }
+    }
+
     /// `cancel_fd` reaches exactly the ops on that descriptor: not ops whose unused
     /// second descriptor slot holds -1, not path ops relative to the working directory,
     /// and nothing at all for a number no op uses.

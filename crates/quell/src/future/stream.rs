@@ -131,7 +131,7 @@ impl Stream {
         let c = driver.submit(Op::connect(raw, addr))?.await;
         match c.outcome {
             Outcome::Done(_) => Ok(stream),
-            o => Err(o.into_result().unwrap_err()),
+            o => Err(failure(o)),
         }
     }
 
@@ -303,7 +303,7 @@ impl Stream {
                 }
                 Poll::Ready(Ok(self.copy_out(dst)))
             }
-            o => self.poll_end(cx, Err(o.into_result().unwrap_err())),
+            o => self.poll_end(cx, Err(failure(o))),
         }
     }
 
@@ -713,7 +713,7 @@ impl Listener {
             Outcome::Done(fd) => Ok(Stream::new(&self.driver, unsafe {
                 OwnedFd::from_raw_fd(fd as RawFd)
             })),
-            o => Err(o.into_result().unwrap_err()),
+            o => Err(failure(o)),
         }
     }
 }
@@ -733,3 +733,12 @@ impl std::fmt::Debug for Listener {
 }
 
 use std::future::Future;
+
+/// The error an op that did not end `Done` (and moved nothing) stands for.
+fn failure(o: Outcome) -> io::Error {
+    match o.into_result() {
+        Err(e) => e,
+        // Only a transfer that moved bytes converts to `Ok`; callers serve those first.
+        Ok(_) => io::Error::from_raw_os_error(libc::ECANCELED),
+    }
+}

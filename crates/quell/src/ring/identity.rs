@@ -6,11 +6,13 @@
 //!
 //! - **Anchors.** An op that has to wait in quell's own queue (the dispatch window is
 //!   full, the ring is quiesced, the backend has no room, or a transfer continues in a
-//!   later part) takes a duplicate of the descriptors it names. When it finally goes to
-//!   the backend it uses the duplicate, so closing the number and reusing it meanwhile
-//!   (even outside quell, with an ordinary `drop(File)`) cannot redirect it: the op acts
-//!   on its own file, as an op the kernel already holds does. The duplicate is closed
-//!   when the op's last result is in. Ops handed to the backend at once never pay.
+//!   later part) holds a duplicate of the files it names (one `fcntl(F_DUPFD_CLOEXEC)`,
+//!   shared by every waiting op on the same file). When it finally goes to the backend
+//!   it uses the number it was given if that still names its file (one `kcmp`), and the
+//!   duplicate if the number was closed or reused meanwhile (even outside quell, with an
+//!   ordinary `drop(File)`): the op acts on its own file, as an op the kernel already
+//!   holds does. The duplicate is closed when the last op holding it has its last
+//!   result. Ops handed to the backend at once never pay.
 //! - **Re-validated classes.** The class cache (see `classify`) is keyed by number and
 //!   cannot see a number closed and reused behind quell's back. The class decides one
 //!   irreversible thing: whether a deadline *detaches* an op (device I/O that cannot be
@@ -28,46 +30,170 @@ use crate::table::{F_ANCHORED, F_CHAIN, F_DECLARED};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// The duplicates an anchored op uses instead of the numbers it was given.
-struct Anchor {
-    fd: Option<OwnedFd>,
-    fd2: Option<OwnedFd>,
+/// One duplicate of a file some waiting ops were submitted on, shared by all of them.
+struct Held {
+    /// The number the ops were given (what `ops()` and `cancel_fd` see).
+    number: RawFd,
+    dup: OwnedFd,
+    users: u32,
 }
 
-/// Anchors of the ops that hold them, by slot index.
+/// What one anchored op holds: indexes into `Anchors::held` for its descriptor(s).
+struct Anchor {
+    fd: Option<usize>,
+    fd2: Option<usize>,
+}
+
+/// The duplicates held by waiting ops.
+///
+/// Ops on the same file share one duplicate, and an op that reaches the backend while
+/// its number still names its file uses the number itself: the portable backend keeps
+/// one FIFO per descriptor number, so a second number for the same file would let a
+/// later read overtake an earlier one (io_uring serves each file's waiters in order
+/// too, whatever number named it).
 #[derive(Default)]
 pub(super) struct Anchors {
     by_slot: HashMap<u32, Anchor>,
+    held: Vec<Option<Held>>,
+    free: Vec<usize>,
+    /// `held` entries by the number they were taken for (usually one each).
+    by_number: HashMap<RawFd, Vec<usize>>,
 }
 
 impl Anchors {
-    /// Points `raw` at the duplicates held for slot `idx`.
+    /// Points `raw` at the files slot `idx` was submitted on: the number itself where it
+    /// still names that file, the duplicate where the number was closed or reused.
     pub(super) fn apply(&self, idx: u32, raw: &mut RawOp) {
         if let Some(a) = self.by_slot.get(&idx) {
-            if let Some(fd) = &a.fd {
-                raw.fd = fd.as_raw_fd();
+            if let Some(h) = a.fd.and_then(|i| self.held[i].as_ref()) {
+                raw.fd = h.current();
             }
-            if let Some(fd2) = &a.fd2 {
-                raw.fd2 = fd2.as_raw_fd();
+            if let Some(h) = a.fd2.and_then(|i| self.held[i].as_ref()) {
+                raw.fd2 = h.current();
             }
         }
     }
 
-    /// The descriptor slot `idx` acts on through its anchor, if it holds one.
+    /// The descriptors slot `idx` acts on through its anchor, if it holds one.
     fn fd_of(&self, idx: u32) -> Option<(RawFd, Option<RawFd>)> {
         self.by_slot.get(&idx).map(|a| {
+            let get = |i: Option<usize>| i.and_then(|i| self.held[i].as_ref());
             (
-                a.fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
-                a.fd2.as_ref().map(|f| f.as_raw_fd()),
+                get(a.fd).map_or(-1, |h| h.dup.as_raw_fd()),
+                get(a.fd2).map(|h| h.dup.as_raw_fd()),
             )
         })
+    }
+
+    /// A share of a duplicate of `number`'s file: an existing one if another waiting
+    /// op holds that very file, a new one otherwise.
+    fn take(&mut self, number: RawFd) -> Result<usize, i32> {
+        if let Some(list) = self.by_number.get(&number) {
+            for &i in list {
+                if let Some(h) = &mut self.held[i] {
+                    if same_file(number, h.dup.as_raw_fd()) {
+                        h.users += 1;
+                        return Ok(i);
+                    }
+                }
+            }
+        }
+        let held = Held {
+            number,
+            dup: dup(number)?,
+            users: 1,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.held[i] = Some(held);
+                i
+            }
+            None => {
+                self.held.push(Some(held));
+                self.held.len() - 1
+            }
+        };
+        self.by_number.entry(number).or_default().push(i);
+        Ok(i)
+    }
+
+    /// Gives a share back; the duplicate is closed with the last one.
+    fn put(&mut self, i: usize) {
+        if let Some(h) = &mut self.held[i] {
+            h.users -= 1;
+            if h.users == 0 {
+                let number = h.number;
+                self.held[i] = None;
+                self.free.push(i);
+                if let Some(list) = self.by_number.get_mut(&number) {
+                    list.retain(|&j| j != i);
+                    if list.is_empty() {
+                        self.by_number.remove(&number);
+                    }
+                }
+            }
+        }
     }
 
     /// Closes every duplicate (the ring is going away; the kernel holds its own
     /// references to the files of ops it still runs).
     pub(super) fn clear(&mut self) {
         self.by_slot.clear();
+        self.held.clear();
+        self.free.clear();
+        self.by_number.clear();
     }
+}
+
+impl Held {
+    /// The descriptor to act through now.
+    fn current(&self) -> RawFd {
+        if same_file(self.number, self.dup.as_raw_fd()) {
+            self.number
+        } else {
+            self.dup.as_raw_fd()
+        }
+    }
+}
+
+/// Whether descriptor numbers `a` and `b` name the same open file (the same file
+/// description, so the same offset too). `kcmp(KCMP_FILE)` where the kernel allows it;
+/// otherwise the same device and inode.
+fn same_file(a: RawFd, b: RawFd) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp only compares the two descriptor numbers of this process; a number
+    // that is not open yields EBADF.
+    let pid = unsafe { libc::getpid() } as libc::c_long;
+    // SAFETY: as above; all arguments are plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_FILE,
+            a as libc::c_long,
+            b as libc::c_long,
+        )
+    };
+    if r >= 0 {
+        return r == 0;
+    }
+    match crate::classify::errno() {
+        libc::EBADF => false,
+        // No kcmp here (ENOSYS, or EPERM under a strict security module).
+        _ => match (inode_of(a), inode_of(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+    }
+}
+
+/// `(st_dev, st_ino)` of an open descriptor.
+fn inode_of(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: zeroed stat is valid; fstat writes into it and only reads `fd`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
 /// Duplicates `fd` (close-on-exec). `Err(errno)`: `EBADF` if the number is not open,
@@ -118,11 +244,17 @@ impl Ring {
         if a.is_none() && b.is_none() {
             return Ok(());
         }
-        let anchor = Anchor {
-            fd: a.map(dup).transpose()?,
-            fd2: b.map(dup).transpose()?,
+        let fd = a.map(|n| self.anchors.take(n)).transpose()?;
+        let fd2 = match b.map(|n| self.anchors.take(n)).transpose() {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(i) = fd {
+                    self.anchors.put(i);
+                }
+                return Err(e);
+            }
         };
-        self.anchors.by_slot.insert(idx, anchor);
+        self.anchors.by_slot.insert(idx, Anchor { fd, fd2 });
         self.table.slot_mut(idx).flags |= F_ANCHORED;
         Ok(())
     }
@@ -133,7 +265,11 @@ impl Ring {
         let s = self.table.slot_mut(idx);
         if s.flags & F_ANCHORED != 0 {
             s.flags &= !F_ANCHORED;
-            self.anchors.by_slot.remove(&idx);
+            if let Some(a) = self.anchors.by_slot.remove(&idx) {
+                for i in [a.fd, a.fd2].into_iter().flatten() {
+                    self.anchors.put(i);
+                }
+            }
         }
     }
 
