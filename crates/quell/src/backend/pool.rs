@@ -31,7 +31,8 @@
 //! another file. It never acts on that other file. On io_uring an op holds a reference to
 //! its file; here each descriptor of a quell op is held as [`Hold`] says: pollable objects
 //! (pipes, sockets, eventfds, terminals) through a private duplicate the job acts on and
-//! closes when it is done (the op keeps its own file, as on io_uring); files, directories
+//! closes when it is done (the op keeps its own file, as on io_uring; this costs one
+//! descriptor per such job while it exists); files, directories
 //! and block devices through their identity, checked (without blocking) right before each
 //! system call — a duplicate of those is never taken, because closing it would drop the
 //! process's POSIX record locks on the file. If the number then names another file (or
@@ -67,7 +68,8 @@ pub(crate) enum Hold {
 
 impl Hold {
     /// Takes hold of what `fd` names now. `stream`: the ring classed it pollable, so a
-    /// duplicate is taken without asking what it is. `None` if `fd` is no descriptor
+    /// duplicate is tried without asking what it is first. Where no duplicate can be
+    /// taken (`EMFILE`), the identity is checked instead. `None` if `fd` is no descriptor
     /// (`AT_FDCWD`) or names nothing: the job then meets the same error when it runs.
     fn take(fd: RawFd, stream: bool) -> Option<Hold> {
         if fd < 0 {
@@ -81,14 +83,17 @@ impl Hold {
                 .map(|d| Hold::Dup(Arc::new(d)))
         };
         if stream {
-            return dup();
+            if let Some(h) = dup() {
+                return Some(h);
+            }
         }
         let id = sys::identity(fd)?;
-        if id.is_stream() {
-            dup()
-        } else {
-            Some(Hold::Same(fd, id))
+        if !stream && id.is_stream() {
+            if let Some(h) = dup() {
+                return Some(h);
+            }
         }
+        Some(Hold::Same(fd, id))
     }
 
     /// Whether the job may still act through this hold.
