@@ -434,6 +434,48 @@ both_backends! {
         drop(reused);
     }
 
+    /// Ops wait on a number closed outside quell (not reused yet); then the ring closes
+    /// another number with a waiter, and the portable backend's private duplicate for it
+    /// takes the freed number. The orphans still complete, each exactly once (EBADF on
+    /// portable; on io_uring they keep their pipe), and the moved read keeps its file.
+    fn ring_close_duplicate_taking_an_orphaned_number(b: BackendChoice) {
+        let _g = serial();
+        let mut ring = ring(b);
+        let mut seen = Seen::default();
+        let (xr, xw) = common::pipe();
+        let m = xr.into_raw_fd();
+        let orphan = ring.submit(Op::read(m, vec![0u8; 16])).unwrap();
+        let (yr, yw) = common::pipe();
+        let yn = yr.into_raw_fd();
+        let moved = ring.submit(Op::read(yn, vec![0u8; 16])).unwrap();
+        seen.still_pending(&mut ring, moved, Duration::from_millis(30));
+        // Every free number below `m` gets a placeholder, so `m` is the lowest free
+        // number once it is closed (the backend's duplicates start at 3).
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let holes: Vec<OwnedFd> = (3..m)
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            .filter(|&n| unsafe { libc::fcntl(n, libc::F_GETFD) } < 0)
+            .map(|n| {
+                // SAFETY: `n` is free: dup2 makes it a copy of /dev/null we own.
+                assert_eq!(unsafe { libc::dup2(devnull.as_raw_fd(), n) }, n);
+                // SAFETY: just created, owned by nothing else.
+                unsafe { OwnedFd::from_raw_fd(n) }
+            })
+            .collect();
+        // SAFETY: `m` is ours (taken out of its owner above); closed outside quell.
+        assert_eq!(unsafe { libc::close(m) }, 0);
+        let close = ring.submit(Op::close(yn)).unwrap();
+        assert_eq!(seen.wait(&mut ring, close, 10).outcome, Outcome::Done(0));
+        assert!(try_write(yw.as_raw_fd(), b"moved"));
+        assert_eq!(seen.wait(&mut ring, moved, 10).data(), b"moved");
+        let fed = try_write(xw.as_raw_fd(), b"orphan");
+        assert_eq!(fed, b == BackendChoice::Uring);
+        let c = seen.wait(&mut ring, orphan, 10);
+        check_orphan(b, &c, Kind::Pipe, b"orphan");
+        seen.finish(&mut ring);
+        drop(holes);
+    }
+
     /// A read waits on a socket closed through the ring; canceling it releases the file.
     fn ring_close_then_cancel_releases_the_file(b: BackendChoice) {
         let _g = serial();

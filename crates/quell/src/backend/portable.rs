@@ -686,6 +686,9 @@ impl Portable {
         };
         let mut st = self.fds.remove(&fd).expect("present");
         let to = dup.as_raw_fd();
+        // The duplicate's number was free, so ops still listed under it lost their file
+        // outside quell: end them before the number's new state takes its place.
+        self.abandon(to);
         for key in st.keys() {
             if let Some(w) = self.waiting.get_mut(key) {
                 w.raw.fd = to;
