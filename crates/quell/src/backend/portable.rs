@@ -49,9 +49,12 @@
 //!   either completes an op or moves nothing), and the new file starts a fresh state.
 //!   Each registration carries a generation in its epoll data, so an event from an item
 //!   the old file left behind (it stays while that file is open elsewhere) is ignored.
-//!   This differs from io_uring, where the old op would keep waiting on its old file; an
-//!   anchor (a `dup` per parked op) would remove the difference but costs two system calls
-//!   per park on the hot path (measured ~3–4 % of a same-CPU ping-pong round).
+//!   This differs from io_uring, where the old op would keep waiting on its old file. An
+//!   anchor (a `dup` of the descriptor while ops wait on it) would remove the difference,
+//!   but it costs a `dup` and a `close` per park on the hot path (measured +0.2–0.4 µs,
+//!   2–3.5 % of a ~12 µs same-CPU ping-pong round) and doubles the descriptors of every
+//!   connection with a parked read (idle keep-alive connections would hit
+//!   `RLIMIT_NOFILE` at half the count).
 //!   **Known gap:** if the old file is still open elsewhere (a `dup`, a child process)
 //!   *and* becomes ready after the number was reused but before quell touched the number
 //!   again, its event is served by attempts on the number, i.e. on the new file. Close
