@@ -42,9 +42,13 @@
 //! - **Closed outside quell** (an ordinary `drop(File)`) and reused: epoll keys an item by
 //!   file *and* number, so re-arming the number after it was reused fails `ENOENT`
 //!   (`EBADF` if it is just closed). Every op that parks re-arms the number with one
-//!   `epoll_ctl` (the one a first waiter needs anyway; ops queued behind others pay it
-//!   too), and the registration is re-armed after every service that leaves waiters, so a
-//!   reuse is seen the first time quell touches the number again. The waiters of the old
+//!   `epoll_ctl` — the one a first waiter needs anyway; an op queued behind others on
+//!   the same descriptor and direction pays it too (it skipped its attempt, so nothing
+//!   else tells which file it was submitted on: measured 113 → 525 ns to submit and park
+//!   each of 10,000 reads on one socket). Without it, an op on the new file could queue
+//!   behind the old file's waiters with nothing watching the new file. The registration
+//!   is re-armed after every service that leaves waiters, so a reuse is seen the first
+//!   time quell touches the number again. The waiters of the old
 //!   file then complete `Failed(EBADF)` without acting (they moved no byte: each attempt
 //!   either completes an op or moves nothing), and the new file starts a fresh state.
 //!   Each registration carries a generation in its epoll data, so an event from an item
