@@ -276,6 +276,11 @@ impl Pool {
         if self.jobs.is_empty() {
             return; // nothing queued: no lock taken on the close path
         }
+        // What the number names as the ring closes it: the file jobs held by identity
+        // were submitted on, if theirs matches.
+        let Some(now) = sys::identity(fd) else {
+            return;
+        };
         let mut q = self.shared.queue();
         let mut dup: Option<Arc<OwnedFd>> = None;
         for (job, work) in q.jobs.iter_mut() {
@@ -289,7 +294,7 @@ impl Pool {
                 let Some(Hold::Same(n, id)) = h else {
                     continue;
                 };
-                if *n != fd || sys::identity(fd) != Some(*id) {
+                if *n != fd || *id != now {
                     continue;
                 }
                 if dup.is_none() {
