@@ -26,28 +26,95 @@
 //!   `Running` state, so it never hits the worker's next job, and pending instances
 //!   left over are drained (`sigtimedwait`) before the worker takes another job.
 //!
+//! # Descriptor identity (contract item I12)
+//! A job may wait for a worker while its descriptor number is closed and reused by
+//! another file. It never acts on that other file. On io_uring an op holds a reference to
+//! its file; here each descriptor of a quell op is held as [`Hold`] says: pollable objects
+//! (pipes, sockets, eventfds, terminals) through a private duplicate the job acts on and
+//! closes when it is done (the op keeps its own file, as on io_uring; this costs one
+//! descriptor per such job while it exists); files, directories
+//! and block devices through their identity, checked (without blocking) right before each
+//! system call — a duplicate of those is never taken, because closing it would drop the
+//! process's POSIX record locks on the file. If the number then names another file (or
+//! none), the job ends `EBADF` without acting. When the ring itself closes the number
+//! ([`Pool::retarget`]) the jobs still queued on it move onto a duplicate, so they keep
+//! their file as on io_uring.
+//!
 //! # Drop
 //! Dropping the pool never waits for workers: idle ones exit by themselves, one stuck in
 //! an uninterruptible call is detached and exits when the call returns. The ring never
 //! frees memory a worker may still write (it leaks it at teardown, see `Ring::shutdown`).
 
 use super::sys;
-use crate::op::{BlockingFn, RawOp};
+use crate::op::{BlockingFn, OpKind, RawOp};
+use crate::outcome::CancelClass;
 use crate::wake::Doorbell;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+/// How a queued job keeps to the file one of its descriptors named when it was submitted.
+pub(crate) enum Hold {
+    /// A private duplicate the job acts on instead of the number, closed when the job is
+    /// dropped (pollable objects, and any file the ring closed under a queued job).
+    Dup(Arc<OwnedFd>),
+    /// The identity the number must still have when the job runs (files, directories,
+    /// block devices: see the module docs).
+    Same(RawFd, sys::Identity),
+}
+
+impl Hold {
+    /// Takes hold of what `fd` names now. `stream`: the ring classed it pollable, so a
+    /// duplicate is tried without asking what it is first. Where no duplicate can be
+    /// taken (`EMFILE`), the identity is checked instead. `None` if `fd` is no descriptor
+    /// (`AT_FDCWD`) or names nothing: the job then meets the same error when it runs.
+    fn take(fd: RawFd, stream: bool) -> Option<Hold> {
+        if fd < 0 {
+            return None;
+        }
+        let dup = || {
+            // SAFETY: `fd` is only read by fcntl for the call's duration; a closed number
+            // yields an error.
+            rustix::io::fcntl_dupfd_cloexec(unsafe { BorrowedFd::borrow_raw(fd) }, sys::DUP_MIN)
+                .ok()
+                .map(|d| Hold::Dup(Arc::new(d)))
+        };
+        if stream {
+            if let Some(h) = dup() {
+                return Some(h);
+            }
+        }
+        let id = sys::identity(fd)?;
+        if !stream && id.is_stream() {
+            if let Some(h) = dup() {
+                return Some(h);
+            }
+        }
+        Some(Hold::Same(fd, id))
+    }
+
+    /// Whether the job may still act through this hold.
+    fn holds(&self) -> bool {
+        match self {
+            Hold::Dup(_) => true,
+            Hold::Same(fd, id) => sys::identity(*fd) == Some(*id),
+        }
+    }
+}
+
 /// What a worker runs.
 pub(crate) enum Work {
     /// A quell op, run with plain blocking system calls. `prefix` bytes of it were already
-    /// moved inline; `iov` (if any) describes the rest of a vectored transfer.
+    /// moved inline; `iov` (if any) describes the rest of a vectored transfer. `holds`
+    /// keep `raw.fd` and `raw.fd2` to the files they named at submission.
     Raw {
         raw: RawOp,
         prefix: u64,
         iov: Option<Vec<libc::iovec>>,
+        holds: [Option<Hold>; 2],
     },
     /// A user closure ([`Op::blocking`](crate::Op::blocking)).
     Closure(BlockingFn),
@@ -167,15 +234,86 @@ impl Pool {
         }
     }
 
-    /// Queues a quell op to run blocking on a worker.
+    /// Queues a quell op to run blocking on a worker, holding its descriptors' files
+    /// (see the module docs; `class`: how the ring classed the op's descriptor).
     pub(crate) fn submit_raw(
         &mut self,
         key: u64,
-        raw: RawOp,
+        mut raw: RawOp,
         prefix: u64,
         iov: Option<Vec<libc::iovec>>,
+        class: CancelClass,
     ) {
-        self.submit(key, prefix, Work::Raw { raw, prefix, iov });
+        let mut holds = [None, None];
+        // A close acts on the number itself; closures and timers have no descriptor.
+        if raw.kind.uses_fd() && raw.kind != OpKind::Close {
+            holds[0] = Hold::take(raw.fd, class == CancelClass::Prompt);
+            if matches!(raw.kind, OpKind::Splice | OpKind::RenameAt) {
+                holds[1] = Hold::take(raw.fd2, false);
+            }
+            for (h, fd) in holds.iter().zip([&mut raw.fd, &mut raw.fd2]) {
+                if let Some(Hold::Dup(d)) = h {
+                    *fd = d.as_raw_fd();
+                }
+            }
+        }
+        self.submit(
+            key,
+            prefix,
+            Work::Raw {
+                raw,
+                prefix,
+                iov,
+                holds,
+            },
+        );
+    }
+
+    /// The ring is closing `fd`: jobs still queued that hold it by identity move onto a
+    /// duplicate (taken once, shared), so they keep acting on their file after the number
+    /// is gone, as io_uring's ops do. Jobs already running hold the file in the kernel.
+    pub(crate) fn retarget(&mut self, fd: RawFd) {
+        if self.jobs.is_empty() {
+            return; // nothing queued: no lock taken on the close path
+        }
+        // What the number names as the ring closes it: the file jobs held by identity
+        // were submitted on, if theirs matches.
+        let Some(now) = sys::identity(fd) else {
+            return;
+        };
+        let mut q = self.shared.queue();
+        let mut dup: Option<Arc<OwnedFd>> = None;
+        for (job, work) in q.jobs.iter_mut() {
+            let Work::Raw { raw, holds, .. } = work else {
+                continue;
+            };
+            if job.lock().state != JobState::Queued {
+                continue;
+            }
+            for (h, num) in holds.iter_mut().zip([&mut raw.fd, &mut raw.fd2]) {
+                let Some(Hold::Same(n, id)) = h else {
+                    continue;
+                };
+                if *n != fd || *id != now {
+                    continue;
+                }
+                if dup.is_none() {
+                    // SAFETY: `fd` is open (its identity was just read); the duplicate is ours.
+                    let d = rustix::io::fcntl_dupfd_cloexec(
+                        unsafe { BorrowedFd::borrow_raw(fd) },
+                        sys::DUP_MIN,
+                    );
+                    match d {
+                        Ok(d) => dup = Some(Arc::new(d)),
+                        // No descriptor left (EMFILE): the job's identity check fails it.
+                        Err(_) => return,
+                    }
+                }
+                let d = dup.clone().expect("taken");
+                *num = d.as_raw_fd();
+                *h = Some(Hold::Dup(d));
+            }
+        }
     }
 
     /// Queues a closure.
@@ -239,7 +377,10 @@ impl Pool {
         let Some(job) = self.jobs.get(&key) else {
             return false;
         };
-        job.cancel.store(true, Ordering::SeqCst);
+        if job.cancel.swap(true, Ordering::SeqCst) {
+            // Asked before: its interrupt is already being sent (or it was dropped).
+            return true;
+        }
         let mut ctl = job.lock();
         match ctl.state {
             JobState::Queued => {
@@ -424,10 +565,20 @@ fn run(job: &Job, work: Work) -> i64 {
                 }
             }
         }
-        Work::Raw { raw, prefix, iov } => {
+        Work::Raw {
+            raw,
+            prefix,
+            iov,
+            holds,
+        } => {
             let res = loop {
                 if job.cancel.load(Ordering::SeqCst) {
                     break -(libc::ECANCELED as i64);
+                }
+                if !holds.iter().flatten().all(Hold::holds) {
+                    // The number was closed or reused since submission: never act on
+                    // whatever it names now.
+                    break -(libc::EBADF as i64);
                 }
                 // SAFETY: the ring keeps the op's memory until this result is reaped.
                 let r = unsafe { sys::blocking(&raw, iov.as_deref()) };
@@ -638,6 +789,46 @@ mod tests {
         let out = wait_results(&mut pool, 1);
         assert_eq!(out, vec![(1, -(libc::EINTR as i64))]);
         assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(pool.len(), 0);
+    }
+
+    /// A running job canceled twice (say a deadline, then `cancel_all`) is interrupted by
+    /// one series of re-sent signals, not two, and still completes once.
+    #[test]
+    fn a_second_cancel_adds_no_second_interrupt_series() {
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let mut pool = Pool::new(1, bell);
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
+        let (tx, started) = std::sync::mpsc::channel();
+        pool.submit_fn(
+            1,
+            Box::new(move || {
+                let _ = tx.send(());
+                // An uninterruptible-looking call: keeps blocking through EINTR until
+                // data comes.
+                let mut b = [0u8; 1];
+                loop {
+                    // SAFETY: valid buffer.
+                    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+                    if n >= 0 {
+                        return Ok(n as usize);
+                    }
+                }
+            }),
+        );
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let t = Instant::now();
+        while pool.jobs[&1].lock().state != JobState::Running {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(pool.cancel(1));
+        assert!(pool.cancel(1));
+        assert_eq!(pool.interrupting.len(), 1, "one interrupt series per job");
+        rustix::io::write(&w, b"x").unwrap();
+        let out = wait_results(&mut pool, 1);
+        assert_eq!(out, vec![(1, 1)]);
         assert_eq!(pool.len(), 0);
     }
 }

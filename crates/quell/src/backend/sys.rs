@@ -30,14 +30,28 @@ fn ret32(r: libc::c_int) -> i64 {
     ret(r as isize)
 }
 
+const EINVAL: i64 = -(libc::EINVAL as i64);
+
+/// The lowest number quell's private duplicates of a descriptor take: never a standard
+/// stream's (a program that closes stdin and opens `/dev/null` expects to get 0 back).
+pub(crate) const DUP_MIN: RawFd = 3;
+
 /// The offset argument of `preadv2`/`pwritev2`: -1 means "the current position".
+/// `None` for an offset a file cannot have (above `i64::MAX`): the call is answered
+/// `EINVAL`, as the kernel answers io_uring, never clamped onto another position.
 #[inline]
-fn off(o: u64) -> libc::off_t {
+fn off(o: u64) -> Option<libc::off_t> {
     if o == NO_OFFSET {
-        -1
+        Some(-1)
     } else {
-        o.min(i64::MAX as u64) as libc::off_t
+        libc::off_t::try_from(o).ok()
     }
+}
+
+/// A file offset or length argument (`fallocate`, `splice`): `None` above `i64::MAX`.
+#[inline]
+fn loff(o: u64) -> Option<libc::loff_t> {
+    libc::loff_t::try_from(o).ok()
 }
 
 /// The iovec array a transfer op describes: one entry built on the stack for
@@ -76,12 +90,15 @@ pub(crate) unsafe fn rw(r: &RawOp, over: Option<&[libc::iovec]>, flags: libc::c_
     };
     let (iov, n) = iovecs(r, &mut one, over);
     let write = matches!(r.kind, OpKind::Write | OpKind::Writev);
+    let Some(pos) = off(r.offset) else {
+        return EINVAL;
+    };
     // SAFETY: iov points to `n` valid iovecs describing live memory (caller's contract).
     ret(unsafe {
         if write {
-            libc::pwritev2(r.fd, iov, n, off(r.offset), flags)
+            libc::pwritev2(r.fd, iov, n, pos, flags)
         } else {
-            libc::preadv2(r.fd, iov, n, off(r.offset), flags)
+            libc::preadv2(r.fd, iov, n, pos, flags)
         }
     })
 }
@@ -175,6 +192,53 @@ pub(crate) fn connect_result(fd: RawFd) -> i64 {
     }
 }
 
+/// What file a descriptor number names, read without blocking (cached attributes only:
+/// `AT_STATX_DONT_SYNC`, so a hung FUSE daemon or NFS server is never asked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    /// `S_IFMT` bits of the mode (0 for anonymous inodes: eventfd, timerfd, ...).
+    pub(crate) kind: u32,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+impl Identity {
+    /// Whether the file is an object a duplicate descriptor can safely keep open: a
+    /// pipe, socket, character device or anonymous inode. Files, directories and block
+    /// devices are not, because closing any descriptor of a file drops the process's
+    /// POSIX record locks on it.
+    pub(crate) fn is_stream(&self) -> bool {
+        !matches!(
+            self.kind,
+            libc::S_IFREG | libc::S_IFDIR | libc::S_IFBLK | libc::S_IFLNK
+        )
+    }
+}
+
+/// The identity of the file `fd` names now; `None` if it names none (or `statx` is
+/// unavailable).
+pub(crate) fn identity(fd: RawFd) -> Option<Identity> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the number is only read by statx for the call's duration; a closed or
+    // reused number yields an error or another file's identity, never memory unsafety.
+    let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+    let st = rustix::fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE | StatxFlags::INO,
+    )
+    .ok()?;
+    Some(Identity {
+        kind: st.stx_mode as u32 & libc::S_IFMT,
+        dev: (st.stx_dev_major as u64) << 32 | st.stx_dev_minor as u64,
+        ino: st.stx_ino,
+    })
+}
+
 /// Whether `pos` is at or past the end of regular file `fd`.
 pub(crate) fn at_eof(fd: RawFd, pos: u64) -> bool {
     // SAFETY: zeroed stat is valid; fstat writes into it.
@@ -217,12 +281,10 @@ pub(crate) unsafe fn blocking(r: &RawOp, over: Option<&[libc::iovec]>) -> i64 {
                     ret32(libc::fsync(fd))
                 }
             }
-            OpKind::Fallocate => ret32(libc::fallocate(
-                fd,
-                r.flags as libc::c_int,
-                r.offset.min(i64::MAX as u64) as libc::off_t,
-                r.aux.min(i64::MAX as u64) as libc::off_t,
-            )),
+            OpKind::Fallocate => match (loff(r.offset), loff(r.aux)) {
+                (Some(o), Some(len)) => ret32(libc::fallocate(fd, r.flags as libc::c_int, o, len)),
+                _ => EINVAL,
+            },
             OpKind::Poll => poll_once(fd, r.flags, -1),
             OpKind::Timeout => {
                 let d = std::time::Duration::from_nanos(r.aux);
@@ -250,8 +312,20 @@ pub(crate) unsafe fn blocking(r: &RawOp, over: Option<&[libc::iovec]>) -> i64 {
             )),
             OpKind::Send | OpKind::Recv => sendrecv(r, 0),
             OpKind::Splice => {
-                let mut oi = r.offset as libc::loff_t;
-                let mut oo = r.aux as libc::loff_t;
+                let (Some(mut oi), Some(mut oo)) = (
+                    if r.offset == NO_OFFSET {
+                        Some(0)
+                    } else {
+                        loff(r.offset)
+                    },
+                    if r.aux == NO_OFFSET {
+                        Some(0)
+                    } else {
+                        loff(r.aux)
+                    },
+                ) else {
+                    return EINVAL;
+                };
                 let pi: *mut libc::loff_t = if r.offset == NO_OFFSET {
                     std::ptr::null_mut()
                 } else {

@@ -233,8 +233,12 @@ impl Uring {
     #[inline]
     pub(crate) fn start(&mut self, key: u64, raw: RawOp, class: CancelClass) -> bool {
         if on_pool(raw.kind, class) {
-            self.pool.submit_raw(key, raw, 0, None);
+            self.pool.submit_raw(key, raw, 0, None, class);
             return true;
+        }
+        if raw.kind == OpKind::Close {
+            // Reads queued in quell's pool keep the file being closed (I12).
+            self.pool.retarget(raw.fd);
         }
         let mut sqe = match build(&raw) {
             Ok(sqe) => sqe.user_data(key),
