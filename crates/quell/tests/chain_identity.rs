@@ -28,8 +28,17 @@ fn ring_for(b: BackendChoice, linked: bool) -> Ring {
         .expect("ring")
 }
 
+/// One test at a time: some reuse a number that was closed a moment before, and no
+/// other test of this binary may take it in between.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `test` with chains linked and sequenced.
 fn each_mode(b: BackendChoice, test: impl Fn(BackendChoice, bool, &str)) {
+    let _serial = serial();
     for linked in [true, false] {
         test(b, linked, &format!("{b:?}, link_chains({linked})"));
     }
@@ -52,7 +61,10 @@ fn wait_chain(ring: &mut Ring, id: quell::OpId, what: &str) -> quell::Completion
             got = Some(c);
         }
         if let Some(c) = got {
-            assert!(ring.next_completion().is_none(), "{what}: a second completion");
+            assert!(
+                ring.next_completion().is_none(),
+                "{what}: a second completion"
+            );
             return c;
         }
         assert!(
@@ -89,7 +101,12 @@ fn until_running(ring: &mut Ring, kind: OpKind, what: &str) {
 /// closed outside quell and reused by another file in one step.
 fn reuse(number: RawFd, file: RawFd) {
     // SAFETY: both are open descriptors; dup2 atomically replaces `number`.
-    assert_eq!(unsafe { libc::dup2(file, number) }, number, "dup2: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        unsafe { libc::dup2(file, number) },
+        number,
+        "dup2: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Whether `fd` is open.
@@ -172,7 +189,12 @@ fn steps(c: &quell::Completion) -> Vec<(OpKind, Option<Outcome>, bool)> {
 fn fifo_has_reader(fifo: &Path) -> bool {
     let c = CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: valid path; the descriptor is closed right away.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
     if fd >= 0 {
         close(fd);
         return true;
@@ -440,6 +462,152 @@ both_backends! {
             assert_eq!(c.outcome, Outcome::Done(9), "{what}: {:?}", steps(&c));
             assert_eq!(reader.join().unwrap(), b"to reader", "{what}");
             assert!(fds_on(&fifo).is_empty(), "{what}");
+            // Dropping the ring while a chain waits in its open ends it (canceled, in
+            // bounded time) and leaves nothing open.
+            let id = ring.submit_chain(chain()).unwrap();
+            until_running(&mut ring, OpKind::OpenAt, what);
+            let start = Instant::now();
+            let left = ring.shutdown();
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}: teardown stalled");
+            assert_eq!(left.len(), 1, "{what}");
+            assert_eq!(left[0].id, id, "{what}");
+            assert_eq!(left[0].outcome, Outcome::Canceled { transferred: 0 }, "{what}");
+            assert!(!fifo_has_reader(&fifo), "{what}");
+            assert!(fds_on(&fifo).is_empty(), "{what}");
+            // On io_uring these chains are still linked (their open goes to a worker).
+            let want = if links(b, linked) { 4 } else { 0 };
+            assert_eq!(ring.stats().linked_chains, want, "{what}");
         });
+    }
+
+    /// A first step that closes a number closes it (it goes out at once, as a plain
+    /// close does); a later step naming the number finds it closed (`EBADF`), even
+    /// though the number names another file by then.
+    fn a_first_close_closes_the_number_and_later_steps_find_it_closed(b: BackendChoice) {
+        each_mode(b, |b, linked, what| {
+            let (r, w) = pipe();
+            let (gate_r, gate_w) = pipe();
+            let (new_r, new_w) = pipe();
+            let n = w.into_raw_fd();
+            let mut ring = ring_for(b, linked);
+            let id = ring
+                .submit_chain(
+                    Chain::new()
+                        .then(Op::close(n))
+                        .then(Op::read(raw(&gate_r), vec![0; 8]))
+                        .then(Op::write(n, b"late".to_vec())),
+                )
+                .unwrap();
+            until_running(&mut ring, OpKind::Read, what);
+            // The pipe's only write end was closed: its reader sees end of file.
+            let mut buf = [0u8; 1];
+            // SAFETY: valid buffer.
+            assert_eq!(unsafe { libc::read(raw(&r), buf.as_mut_ptr().cast(), 1) }, 0, "{what}");
+            reuse(n, raw(&new_w));
+            drop(new_w);
+            write_all(raw(&gate_w), b"go");
+            let c = wait_chain(&mut ring, id, what);
+            assert_eq!(c.outcome, Outcome::Failed(Errno::BADF), "{what}: {:?}", steps(&c));
+            assert_eq!(c.steps().unwrap()[0].outcome(), Some(Outcome::Done(0)), "{what}");
+            assert_eq!(drain_nonblocking(raw(&new_r)), b"", "{what}: the write reached the new pipe");
+            close(n);
+        });
+    }
+
+    /// Audit of the direct descriptors linked chains open into (`backend/direct.rs`):
+    /// with two slots, chains that open different files are canceled at every step
+    /// while others reuse the slots. Every read of an opened file reads that chain's
+    /// own file, every chain completes once, nothing stays open, and every slot is
+    /// given back. (Sequenced chains run alongside, beyond the two slots.)
+    fn recycled_direct_descriptors_never_mix_files(b: BackendChoice) {
+        let _serial = serial();
+        for linked in [true, false] {
+            let what = format!("{b:?}, link_chains({linked})");
+            let dir = Scratch::new("recycle", b, linked);
+            let files: Vec<(PathBuf, Vec<u8>)> = (0..4u8)
+                .map(|i| {
+                    let data = vec![b'a' + i; 16];
+                    (dir.file(&format!("f{i}"), &data), data)
+                })
+                .collect();
+            let (gate_r, gate_w) = pipe();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let feeder = {
+                let stop = stop.clone();
+                let w = gate_w.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                        // SAFETY: valid one-byte buffer; the pipe may be full (ignored).
+                        unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                })
+            };
+            let mut ring = Ring::builder()
+                .backend(b)
+                .link_chains(linked)
+                .direct_descriptors(2)
+                .max_in_flight(8)
+                .build()
+                .unwrap();
+            let mut live = std::collections::HashMap::new();
+            let mut done = 0;
+            for round in 0..400usize {
+                let (path, data) = &files[round % files.len()];
+                let id = ring
+                    .submit_chain(
+                        Chain::new()
+                            .then(Op::openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_CLOEXEC, 0))
+                            .then(Op::read(raw(&gate_r), vec![0; 1]))
+                            .then(Op::read_at(Chain::OPENED, 0, vec![0; 16]))
+                            .then(Op::close(Chain::OPENED))
+                            .user_data(round as u64),
+                    )
+                    .unwrap();
+                live.insert(round as u64, (id, data.clone()));
+                if round % 3 == 0 {
+                    ring.poll().unwrap();
+                }
+                if round % 2 == 0 {
+                    // Cancel an earlier chain, wherever it is.
+                    if let Some((&k, _)) = live.iter().find(|(&k, _)| k % 5 == round as u64 % 5) {
+                        let (id, _) = live[&k];
+                        ring.cancel(id).unwrap();
+                    }
+                }
+                ring.poll().unwrap();
+                for c in ring.completions() {
+                    let (_, data) = live.remove(&c.user_data).expect("one completion per chain");
+                    let st = c.steps().unwrap();
+                    if st[2].outcome().is_some_and(|o| o.is_done()) {
+                        assert_eq!(st[2].data(), &data[..], "{what}: chain {} read another file", c.user_data);
+                    }
+                    if matches!(st[0].outcome(), Some(Outcome::Done(_))) {
+                        assert_eq!(st[3].outcome(), Some(Outcome::Done(0)), "{what}: {st:?}");
+                    }
+                    done += 1;
+                }
+            }
+            let rest = collect(&mut ring, live.len(), 30);
+            for c in rest {
+                let (_, data) = live.remove(&c.user_data).expect("one completion per chain");
+                let st = c.steps().unwrap();
+                if st[2].outcome().is_some_and(|o| o.is_done()) {
+                    assert_eq!(st[2].data(), &data[..], "{what}: chain {} read another file", c.user_data);
+                }
+                done += 1;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            feeder.join().unwrap();
+            assert_eq!(done, 400, "{what}");
+            assert!(live.is_empty(), "{what}");
+            assert_eq!(ring.stats().direct_descriptors, 0, "{what}: a slot was not given back");
+            if links(b, linked) {
+                assert!(ring.stats().linked_chains > 0, "{what}: nothing was linked");
+            }
+            for (path, _) in &files {
+                assert!(fds_on(path).is_empty(), "{what}: {path:?} left open");
+            }
+        }
     }
 }
