@@ -1049,7 +1049,7 @@ impl Opened {
     fn intact(&self) -> bool {
         self.dup
             .as_ref()
-            .is_none_or(|d| identity::same_file(self.fd, d.as_raw_fd()))
+            .map_or(true, |d| identity::same_file(self.fd, d.as_raw_fd()))
     }
 }
 
@@ -1340,6 +1340,16 @@ impl Ring {
     /// reports `Done(0)`, the file living in a direct descriptor the chain closes.
     /// The first step is checked now (a refused chain comes back whole); a later step
     /// that turns out invalid when its turn comes fails the chain with its errno.
+    ///
+    /// Every step acts on the file its descriptor number named when the chain was
+    /// accepted, or on the file the chain opened for [`Chain::OPENED`], even if the
+    /// number is closed (through the ring or outside it) and reused by another file
+    /// before the step's turn (I12): the chain holds duplicates of those files until it
+    /// ends. A close step, or a close the chain adds, closes a number only if it still
+    /// names the chain's file; a number reused by another file is left alone and the
+    /// close reports `EBADF`. A chain that keeps its opened descriptor for the caller
+    /// fails with `EBADF` (and closes what it opened) rather than hand over a number
+    /// that names another file by then.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

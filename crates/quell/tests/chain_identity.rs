@@ -14,6 +14,7 @@ mod common;
 
 use common::*;
 use quell::{BackendChoice, Chain, Errno, Op, OpKind, OpState, Outcome, Ring};
+use quell_faultfs::{FileSpec, Spec};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -609,5 +610,47 @@ both_backends! {
                 assert!(fds_on(path).is_empty(), "{what}: {path:?} left open");
             }
         }
+    }
+
+    /// A chain on a FUSE file (sequenced on both backends; its close runs on quell's
+    /// pool, since closing a FUSE file waits for the daemon's FLUSH): the number its
+    /// open returned is reused by another file while a step waits. The read still reads
+    /// the FUSE file, the close leaves the other file alone, and the FUSE file is
+    /// closed by the time the chain completes.
+    fn a_fuse_chain_keeps_its_file_and_never_closes_a_reused_number(b: BackendChoice) {
+        let Some(fs) = common::fault::mount(Spec::new().file(FileSpec::pattern("f", 4096))) else {
+            return;
+        };
+        let _dog = common::fault::Watchdog::new(&fs, 60);
+        each_mode(b, |b, linked, what| {
+            let dir = Scratch::new("fuse", b, linked);
+            let g = dir.file("g", b"GGGGGGGG");
+            let f = fs.path("f");
+            let (gate_r, gate_w) = pipe();
+            let mut ring = ring_for(b, linked);
+            let id = ring
+                .submit_chain(
+                    Chain::new()
+                        .then(Op::openat(libc::AT_FDCWD, &f, libc::O_RDONLY | libc::O_CLOEXEC, 0))
+                        .then(Op::read(raw(&gate_r), vec![0; 8]))
+                        .then(Op::read_at(Chain::OPENED, 0, vec![0; 16]))
+                        .then(Op::close(Chain::OPENED)),
+                )
+                .unwrap();
+            until_running(&mut ring, OpKind::Read, what);
+            let n = *fds_on(&f).first().unwrap_or_else(|| panic!("{what}: nothing open on the FUSE file"));
+            let gf = std::fs::File::open(&g).unwrap();
+            reuse(n, gf.as_raw_fd());
+            write_all(raw(&gate_w), b"go");
+            let c = wait_chain(&mut ring, id, what);
+            let st = steps(&c);
+            let want: Vec<u8> = (0..16).map(quell_faultfs::pattern_byte).collect();
+            assert_eq!(c.steps().unwrap()[2].data(), &want[..], "{what}: read another file: {st:?}");
+            assert_eq!(st[3], (OpKind::Close, Some(Outcome::Failed(Errno::BADF)), false), "{what}");
+            assert_eq!(pread_all(n), b"GGGGGGGG", "{what}: the chain closed the file that reused its number");
+            close(n);
+            assert!(fds_on(&f).is_empty(), "{what}: the FUSE file was left open");
+            assert_eq!(ring.stats().linked_chains, 0, "{what}: FUSE chains are sequenced");
+        });
     }
 }
