@@ -1137,29 +1137,45 @@ pub(crate) mod identity {
     /// names. `false` if `fd` is not open.
     pub(crate) fn same_file(fd: RawFd, held: RawFd) -> bool {
         if KCMP.load(Ordering::Relaxed) != 2 {
-            // SAFETY: kcmp only compares the kernel objects behind two numbers of this
-            // process; numbers that are not open yield EBADF.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_kcmp,
-                    libc::getpid(),
-                    libc::getpid(),
-                    KCMP_FILE,
-                    fd as libc::c_ulong,
-                    held as libc::c_ulong,
-                )
-            };
-            if r >= 0 {
-                KCMP.store(1, Ordering::Relaxed);
-                return r == 0;
-            }
-            match crate::classify::errno() {
-                libc::EBADF => return false,
-                _ => KCMP.store(2, Ordering::Relaxed),
+            match kcmp_same(fd, held) {
+                Ok(same) => {
+                    KCMP.store(1, Ordering::Relaxed);
+                    return same;
+                }
+                Err(libc::EBADF) => return false,
+                Err(_) => KCMP.store(2, Ordering::Relaxed),
             }
         }
-        // Without kcmp: the same inode, opened with the same flags. (A number reused
-        // by another open of the same file with the same flags is not told apart.)
+        stat_same(fd, held)
+    }
+
+    /// `kcmp(KCMP_FILE)`: whether the two numbers name the same open file.
+    /// `Err(errno)`: `EBADF` if one is not open; `EPERM`/`ENOSYS` where kcmp is refused.
+    pub(super) fn kcmp_same(fd: RawFd, held: RawFd) -> Result<bool, i32> {
+        // SAFETY: getpid cannot fail.
+        let pid = unsafe { libc::getpid() };
+        // SAFETY: kcmp only compares the kernel objects behind two numbers of this
+        // process; numbers that are not open yield EBADF.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                pid,
+                pid,
+                KCMP_FILE,
+                fd as libc::c_ulong,
+                held as libc::c_ulong,
+            )
+        };
+        if r < 0 {
+            return Err(crate::classify::errno());
+        }
+        Ok(r == 0)
+    }
+
+    /// Without kcmp: the same inode, opened with the same flags and at the same
+    /// offset. (Another open of the same file with the same flags and offset on the
+    /// reused number is not told apart.)
+    pub(super) fn stat_same(fd: RawFd, held: RawFd) -> bool {
         let stat = |fd: RawFd| {
             // SAFETY: zeroed stat is valid; fstat writes into it.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -1167,7 +1183,9 @@ pub(crate) mod identity {
             let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
             // SAFETY: F_GETFL only reads the open file's flags.
             let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-            (ok && fl >= 0).then_some((st.st_dev, st.st_ino, fl))
+            // SAFETY: lseek with SEEK_CUR moves nothing (ESPIPE on pipes and sockets).
+            let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+            (ok && fl >= 0).then_some((st.st_dev, st.st_ino, fl, pos))
         };
         match (stat(fd), stat(held)) {
             (Some(a), Some(b)) => a == b,
@@ -1663,5 +1681,29 @@ mod tests {
         st.refuse_current(Errno::BADF, close.op);
         assert!(st.next().is_none(), "no close added for a refused one");
         assert_eq!(st.finish().0, Outcome::Failed(Errno::BADF));
+    }
+
+    /// Both ways of telling whether a number still names a held file: `kcmp`, and the
+    /// `fstat`/`F_GETFL`/offset comparison used where kcmp is refused.
+    #[test]
+    fn same_file_tells_a_reused_number_from_the_held_file() {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let held = identity::dup_fd(f.as_raw_fd(), 0).unwrap();
+        let (n, h) = (f.as_raw_fd(), held.as_raw_fd());
+        assert!(identity::same_file(n, h));
+        assert!(identity::stat_same(n, h));
+        // Another open of the same file: the same inode, another open file.
+        let other = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(identity::kcmp_same(other.as_raw_fd(), h), Ok(false));
+        assert!(!identity::same_file(other.as_raw_fd(), h));
+        // A pipe.
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert!(!identity::same_file(r.as_raw_fd(), h));
+        assert!(!identity::stat_same(r.as_raw_fd(), h));
+        // A number that is not open (beyond any descriptor table here).
+        let closed = 1 << 29;
+        assert_eq!(identity::kcmp_same(closed, h), Err(libc::EBADF));
+        assert!(!identity::stat_same(closed, h));
     }
 }
