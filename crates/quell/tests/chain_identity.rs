@@ -30,16 +30,22 @@ fn ring_for(b: BackendChoice, linked: bool) -> Ring {
 }
 
 /// One test at a time: some reuse a number that was closed a moment before, and no
-/// other test of this binary may take it in between.
+/// other test of this binary may open anything (a FUSE mount's `/dev/fuse`
+/// descriptor included) that could take the number in between.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `test` with chains linked and sequenced.
+/// Runs `test` with chains linked and sequenced, alone in this binary.
 fn each_mode(b: BackendChoice, test: impl Fn(BackendChoice, bool, &str)) {
     let _serial = serial();
+    each_mode_locked(b, test);
+}
+
+/// [`each_mode`] for a caller that holds [`serial`] already.
+fn each_mode_locked(b: BackendChoice, test: impl Fn(BackendChoice, bool, &str)) {
     for linked in [true, false] {
         test(b, linked, &format!("{b:?}, link_chains({linked})"));
     }
@@ -618,11 +624,12 @@ both_backends! {
     /// the FUSE file, the close leaves the other file alone, and the FUSE file is
     /// closed by the time the chain completes.
     fn a_fuse_chain_keeps_its_file_and_never_closes_a_reused_number(b: BackendChoice) {
+        let _serial = serial();
         let Some(fs) = common::fault::mount(Spec::new().file(FileSpec::pattern("f", 4096))) else {
             return;
         };
         let _dog = common::fault::Watchdog::new(&fs, 60);
-        each_mode(b, |b, linked, what| {
+        each_mode_locked(b, |b, linked, what| {
             let dir = Scratch::new("fuse", b, linked);
             let g = dir.file("g", b"GGGGGGGG");
             let f = fs.path("f");
