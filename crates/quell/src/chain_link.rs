@@ -18,7 +18,23 @@
 //! are sequenced in user space too: their reads run on quell's pool (see
 //! `backend/uring.rs`). The file system is told by the path's mount (one `statx` per
 //! chain, see [`FsClasses`], measured at ~1.4 µs on ext4), unless every step on the
-//! opened file declares its class with `Op::class`, which costs nothing. The portable backend always sequences in user space.
+//! opened file declares its class with `Op::class`, which costs nothing. The portable
+//! backend always sequences in user space.
+//!
+//! **Opens that wait.** io_uring first tries an open inline and non-blocking: a FIFO
+//! reader would open at once (and read end of file), a writer fail with `ENXIO`, a
+//! terminal skip waiting for carrier. A standalone path op is Interruptible and goes to
+//! an io_uring worker at once (`IOSQE_ASYNC`), where it waits as open(2) does; a linked
+//! open of a path that names a FIFO or a device (the same `statx` tells the file type;
+//! a declared chain: a step on the file declared `Prompt`) is issued the same way, so
+//! it waits too, and a cancel or deadline interrupts it.
+//!
+//! **Descriptors (I12).** The kernel resolves a linked step's descriptor when it issues
+//! the step, not when the batch is submitted (measured on 6.18: a number closed and
+//! reused while an earlier step waits redirects the later step). So steps on numbers
+//! name the duplicates the chain took at submission (see `chain.rs`), which it closes
+//! once every step has reported; the file a chain opens lives in a direct descriptor
+//! that no number reaches.
 //!
 //! **Links.** Steps are tied with `IOSQE_IO_LINK`, so a step that fails, is canceled
 //! or moves fewer bytes than asked makes the kernel fail the rest with `ECANCELED`;
