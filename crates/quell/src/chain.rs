@@ -34,6 +34,31 @@
 //! one running stops the steps after it.
 //! A chain step past its deadline is never detached: the step is asked to stop and the
 //! chain waits for it (a Bounded step ends in finite time), so the cleanup can run.
+//!
+//! **Descriptor identity (I12).** A chain is accepted at once, but its later steps reach
+//! the backend only after the earlier ones end, and a linked step's descriptor is
+//! resolved by the kernel when it issues that step, not when the batch is submitted
+//! (measured on 6.18). So at submission the chain takes a duplicate ([`Anchor`]) of
+//! every descriptor number its steps name, and every step acts on the duplicate: on the
+//! file the number named when the chain was accepted, even if the number is closed
+//! (through quell or with an ordinary `drop(File)`) and reused meanwhile. A step whose
+//! number named no file at acceptance fails with `EBADF` when its turn comes. A
+//! sequenced chain also duplicates each descriptor it opens, and the steps on
+//! [`Chain::OPENED`] use that duplicate. Before a close of a number (the chain's own
+//! close of what it opened, the close it adds when it stops, or a close step on a
+//! number it was given), the chain checks that the number still names the file the
+//! chain holds (`kcmp`): if it does, the number is closed; if it names another file, or
+//! none, it is left alone and the step reports `EBADF`, and the chain still closes its
+//! own file (its duplicate). The check and the close are two system calls apart: a
+//! number another thread closes and reuses exactly between them is not caught (only a
+//! descriptor no number reaches, as a linked chain's direct descriptor, closes that
+//! window). A chain that keeps its descriptor for the caller hands the number over
+//! only if it still names what the chain opened; otherwise it fails with `EBADF` and
+//! closes what it opened. The duplicates are closed when the chain ends (those of
+//! FUSE/NFS files on a closer thread: a close there flushes to the server). Chains are
+//! not the hot path: this costs one `fcntl` per descriptor at submission and per open,
+//! and a `kcmp` and one more `close` per close of an opened file (about 2 µs per
+//! sequenced open → close chain here; linked chains on `Chain::OPENED` pay nothing).
 
 #[path = "chain_link.rs"]
 mod link;
@@ -44,7 +69,7 @@ use crate::op::{Op, OpKind, Payload};
 use crate::outcome::{Errno, Outcome};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 /// A sequence of ops run one after another as one op: one id, one completion, one
@@ -583,6 +608,49 @@ pub(crate) struct Next {
     pub(crate) op: Op,
     /// A close run because the chain stopped: not reached by the chain's cancel flag.
     pub(crate) cleanup: bool,
+    /// The duplicates the step acts on instead of its `fd` and `fd2` (-1: the number).
+    pub(crate) map: [RawFd; 2],
+    /// A close of a number, to be checked against the file the chain holds first.
+    pub(crate) close: Option<CloseCheck>,
+    /// The step names a number whose file is gone: it fails with this at once.
+    pub(crate) refuse: Option<Errno>,
+}
+
+impl Next {
+    fn step(op: Op, cleanup: bool) -> Next {
+        Next {
+            op,
+            cleanup,
+            map: [-1, -1],
+            close: None,
+            refuse: None,
+        }
+    }
+}
+
+/// A descriptor number a chain's steps name, and the duplicate taken when the chain
+/// was accepted: the steps act on the duplicate, so on the file the number named then.
+pub(crate) struct Anchor {
+    fd: RawFd,
+    /// `None`: the number named no file at acceptance, or the chain closed it.
+    dup: Option<OwnedFd>,
+}
+
+/// A descriptor the chain opened (sequenced in user space).
+struct Opened {
+    /// The number the open returned (the caller's, if the chain hands it over).
+    fd: RawFd,
+    /// The chain's own duplicate: what its steps act on, and what tells whether the
+    /// number still names this file. `None` only if it could not be taken.
+    dup: Option<OwnedFd>,
+}
+
+/// A close of `number` that the chain checks first (see the module docs).
+pub(crate) struct CloseCheck {
+    pub(crate) number: RawFd,
+    /// The file the chain holds for that number; `None`: close the number unchecked
+    /// (a descriptor the chain just opened and could not duplicate).
+    pub(crate) dup: Option<OwnedFd>,
 }
 
 /// One live chain.
@@ -592,7 +660,7 @@ pub(crate) struct ChainState {
     /// Index (in `results`) of the step in the slot now.
     current: usize,
     /// Descriptors opened by earlier steps and not closed yet, latest last.
-    opened: Vec<RawFd>,
+    opened: Vec<Opened>,
     /// Set once the chain was canceled (`Some(timed_out)`).
     stop: Option<bool>,
     failed: Option<Errno>,
@@ -600,11 +668,23 @@ pub(crate) struct ChainState {
     cleanup: bool,
     /// The plan to give the steps to the kernel linked (io_uring; see `chain_link.rs`).
     link: Option<Box<link::Linked>>,
+    /// The numbers the steps name, anchored at submission.
+    anchors: Vec<Anchor>,
+    /// The duplicates the step in the slot acts on instead of its numbers (-1: none).
+    mapped: [RawFd; 2],
+    /// The step in the slot (a checked close) reports this error whatever it does.
+    verdict: Option<Errno>,
+    /// The duplicate the close in the slot closes (the kernel owns it once it ran).
+    closing: Option<OwnedFd>,
 }
 
 impl ChainState {
     /// Splits a checked chain into its first op (to submit) and the state of the rest.
-    pub(crate) fn start(chain: Chain, link: Option<Box<link::Linked>>) -> (Op, Box<ChainState>) {
+    pub(crate) fn start(
+        chain: Chain,
+        link: Option<Box<link::Linked>>,
+        anchors: Vec<Anchor>,
+    ) -> (Op, Box<ChainState>) {
         let Chain {
             steps,
             user_data,
@@ -626,7 +706,7 @@ impl ChainState {
         first.user_data = user_data;
         first.group = group;
         first.deadline = deadline;
-        let st = ChainState {
+        let mut st = ChainState {
             pending,
             results,
             current: 0,
@@ -635,7 +715,17 @@ impl ChainState {
             failed: None,
             cleanup: false,
             link,
+            anchors,
+            mapped: [-1, -1],
+            verdict: None,
+            closing: None,
         };
+        // The first step is admitted by its numbers (which name its files now) and
+        // refused whole if they name none; it acts on the anchors like every step (a
+        // first close closes the number itself, see `anchors_of`).
+        if first.desc.kind != OpKind::Close {
+            st.mapped = st.map_fds(&first).0;
+        }
         (first, Box::new(st))
     }
 
@@ -674,16 +764,26 @@ impl ChainState {
         self.cleanup || self.results[self.current].kind == OpKind::Close
     }
 
-    /// Records the end of the step in the slot.
-    pub(crate) fn record(&mut self, fd: RawFd, kind: OpKind, outcome: Outcome, payload: Payload) {
+    /// Records the end of the step in the slot. A close's descriptor left the opened
+    /// set when the close was handed out: it is never retried, whatever it reports.
+    pub(crate) fn record(&mut self, kind: OpKind, outcome: Outcome, payload: Payload) {
+        let outcome = match self.verdict.take() {
+            Some(e) => Outcome::Failed(e),
+            None => outcome,
+        };
+        if let Some(d) = self.closing.take() {
+            // The close ran: the kernel released the number (Linux frees it even when
+            // the close reports an error).
+            let _ = d.into_raw_fd();
+        }
         let r = &mut self.results[self.current];
         r.outcome = Some(outcome);
         r.payload = payload;
-        match (kind, outcome) {
-            (OpKind::OpenAt, Outcome::Done(newfd)) => self.opened.push(newfd as RawFd),
-            // A close releases the number whatever it reports: it is never retried.
-            (OpKind::Close, _) => self.opened.retain(|&f| f != fd),
-            _ => {}
+        if let (OpKind::OpenAt, Outcome::Done(newfd)) = (kind, outcome) {
+            self.opened.push(Opened {
+                fd: newfd as RawFd,
+                dup: None,
+            });
         }
         match outcome {
             Outcome::Failed(e) if self.failed.is_none() && !self.cleanup => self.failed = Some(e),
@@ -695,15 +795,13 @@ impl ChainState {
 
     /// Records that the step in the slot could not even start (bad input found when
     /// its turn came, such as a descriptor that no longer exists).
+    /// A close handed out is not retried: its descriptor already left the opened set.
     pub(crate) fn refuse_current(&mut self, errno: Errno, op: Op) {
+        self.verdict = None;
+        self.closing = None;
         let r = &mut self.results[self.current];
         r.outcome = Some(Outcome::Failed(errno));
         r.payload = op.desc.payload;
-        if op.desc.kind == OpKind::Close {
-            // A close is tried once: refused (the number was closed behind the ring's
-            // back), the descriptor is no longer the chain's to close.
-            self.opened.retain(|&f| f != op.desc.fd);
-        }
         if self.failed.is_none() && !self.cleanup {
             self.failed = Some(errno);
         }
@@ -724,52 +822,199 @@ impl ChainState {
     /// The next step to run: the next pending one while the chain goes on; once it
     /// stops, only closes of descriptors it opened (its own close steps for them
     /// first, else added ones), one per descriptor: a descriptor leaves the opened set
-    /// when its cleanup close is handed out, whatever that close then reports
-    /// (`EBADF` included), so cleanup always ends. `None`: the chain is over.
+    /// when its close is handed out, whatever that close then reports (`EBADF`
+    /// included), so cleanup always ends. `None`: the chain is over (what it opened and
+    /// did not close is the caller's; a number that no longer names it is not handed
+    /// over: the chain fails with `EBADF` and closes it instead).
     pub(crate) fn next(&mut self) -> Option<Next> {
+        self.mapped = [-1, -1];
         if !self.stopping() {
-            let p = self.pending.pop_front()?;
+            let Some(p) = self.pending.pop_front() else {
+                if self.opened.iter().any(|o| !o.intact()) {
+                    self.failed = Some(Errno::BADF);
+                    return self.next();
+                }
+                return None;
+            };
             self.current = p.index;
             let mut op = p.op;
-            let latest = self.opened.last().copied().unwrap_or(-1);
+            if op.desc.kind == OpKind::Close {
+                let check = if op.desc.fd == Chain::OPENED {
+                    match self.opened.pop() {
+                        Some(o) => CloseCheck {
+                            number: o.fd,
+                            dup: o.dup,
+                        },
+                        // Everything opened was closed already.
+                        None => return Some(self.refusing(op, Errno::BADF)),
+                    }
+                } else {
+                    match self.anchors.iter_mut().find(|a| a.fd == op.desc.fd) {
+                        Some(a) => match a.dup.take() {
+                            Some(d) => CloseCheck {
+                                number: a.fd,
+                                dup: Some(d),
+                            },
+                            None => return Some(self.refusing(op, Errno::BADF)),
+                        },
+                        // Not a descriptor (admission refuses it).
+                        None => {
+                            return Some(Next::step(op, false));
+                        }
+                    }
+                };
+                op.desc.fd = check.number;
+                return Some(Next {
+                    close: Some(check),
+                    ..Next::step(op, false)
+                });
+            }
+            let (map, refuse) = self.map_fds(&op);
+            let latest = self.opened.last().map_or(-1, |o| o.fd);
             if op.desc.fd == Chain::OPENED {
                 op.desc.fd = latest;
             }
             if op.desc.fd2 == Chain::OPENED {
                 op.desc.fd2 = latest;
             }
-            return Some(Next { op, cleanup: false });
+            if let Some(e) = refuse {
+                return Some(self.refusing(op, e));
+            }
+            return Some(Next {
+                map,
+                ..Next::step(op, false)
+            });
         }
-        let fd = *self.opened.last()?;
-        // The chain's own close of this descriptor, if it has one still to run.
-        let own = self.pending.iter().position(|p| {
-            p.op.desc.kind == OpKind::Close
-                && (p.op.desc.fd == fd || (p.op.desc.fd == Chain::OPENED && self.latest_is(fd)))
-        });
-        self.opened.pop();
+        let o = self.opened.pop()?;
+        // The chain's own close of this descriptor (the latest opened one), if it has
+        // one still to run.
+        let own = self
+            .pending
+            .iter()
+            .position(|p| p.op.desc.kind == OpKind::Close && p.op.desc.fd == Chain::OPENED);
         self.cleanup = true;
-        if let Some(pos) = own {
+        let check = CloseCheck {
+            number: o.fd,
+            dup: o.dup,
+        };
+        let mut op = if let Some(pos) = own {
             let p = self.pending.remove(pos).expect("position is valid");
             self.current = p.index;
-            let mut op = p.op;
-            op.desc.fd = fd;
-            return Some(Next { op, cleanup: true });
-        }
-        self.results.push(StepResult {
-            kind: OpKind::Close,
-            outcome: None,
-            added: true,
-            payload: Payload::None,
-        });
-        self.current = self.results.len() - 1;
+            p.op
+        } else {
+            self.results.push(StepResult {
+                kind: OpKind::Close,
+                outcome: None,
+                added: true,
+                payload: Payload::None,
+            });
+            self.current = self.results.len() - 1;
+            Op::close(check.number)
+        };
+        op.desc.fd = check.number;
         Some(Next {
-            op: Op::close(fd),
-            cleanup: true,
+            close: Some(check),
+            ..Next::step(op, true)
         })
     }
 
-    fn latest_is(&self, fd: RawFd) -> bool {
-        self.opened.last() == Some(&fd)
+    fn refusing(&self, op: Op, errno: Errno) -> Next {
+        Next {
+            refuse: Some(errno),
+            ..Next::step(op, false)
+        }
+    }
+
+    /// The duplicates `op` acts on instead of its numbers (-1: the number itself), and
+    /// the error it fails with if a number it names named no file at acceptance.
+    fn map_fds(&self, op: &Op) -> ([RawFd; 2], Option<Errno>) {
+        let d = &op.desc;
+        let mut map = [-1, -1];
+        let mut refuse = None;
+        let [a, b] = named(d.kind, d.fd, d.fd2);
+        for (i, fd) in [(0, a), (1, b)] {
+            let Some(fd) = fd else { continue };
+            match self.anchors.iter().find(|x| x.fd == fd) {
+                Some(Anchor { dup: Some(dup), .. }) => map[i] = dup.as_raw_fd(),
+                Some(Anchor { dup: None, .. }) => refuse = Some(Errno::BADF),
+                None => {}
+            }
+        }
+        let opened = self.opened.last().and_then(|o| o.dup.as_ref());
+        if let Some(dup) = opened {
+            if d.fd == Chain::OPENED {
+                map[0] = dup.as_raw_fd();
+            }
+            if d.fd2 == Chain::OPENED {
+                map[1] = dup.as_raw_fd();
+            }
+        }
+        (map, refuse)
+    }
+
+    /// Loads what `next` found into the chain for the step now in the slot.
+    pub(crate) fn set_mapped(&mut self, map: [RawFd; 2]) {
+        self.mapped = map;
+    }
+
+    /// Points `raw` (the step in the slot) at the duplicates it acts on.
+    #[inline]
+    pub(crate) fn apply(&self, raw: &mut crate::op::RawOp) {
+        if self.mapped[0] >= 0 {
+            raw.fd = self.mapped[0];
+        }
+        if self.mapped[1] >= 0 {
+            raw.fd2 = self.mapped[1];
+        }
+    }
+
+    /// Duplicates the descriptor the open step just returned, so the later steps act on
+    /// it and the chain can tell whether its number still names it. `Err(errno)`: no
+    /// duplicate could be taken (the chain fails with it and closes the number).
+    pub(crate) fn hold_opened(&mut self) -> Result<(), Errno> {
+        let Some(o) = self.opened.last_mut() else {
+            return Ok(());
+        };
+        // Above the number where there is room: "the lowest descriptor on the file"
+        // stays the one the open returned, the one the caller sees.
+        let dup =
+            identity::dup_fd(o.fd, o.fd.saturating_add(1)).or_else(|_| identity::dup_fd(o.fd, 0));
+        match dup {
+            Ok(d) => {
+                o.dup = Some(d);
+                Ok(())
+            }
+            Err(e) => {
+                let e = Errno::from_raw_os_error(e);
+                if self.failed.is_none() {
+                    self.failed = Some(e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The step in the slot is a checked close that reports `errno` whatever its
+    /// close of the chain's duplicate `closing` does.
+    pub(crate) fn set_close(&mut self, verdict: Option<Errno>, closing: Option<OwnedFd>) {
+        self.verdict = verdict;
+        self.closing = closing;
+    }
+
+    /// Every duplicate the chain still holds (its end), for the ring to close.
+    pub(crate) fn take_dups(&mut self) -> Vec<OwnedFd> {
+        let mut v: Vec<OwnedFd> = self.anchors.drain(..).filter_map(|a| a.dup).collect();
+        v.extend(self.opened.drain(..).filter_map(|o| o.dup));
+        v.extend(self.closing.take());
+        v
+    }
+
+    /// Leaks every duplicate: the ring gave up on the chain while a step may still
+    /// use one (a number closed under it could be reused and redirect the step).
+    pub(crate) fn forget_dups(&mut self) {
+        for d in self.take_dups() {
+            let _ = d.into_raw_fd();
+        }
     }
 
     /// Ends the chain: the outcome and the steps (every buffer) for its completion.
@@ -803,12 +1048,241 @@ impl ChainState {
     }
 }
 
+impl Opened {
+    /// Whether the number still names the file the chain opened.
+    fn intact(&self) -> bool {
+        self.dup
+            .as_ref()
+            .map_or(true, |d| identity::same_file(self.fd, d.as_raw_fd()))
+    }
+}
+
+/// The descriptor numbers of a step that name files it acts on (a close's too: the
+/// chain checks it still names the file before closing it). Not `AT_FDCWD`, not
+/// [`Chain::OPENED`], not unused slots.
+fn named(kind: OpKind, fd: RawFd, fd2: RawFd) -> [Option<RawFd>; 2] {
+    match kind {
+        OpKind::Nop | OpKind::Timeout | OpKind::Blocking => [None, None],
+        OpKind::Splice | OpKind::RenameAt => [(fd >= 0).then_some(fd), (fd2 >= 0).then_some(fd2)],
+        _ => [(fd >= 0).then_some(fd), None],
+    }
+}
+
+/// Anchors every number `chain`'s steps name (see the module docs). A number that
+/// names no file gets an empty anchor (its steps fail with `EBADF`); any other error
+/// (`EMFILE`) refuses the chain.
+pub(crate) fn anchors_of(chain: &Chain) -> Result<Vec<Anchor>, Error> {
+    let mut v: Vec<Anchor> = Vec::new();
+    if let Some(first) = chain
+        .steps
+        .first()
+        .filter(|op| op.desc.kind == OpKind::Close)
+    {
+        // A first step that closes a number goes out now, as a plain close does; the
+        // steps after it that name the number find it closed.
+        if first.desc.fd >= 0 {
+            v.push(Anchor {
+                fd: first.desc.fd,
+                dup: None,
+            });
+        }
+    }
+    for (i, op) in chain.steps.iter().enumerate() {
+        let d = &op.desc;
+        if i == 0 && d.kind == OpKind::Close {
+            continue;
+        }
+        for fd in named(d.kind, d.fd, d.fd2).into_iter().flatten() {
+            if v.iter().any(|a| a.fd == fd) {
+                continue;
+            }
+            let dup = match identity::dup_fd(fd, 0) {
+                Ok(dup) => Some(dup),
+                Err(libc::EBADF) => None,
+                Err(e) => {
+                    return Err(Error::io(
+                        "duplicating a chain's descriptor",
+                        std::io::Error::from_raw_os_error(e),
+                    ))
+                }
+            };
+            v.push(Anchor { fd, dup });
+        }
+    }
+    Ok(v)
+}
+
+/// The system calls behind descriptor identity.
+pub(crate) mod identity {
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// `kcmp` type comparing two descriptors' open files (linux/kcmp.h).
+    const KCMP_FILE: libc::c_int = 0;
+
+    /// Duplicates `fd` onto the lowest free number `>= min` (close-on-exec).
+    /// `Err(errno)`: `EBADF` if `fd` is not open, `EMFILE`/`ENFILE`/`EINVAL` if no
+    /// number is left.
+    pub(crate) fn dup_fd(fd: RawFd, min: RawFd) -> Result<OwnedFd, i32> {
+        // SAFETY: fcntl accepts any integer; a number that is not open yields EBADF.
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+        if d < 0 {
+            return Err(crate::classify::errno());
+        }
+        // SAFETY: `d` is a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(d) })
+    }
+
+    /// 0: not tried yet, 1: `kcmp` works, 2: refused here (seccomp, no
+    /// `CONFIG_KCMP`): compare what `fstat` and `F_GETFL` say instead.
+    static KCMP: AtomicU8 = AtomicU8::new(0);
+
+    /// Whether number `fd` names the open file `held` (a duplicate the chain holds)
+    /// names. `false` if `fd` is not open.
+    pub(crate) fn same_file(fd: RawFd, held: RawFd) -> bool {
+        if KCMP.load(Ordering::Relaxed) != 2 {
+            match kcmp_same(fd, held) {
+                Ok(same) => {
+                    KCMP.store(1, Ordering::Relaxed);
+                    return same;
+                }
+                Err(libc::EBADF) => return false,
+                Err(_) => KCMP.store(2, Ordering::Relaxed),
+            }
+        }
+        stat_same(fd, held)
+    }
+
+    /// `kcmp(KCMP_FILE)`: whether the two numbers name the same open file.
+    /// `Err(errno)`: `EBADF` if one is not open; `EPERM`/`ENOSYS` where kcmp is refused.
+    pub(super) fn kcmp_same(fd: RawFd, held: RawFd) -> Result<bool, i32> {
+        // SAFETY: getpid cannot fail.
+        let pid = unsafe { libc::getpid() };
+        // SAFETY: kcmp only compares the kernel objects behind two numbers of this
+        // process; numbers that are not open yield EBADF.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                pid,
+                pid,
+                KCMP_FILE,
+                fd as libc::c_ulong,
+                held as libc::c_ulong,
+            )
+        };
+        if r < 0 {
+            return Err(crate::classify::errno());
+        }
+        Ok(r == 0)
+    }
+
+    /// Without kcmp: the same inode, opened with the same flags and at the same
+    /// offset. (Another open of the same file with the same flags and offset on the
+    /// reused number is not told apart.)
+    pub(super) fn stat_same(fd: RawFd, held: RawFd) -> bool {
+        let stat = |fd: RawFd| {
+            // SAFETY: zeroed stat is valid; fstat writes into it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is a valid out-pointer; a closed number yields EBADF.
+            let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+            // SAFETY: F_GETFL only reads the open file's flags.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            // SAFETY: lseek with SEEK_CUR moves nothing (ESPIPE on pipes and sockets).
+            let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+            (ok && fl >= 0).then_some((st.st_dev, st.st_ino, fl, pos))
+        };
+        match (stat(fd), stat(held)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// Closes `fd`; `Err(errno)` if the close reported an error other than `EINTR`
+    /// (Linux frees the number in every case but `EBADF`).
+    pub(crate) fn close(fd: RawFd) -> Result<(), i32> {
+        // SAFETY: the caller owns `fd` (a number it checked names the chain's file).
+        if unsafe { libc::close(fd) } == 0 {
+            return Ok(());
+        }
+        match crate::classify::errno() {
+            libc::EINTR => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    /// The close the chain runs on quell's pool for a FUSE/NFS file (closing one
+    /// flushes to its server, which must not stall the ring's thread): checks that
+    /// `number` still names the file `held` names, closes it if so, then closes
+    /// `held`. `EBADF` if the number named another file or none.
+    pub(crate) fn checked_close(number: RawFd, held: OwnedFd) -> std::io::Result<usize> {
+        use std::os::fd::IntoRawFd;
+        let held = held.into_raw_fd();
+        let first = if same_file(number, held) {
+            close(number)
+        } else {
+            Err(libc::EBADF)
+        };
+        let second = close(held);
+        first
+            .and(second)
+            .map(|()| 0)
+            .map_err(std::io::Error::from_raw_os_error)
+    }
+
+    /// Closes descriptors on a thread of its own, started when first needed: dropping
+    /// the last duplicate of a FUSE/NFS file flushes to its server, which must not
+    /// stall the ring's thread.
+    #[derive(Default)]
+    pub(crate) struct Closer {
+        tx: Option<std::sync::mpsc::Sender<OwnedFd>>,
+    }
+
+    impl Closer {
+        pub(crate) fn close(&mut self, fd: OwnedFd) {
+            if self.tx.is_none() {
+                let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
+                let spawned = std::thread::Builder::new()
+                    .name("quell-closer".into())
+                    .spawn(move || {
+                        block_signals();
+                        // Ends when the ring (its sender) is gone and the queue is empty.
+                        for fd in rx {
+                            drop(fd);
+                        }
+                    });
+                if spawned.is_err() {
+                    drop(fd); // no thread to be had: close here
+                    return;
+                }
+                self.tx = Some(tx);
+            }
+            if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(fd)) {
+                drop(e.0);
+            }
+        }
+    }
+
+    /// Blocks every signal on the calling thread, so process-directed signals go to
+    /// the application's threads.
+    fn block_signals() {
+        // SAFETY: sigfillset initialises the set; pthread_sigmask changes only this
+        // thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
+}
+
 /// The live chains of a ring, by slot.
 #[derive(Default)]
 pub(crate) struct Chains {
     live: HashMap<u32, Box<ChainState>>,
     /// File systems of the paths linked chains opened.
     fs: link::FsClasses,
+    /// Closes the duplicates of FUSE/NFS files off the ring's thread.
+    closer: identity::Closer,
 }
 
 impl Chains {
@@ -827,12 +1301,22 @@ impl Chains {
     }
 
     /// Teardown gave up on ops still in flight: a linked chain's steps are the
-    /// kernel's, so their memory is leaked rather than freed under it.
+    /// kernel's, so their memory is leaked rather than freed under it; and no chain's
+    /// duplicates are closed (a step still running could find its number reused).
     pub(crate) fn leak_linked(&mut self) {
-        for (_, st) in self.live.drain() {
+        for (_, mut st) in self.live.drain() {
+            st.forget_dups();
             if st.is_linked() {
                 std::mem::forget(st);
             }
+        }
+    }
+
+    /// Points `raw`, the step now in chain slot `slot`, at the duplicates it acts on.
+    #[inline]
+    pub(crate) fn apply(&self, slot: u32, raw: &mut crate::op::RawOp) {
+        if let Some(st) = self.live.get(&slot) {
+            st.apply(raw);
         }
     }
 
@@ -862,6 +1346,7 @@ pub(crate) fn errno_of(e: &Error) -> Errno {
 use super::{outcome_of, Ring};
 use crate::error::SubmitError;
 use crate::id::{key_of, OpId};
+use crate::outcome::CancelClass;
 use crate::table::{SlotState, F_CANCEL, F_CANCEL_SENT, F_EXACT, F_TIMEOUT};
 
 impl Ring {
@@ -877,6 +1362,16 @@ impl Ring {
     /// reports `Done(0)`, the file living in a direct descriptor the chain closes.
     /// The first step is checked now (a refused chain comes back whole); a later step
     /// that turns out invalid when its turn comes fails the chain with its errno.
+    ///
+    /// Every step acts on the file its descriptor number named when the chain was
+    /// accepted, or on the file the chain opened for [`Chain::OPENED`], even if the
+    /// number is closed (through the ring or outside it) and reused by another file
+    /// before the step's turn (I12): the chain holds duplicates of those files until it
+    /// ends. A close step, or a close the chain adds, closes a number only if it still
+    /// names the chain's file; a number reused by another file is left alone and the
+    /// close reports `EBADF`. A chain that keeps its opened descriptor for the caller
+    /// fails with `EBADF` (and closes what it opened) rather than hand over a number
+    /// that names another file by then.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -902,8 +1397,12 @@ impl Ring {
         if let Err(e) = chain.check() {
             return Err(ChainError::new(e, chain));
         }
+        let anchors = match anchors_of(&chain) {
+            Ok(a) => a,
+            Err(e) => return Err(ChainError::new(e, chain)),
+        };
         let plan = self.link_plan(&chain);
-        let (first, st) = ChainState::start(chain, plan);
+        let (first, st) = ChainState::start(chain, plan, anchors);
         let mut st = Some(st);
         self.submit_inner(first, &mut st).map_err(|e: SubmitError| {
             let (error, first) = e.into_parts();
@@ -922,16 +1421,22 @@ impl Ring {
         let s = self.table.slot_mut(idx);
         let asked = s.desc.request_len();
         let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);
-        let (kind, fd, flags) = (s.desc.kind, s.desc.fd, s.flags);
+        let (kind, flags) = (s.desc.kind, s.flags);
         let payload = std::mem::take(&mut s.desc.payload);
         let st = self.chains.get(idx);
-        st.record(fd, kind, outcome, payload);
+        st.record(kind, outcome, payload);
         if flags & F_CANCEL != 0 {
             st.stop(flags & F_TIMEOUT != 0);
         }
         if kind == OpKind::OpenAt && res >= 0 {
             // The number may have named another kind of file before.
             self.fds.forget(res as RawFd);
+            if let Err(e) = self.chains.get(idx).hold_opened() {
+                tracing::debug!(
+                    errno = e.raw_os_error(),
+                    "could not duplicate a chain's opened descriptor"
+                );
+            }
         }
         self.chain_advance(idx, true)
     }
@@ -946,7 +1451,7 @@ impl Ring {
         }
         let s = self.table.slot_mut(idx);
         let transferred = s.transferred as usize;
-        let (kind, fd) = (s.desc.kind, s.desc.fd);
+        let kind = s.desc.kind;
         let payload = std::mem::take(&mut s.desc.payload);
         let outcome = if timed_out {
             Outcome::TimedOut { transferred }
@@ -954,7 +1459,7 @@ impl Ring {
             Outcome::Canceled { transferred }
         };
         let st = self.chains.get(idx);
-        st.record(fd, kind, outcome, payload);
+        st.record(kind, outcome, payload);
         st.stop(timed_out);
         self.chain_advance(idx, false)
     }
@@ -964,18 +1469,32 @@ impl Ring {
     /// the slot's key is still in the queue).
     fn chain_advance(&mut self, idx: u32, from_flight: bool) -> Option<Outcome> {
         loop {
-            let Some(next) = self.chains.get(idx).next() else {
-                let (outcome, payload) = (*self.chains.take(idx)).finish();
+            let Some(mut next) = self.chains.get(idx).next() else {
+                let mut st = self.chains.take(idx);
+                self.release_dups(&mut st, false);
+                let (outcome, payload) = (*st).finish();
                 self.table.slot_mut(idx).desc.payload = payload;
                 return Some(outcome);
             };
-            let class = match self.admit(&next.op) {
+            if let Some(errno) = next.refuse {
+                self.chains.get(idx).refuse_current(errno, next.op);
+                continue;
+            }
+            let class = match self.admit_mapped(&mut next.op, next.map) {
                 Ok(c) => c,
                 Err(e) => {
+                    if let Some(dup) = next.close.take().and_then(|c| c.dup) {
+                        self.release_dup(dup);
+                    }
                     self.chains.get(idx).refuse_current(errno_of(&e), next.op);
                     continue;
                 }
             };
+            let mut class = class;
+            if let Some(check) = next.close.take() {
+                class = self.check_close(idx, check, class, &mut next);
+            }
+            self.chains.get(idx).set_mapped(next.map);
             let s = self.table.slot_mut(idx);
             let had_cancel = s.flags & F_CANCEL != 0;
             s.flags &= !(F_CANCEL | F_CANCEL_SENT | F_TIMEOUT | F_EXACT);
@@ -1018,6 +1537,86 @@ impl Ring {
             return None;
         }
     }
+
+    /// Admits `op` as it will run: on the duplicates `map` names instead of its
+    /// numbers (which may name other files by now, or none).
+    fn admit_mapped(&mut self, op: &mut Op, map: [RawFd; 2]) -> Result<CancelClass, Error> {
+        if map == [-1, -1] {
+            return self.admit(op);
+        }
+        let shown = (op.desc.fd, op.desc.fd2);
+        if map[0] >= 0 {
+            op.desc.fd = map[0];
+        }
+        if map[1] >= 0 {
+            op.desc.fd2 = map[1];
+        }
+        let class = self.admit(op);
+        (op.desc.fd, op.desc.fd2) = shown;
+        class
+    }
+
+    /// Prepares the checked close `check` of the step in chain slot `idx` (see the
+    /// module docs); returns the class it runs with. A FUSE/NFS file's close runs whole
+    /// on quell's pool; any other is checked and its number closed here (the chain's
+    /// duplicate keeps the file open, so this close is never the last one and does not
+    /// block), and the step closes the duplicate, reporting `EBADF` if the number no
+    /// longer named the chain's file.
+    fn check_close(
+        &mut self,
+        idx: u32,
+        check: CloseCheck,
+        class: CancelClass,
+        next: &mut Next,
+    ) -> CancelClass {
+        let number = check.number;
+        let Some(dup) = check.dup else {
+            return class; // an unchecked close of the number itself
+        };
+        self.fds.forget(number);
+        self.fds.forget(dup.as_raw_fd());
+        if class == CancelClass::Interruptible {
+            let op = Op::blocking(move || identity::checked_close(number, dup));
+            let mut desc = op.desc;
+            desc.fd = number; // listed (and reached by cancel_fd) as a close of the number
+            next.op.desc = desc;
+            next.map = [-1, -1];
+            return CancelClass::Interruptible;
+        }
+        let verdict = if identity::same_file(number, dup.as_raw_fd()) {
+            identity::close(number).err().map(Errno::from_raw_os_error)
+        } else {
+            Some(Errno::BADF)
+        };
+        next.map = [dup.as_raw_fd(), -1];
+        self.chains.get(idx).set_close(verdict, Some(dup));
+        class
+    }
+
+    /// Closes every duplicate chain `st` still holds (it is over). `linked`: its
+    /// descriptors are none of FUSE/NFS (such chains are sequenced).
+    pub(super) fn release_dups(&mut self, st: &mut ChainState, linked: bool) {
+        for d in st.take_dups() {
+            if linked {
+                drop(d);
+            } else {
+                self.release_dup(d);
+            }
+        }
+    }
+
+    /// Closes duplicate `d`, on the closer thread if its file is FUSE/NFS (closing it
+    /// flushes to the server), and forgets its class (the number will be reused).
+    fn release_dup(&mut self, d: OwnedFd) {
+        let fd = d.as_raw_fd();
+        let class = self.fds.info(fd).map(|i| i.class);
+        self.fds.forget(fd);
+        if class == Ok(CancelClass::Interruptible) {
+            self.chains.closer.close(d);
+        } else {
+            drop(d);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1034,24 +1633,14 @@ mod tests {
             .then(Op::openat(libc::AT_FDCWD, "/b", libc::O_RDONLY, 0))
             .then(Op::timeout(std::time::Duration::from_secs(60)))
             .then(Op::close(Chain::OPENED));
-        let (_first, mut st) = ChainState::start(chain, None);
-        st.record(
-            libc::AT_FDCWD,
-            OpKind::OpenAt,
-            Outcome::Done(10),
-            Payload::None,
-        );
-        let open_b = st.next().expect("second open");
-        st.record(
-            open_b.op.desc.fd,
-            OpKind::OpenAt,
-            Outcome::Done(11),
-            Payload::None,
-        );
+        let (_first, mut st) = ChainState::start(chain, None, Vec::new());
+        st.record(OpKind::OpenAt, Outcome::Done(10), Payload::None);
+        st.next().expect("second open");
+        st.record(OpKind::OpenAt, Outcome::Done(11), Payload::None);
         let timeout = st.next().expect("timeout");
         assert_eq!(timeout.op.desc.kind, OpKind::Timeout);
         let canceled = Outcome::Canceled { transferred: 0 };
-        st.record(-1, OpKind::Timeout, canceled, Payload::None);
+        st.record(OpKind::Timeout, canceled, Payload::None);
         let mut closed = Vec::new();
         while let Some(next) = st.next() {
             assert!(next.cleanup);
@@ -1089,17 +1678,36 @@ mod tests {
         let chain = Chain::new()
             .then(Op::openat(libc::AT_FDCWD, "/a", libc::O_RDONLY, 0))
             .then(Op::close(Chain::OPENED));
-        let (_first, mut st) = ChainState::start(chain, None);
-        st.record(
-            libc::AT_FDCWD,
-            OpKind::OpenAt,
-            Outcome::Done(10),
-            Payload::None,
-        );
+        let (_first, mut st) = ChainState::start(chain, None, Vec::new());
+        st.record(OpKind::OpenAt, Outcome::Done(10), Payload::None);
         let close = st.next().expect("own close");
         assert_eq!(close.op.desc.fd, 10);
         st.refuse_current(Errno::BADF, close.op);
         assert!(st.next().is_none(), "no close added for a refused one");
         assert_eq!(st.finish().0, Outcome::Failed(Errno::BADF));
+    }
+
+    /// Both ways of telling whether a number still names a held file: `kcmp`, and the
+    /// `fstat`/`F_GETFL`/offset comparison used where kcmp is refused.
+    #[test]
+    fn same_file_tells_a_reused_number_from_the_held_file() {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let held = identity::dup_fd(f.as_raw_fd(), 0).unwrap();
+        let (n, h) = (f.as_raw_fd(), held.as_raw_fd());
+        assert!(identity::same_file(n, h));
+        assert!(identity::stat_same(n, h));
+        // Another open of the same file: the same inode, another open file.
+        let other = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(identity::kcmp_same(other.as_raw_fd(), h), Ok(false));
+        assert!(!identity::same_file(other.as_raw_fd(), h));
+        // A pipe.
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert!(!identity::same_file(r.as_raw_fd(), h));
+        assert!(!identity::stat_same(r.as_raw_fd(), h));
+        // A number that is not open (beyond any descriptor table here).
+        let closed = 1 << 29;
+        assert_eq!(identity::kcmp_same(closed, h), Err(libc::EBADF));
+        assert!(!identity::stat_same(closed, h));
     }
 }

@@ -18,7 +18,23 @@
 //! are sequenced in user space too: their reads run on quell's pool (see
 //! `backend/uring.rs`). The file system is told by the path's mount (one `statx` per
 //! chain, see [`FsClasses`], measured at ~1.4 µs on ext4), unless every step on the
-//! opened file declares its class with `Op::class`, which costs nothing. The portable backend always sequences in user space.
+//! opened file declares its class with `Op::class`, which costs nothing. The portable
+//! backend always sequences in user space.
+//!
+//! **Opens that wait.** io_uring first tries an open inline and non-blocking: a FIFO
+//! reader would open at once (and read end of file), a writer fail with `ENXIO`, a
+//! terminal skip waiting for carrier. A standalone path op is Interruptible and goes to
+//! an io_uring worker at once (`IOSQE_ASYNC`), where it waits as open(2) does; a linked
+//! open of a path that names a FIFO or a device (the same `statx` tells the file type;
+//! a declared chain: a step on the file declared `Prompt`) is issued the same way, so
+//! it waits too, and a cancel or deadline interrupts it.
+//!
+//! **Descriptors (I12).** The kernel resolves a linked step's descriptor when it issues
+//! the step, not when the batch is submitted (measured on 6.18: a number closed and
+//! reused while an earlier step waits redirects the later step). So steps on numbers
+//! name the duplicates the chain took at submission (see `chain.rs`), which it closes
+//! once every step has reported; the file a chain opens lives in a direct descriptor
+//! that no number reaches.
 //!
 //! **Links.** Steps are tied with `IOSQE_IO_LINK`, so a step that fails, is canceled
 //! or moves fewer bytes than asked makes the kernel fail the rest with `ECANCELED`;
@@ -41,7 +57,7 @@
 //! **Outcomes.** As with sequencing, except that the open step of a linked chain
 //! reports `Done(0)`: the file has no number in the process's table.
 
-use super::{Chain, ChainState};
+use super::{Anchor, Chain, ChainState};
 use crate::backend::direct::{split_step, step_key, Link, LinkStep, CANCEL_RESULT, MAX_LINKED};
 use crate::id::split_key;
 use crate::op::{OpDesc, OpKind, Payload, NO_OFFSET};
@@ -49,6 +65,7 @@ use crate::outcome::{CancelClass, Outcome};
 use crate::ring::{outcome_of, Ring};
 use crate::table::{SlotState, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_TIMEOUT};
 use std::ffi::CStr;
+use std::os::fd::AsRawFd;
 
 const ECANCELED: i64 = -(libc::ECANCELED as i64);
 /// Most cancels re-sent to one step the kernel did not find.
@@ -78,6 +95,9 @@ pub(crate) struct Linked {
     /// The close was issued again, on its own.
     reclosed: bool,
     started: bool,
+    /// The open goes to an io_uring worker at once (`IOSQE_ASYNC`): the path names a
+    /// FIFO or a device, whose open(2) may wait (see [`Ring::link_plan`]).
+    async_open: bool,
 }
 
 /// What a batch that has fully reported leaves to do.
@@ -97,13 +117,22 @@ impl Linked {
         (self.from..self.descs.len()).find(|&i| self.res[i].is_none() && Some(i) != self.close)
     }
 
-    /// The batch from `self.from` on, for the chain whose slot key is `key`.
-    fn batch(&mut self, key: u64) -> Vec<LinkStep> {
+    /// The batch from `self.from` on, for the chain whose slot key is `key`. Steps on
+    /// a number the chain anchored name its duplicate: the kernel resolves a linked
+    /// step's descriptor only when it issues the step (I12).
+    fn batch(&mut self, key: u64, anchors: &[Anchor]) -> Vec<LinkStep> {
         let n = self.descs.len();
         let mut steps = Vec::with_capacity(n - self.from);
         for i in self.from..n {
             let d = &mut self.descs[i];
-            let raw = d.raw();
+            let mut raw = d.raw();
+            if let Some(dup) = anchors
+                .iter()
+                .find(|a| a.fd == d.fd)
+                .and_then(|a| a.dup.as_ref())
+            {
+                raw.fd = dup.as_raw_fd();
+            }
             let link = if i + 1 == n {
                 Link::End
             } else if Some(i + 1) == self.close {
@@ -118,6 +147,7 @@ impl Linked {
                     .then_some(self.direct)
                     .flatten(),
                 open_into: (d.kind == OpKind::OpenAt).then_some(self.direct).flatten(),
+                force_async: d.kind == OpKind::OpenAt && self.async_open,
                 link,
             });
         }
@@ -220,34 +250,46 @@ impl ChainState {
 
 /// What quell knows about the file systems of the paths linked chains opened: their
 /// class by mount id. A `statx` of the path (no file-system-wide counters, unlike an
-/// ext4 `statfs`) names the mount; a mount seen for the first time costs one `statfs`.
-/// Unique mount ids (Linux 6.8+) are never reused, so a later mount (a FUSE file system
-/// mounted over a directory) is a new entry; older kernels' ids can be reused after an
-/// unmount, so there the cache is only trusted while the kernel says the id is unique.
+/// ext4 `statfs`) names the mount and the file's type; a mount seen for the first time
+/// costs one `statfs`. Unique mount ids (Linux 6.8+) are never reused, so a later mount
+/// (a FUSE file system mounted over a directory) is a new entry; older kernels' ids can
+/// be reused after an unmount, so there the cache is only trusted while the kernel says
+/// the id is unique.
 #[derive(Default)]
 pub(crate) struct FsClasses {
     by_mount: std::collections::HashMap<u64, CancelClass>,
 }
 
+/// What one `statx` of a path says.
+struct PathInfo {
+    /// The unique mount id, when the kernel has them.
+    mount: Option<u64>,
+    /// The path names a FIFO or a device: its open(2) may wait (a FIFO for its other
+    /// end, a terminal for carrier, a drive for its medium).
+    special: bool,
+}
+
 impl FsClasses {
     /// The class of the file system holding `path` (relative to the working
-    /// directory; a missing file: its directory's), or `None` when it cannot be told.
-    fn of(&mut self, path: &CStr) -> Option<CancelClass> {
-        match Self::mount(path) {
+    /// directory; a missing file: its directory's), or `None` when it cannot be told;
+    /// and whether `path` names a FIFO or a device.
+    fn of(&mut self, path: &CStr) -> (Option<CancelClass>, bool) {
+        let info = Self::stat(path);
+        let class = match info.mount {
             Some(m) => match self.by_mount.get(&m) {
                 Some(&class) => Some(class),
-                None => {
-                    let class = Self::statfs(path)?;
+                None => Self::statfs(path).inspect(|&class| {
                     self.by_mount.insert(m, class);
-                    Some(class)
-                }
+                }),
             },
             None => Self::statfs(path),
-        }
+        };
+        (class, info.special)
     }
 
-    /// The unique mount id of the mount holding `path`.
-    fn mount(path: &CStr) -> Option<u64> {
+    /// The mount and type of `path` (of its directory if it does not exist: a file
+    /// it creates is a regular file).
+    fn stat(path: &CStr) -> PathInfo {
         let stx = |p: &CStr| {
             // SAFETY: zeroed statx is valid; statx writes into it.
             let mut st: libc::statx = unsafe { std::mem::zeroed() };
@@ -257,13 +299,29 @@ impl FsClasses {
                     libc::AT_FDCWD,
                     p.as_ptr(),
                     libc::AT_STATX_DONT_SYNC,
-                    libc::STATX_MNT_ID_UNIQUE,
+                    libc::STATX_TYPE | libc::STATX_MNT_ID_UNIQUE,
                     &mut st,
                 )
             };
-            (rc == 0 && st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+            (rc == 0).then_some(st)
         };
-        stx(path).or_else(|| stx(&parent(path)?))
+        let mount = |st: &libc::statx| {
+            (st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+        };
+        if let Some(st) = stx(path) {
+            let kind = u32::from(st.stx_mode) & libc::S_IFMT;
+            let special = st.stx_mask & libc::STATX_TYPE == 0
+                || matches!(kind, libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK);
+            return PathInfo {
+                mount: mount(&st),
+                special,
+            };
+        }
+        let dir = parent(path).and_then(|p| stx(&p));
+        PathInfo {
+            mount: dir.as_ref().and_then(mount),
+            special: false,
+        }
     }
 
     fn statfs(path: &CStr) -> Option<CancelClass> {
@@ -335,6 +393,7 @@ impl Ring {
         if open.is_some() != close.is_some() {
             return None;
         }
+        let mut async_open = false;
         if let Some(o) = open {
             let d = &chain.steps[o].desc;
             let Payload::Path(path) = &d.payload else {
@@ -355,10 +414,22 @@ impl Ring {
             if users().any(|op| op.class == Some(CancelClass::Interruptible)) {
                 return None;
             }
-            let declared = users().all(|op| op.class.is_some());
-            if !declared && !matches!(self.chains.fs.of(path), Some(CancelClass::Bounded)) {
-                return None;
-            }
+            // A FIFO's or a device's open(2) may wait (for the other end, for carrier,
+            // for a medium); io_uring's first, non-blocking attempt would not (a FIFO
+            // reader opens at once and reads end of file, a writer fails with ENXIO).
+            // Such an open goes to a worker at once, as a standalone (Interruptible)
+            // path op does, so it waits like open(2) and a cancel interrupts it.
+            let declared = users().next().is_some() && users().all(|op| op.class.is_some());
+            async_open = if declared {
+                // Declared pollable: a FIFO or a character device.
+                users().any(|op| op.class == Some(CancelClass::Prompt))
+            } else {
+                let (class, special) = self.chains.fs.of(path);
+                if class != Some(CancelClass::Bounded) {
+                    return None;
+                }
+                special
+            };
         }
         Some(Box::new(Linked {
             open,
@@ -373,6 +444,7 @@ impl Ring {
             resent: 0,
             reclosed: false,
             started: false,
+            async_open,
         }))
     }
 
@@ -402,7 +474,11 @@ impl Ring {
         };
         let first = std::mem::replace(&mut s.desc, shown);
         st.begin_link(first);
-        let steps = st.link.as_deref_mut().expect("just planned").batch(key);
+        let steps = st
+            .link
+            .as_deref_mut()
+            .expect("just planned")
+            .batch(key, &st.anchors);
         self.backend.uring().start_linked(&steps);
         let n = steps.len();
         s.state = SlotState::InFlight;
@@ -496,7 +572,7 @@ impl Ring {
         match st.settle() {
             Settle::Reissue => {
                 let l = st.link.as_deref_mut().expect("linked");
-                let steps = l.batch(key);
+                let steps = l.batch(key, &st.anchors);
                 let from = l.from;
                 self.backend.uring().start_linked(&steps);
                 if self.trace_ops {
@@ -564,6 +640,8 @@ impl Ring {
             return None;
         }
         let mut st = self.chains.take(idx);
+        // Every step reported: the kernel is done with the duplicates.
+        self.release_dups(&mut st, true);
         let l = st.link.take().expect("linked");
         for (r, d) in st.results.iter_mut().zip(l.descs) {
             r.payload = d.payload;

@@ -896,8 +896,13 @@ impl Ring {
             return true;
         }
         let mut raw = s.desc.raw();
-        if s.flags & F_ANCHORED != 0 {
-            self.anchors.apply(idx, &mut raw);
+        if s.flags & (F_ANCHORED | F_CHAIN) != 0 {
+            if s.flags & F_ANCHORED != 0 {
+                self.anchors.apply(idx, &mut raw);
+            } else {
+                // A chain's step acts on the duplicates the chain holds (I12).
+                self.chains.apply(idx, &mut raw);
+            }
         }
         // Resubmitted stream transfers (Send/Recv) continue after what moved before.
         if (matches!(raw.kind, OpKind::Read | OpKind::Write)

@@ -84,7 +84,8 @@ fn fds_on(path: &Path) -> Vec<RawFd> {
 }
 
 /// Drives `ring` until the chain has opened `path` and its step `waiting` (which
-/// waits for the test) is in flight; returns the number the open got.
+/// waits for the test) is in flight; returns the number the open got: the lowest
+/// descriptor on `path` (the chain's own duplicate of it, I12, is above it).
 fn until_opened(ring: &mut Ring, path: &Path, waiting: OpKind) -> RawFd {
     let start = Instant::now();
     loop {
@@ -93,8 +94,8 @@ fn until_opened(ring: &mut Ring, path: &Path, waiting: OpKind) -> RawFd {
             .ops()
             .iter()
             .any(|o| o.kind == waiting && o.state == OpState::InFlight);
-        if let (true, [fd]) = (running, &fds_on(path)[..]) {
-            return *fd;
+        if let (true, Some(fd)) = (running, fds_on(path).into_iter().min()) {
+            return fd;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
@@ -224,7 +225,7 @@ both_backends! {
                 )
                 .unwrap();
             let fd = until_opened(&mut ring, &second.0, OpKind::Timeout);
-            assert_eq!(fds_on(&first.0).len(), 1, "{what}");
+            assert!(!fds_on(&first.0).is_empty(), "{what}");
             close_outside(fd);
             ring.cancel(id).unwrap();
             let c = ring.wait_for(id).unwrap();

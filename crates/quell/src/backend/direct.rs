@@ -58,6 +58,9 @@ pub(crate) struct LinkStep {
     pub(crate) fixed: Option<u32>,
     /// An open step: open into this direct descriptor.
     pub(crate) open_into: Option<u32>,
+    /// Issued to an io_uring worker at once (`IOSQE_ASYNC`), with no inline
+    /// non-blocking attempt: an open that must wait as open(2) does.
+    pub(crate) force_async: bool,
     pub(crate) link: Link,
 }
 
@@ -121,11 +124,14 @@ pub(crate) fn build_step(s: &LinkStep) -> Option<squeue::Entry> {
         }
         _ => return None,
     };
-    let flags = match s.link {
+    let mut flags = match s.link {
         Link::End => squeue::Flags::empty(),
         Link::Soft => squeue::Flags::IO_LINK,
         Link::Hard => squeue::Flags::IO_HARDLINK,
     };
+    if s.force_async {
+        flags |= squeue::Flags::ASYNC;
+    }
     Some(sqe.flags(flags).user_data(s.user_data))
 }
 

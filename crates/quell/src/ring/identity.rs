@@ -234,7 +234,8 @@ impl Ring {
     }
 
     /// Takes duplicates of the files slot `idx` acts on, unless it holds them already or
-    /// names none. Chains anchor nothing here (their steps' descriptors are their own).
+    /// names none. Chains anchor nothing here: they anchor every step themselves, at
+    /// submission (`chain.rs`).
     pub(super) fn anchor(&mut self, idx: u32) -> Result<(), i32> {
         let s = self.table.slot(idx);
         if s.flags & (F_ANCHORED | F_CHAIN) != 0 {
