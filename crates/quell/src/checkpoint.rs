@@ -17,7 +17,7 @@ use crate::outcome::{CancelClass, OpState};
 use crate::Error;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Version of the checkpoint format written by this build.
@@ -233,7 +233,201 @@ pub struct OpDescriptor {
     pub data: Option<Vec<u8>>,
 }
 
+/// Deepest group path [`Ring::resubmit`](crate::Ring::resubmit) re-creates (names below
+/// the root). Each level is a group in the new ring: a hostile path must not make
+/// thousands of them.
+const MAX_GROUP_DEPTH: usize = 64;
+
+/// Longest wait a checkpoint may carry (a deadline's time left, a timeout's sleep): a
+/// little over 292 years, so that every clock and timespec the ring converts it into
+/// holds it.
+const MAX_WAIT: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Longest path a path op may carry (`PATH_MAX` counts the terminating NUL).
+const MAX_PATH: usize = libc::PATH_MAX as usize - 1;
+
+/// Most buffers one vectored op may have (`IOV_MAX`).
+const MAX_IOVS: usize = 1024;
+
 impl OpDescriptor {
+    /// Checks that the descriptor describes an op the ring could have accepted, before
+    /// anything is allocated or changed for it: every length within the ring's limits
+    /// (at most `i32::MAX` bytes per transfer, as [`Ring::submit`](crate::Ring::submit)
+    /// requires; at most 1024 buffers), offsets within `i64::MAX`, carried bytes exactly
+    /// the ones the op moved (or still has to move), paths without NUL bytes and
+    /// shorter than `PATH_MAX`, waits a clock can hold, a group path under `root` at
+    /// most 64 groups deep, and only the fields its kind uses. A checkpoint is input from disk: this is what
+    /// stands between a corrupt one and an allocation of `len` bytes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 16]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// assert!(ckpt.ops[0].check().is_ok());
+    /// let mut bad = ckpt.ops[0].clone();
+    /// bad.len = u64::MAX; // as a corrupt file could say
+    /// assert!(matches!(bad.check(), Err(quell::Error::TooLong { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn check(&self) -> Result<(), Error> {
+        use OpKind::*;
+        let bad = |why: &'static str| Err(Error::InvalidArgument(why));
+        let k = self.kind;
+        if k == Blocking {
+            return Err(Error::Unsupported {
+                op: "blocking",
+                backend: "checkpoint",
+                why: "a closure cannot be checkpointed",
+            });
+        }
+        check_group_path(&self.group_path)?;
+        if self.deadline_left.is_some_and(|d| d > MAX_WAIT) {
+            return bad("deadline further away than any clock holds");
+        }
+        // Descriptors: an op acts only on a file whose identity the checkpoint recorded
+        // (DESIGN I12), so a number is never taken on trust.
+        let dir = |fd: RawFd, file: &Option<FileRef>| match (fd, file) {
+            (libc::AT_FDCWD, None) => Ok(()),
+            (fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
+            (_, None) => Err(Error::InvalidArgument(
+                "no file identity recorded for the descriptor",
+            )),
+            _ => Ok(()),
+        };
+        let fd = |fd: RawFd, file: &Option<FileRef>| match (fd, file) {
+            (fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
+            (_, None) => Err(Error::InvalidArgument(
+                "no file identity recorded for the descriptor",
+            )),
+            _ => Ok(()),
+        };
+        match k {
+            Nop | Timeout | Blocking => {}
+            OpenAt | Statx | UnlinkAt => dir(self.fd, &self.file)?,
+            RenameAt => {
+                dir(self.fd, &self.file)?;
+                dir(self.fd2, &self.file2)?;
+            }
+            Splice => {
+                fd(self.fd, &self.file)?;
+                fd(self.fd2, &self.file2)?;
+            }
+            _ => fd(self.fd, &self.file)?,
+        }
+        // Fields the kind does not use would be dropped silently: refuse them.
+        let vectored = matches!(k, Readv | Writev);
+        if !vectored && !self.iov_lens.is_empty() {
+            return bad("buffer lengths on an op that is not vectored");
+        }
+        if !k.is_path_op() && (self.path.is_some() || self.path2.is_some()) {
+            return bad("a path on an op that takes none");
+        }
+        if k != RenameAt && self.path2.is_some() {
+            return bad("a second path on an op that takes one");
+        }
+        if k != Connect && self.addr.is_some() {
+            return bad("an address on an op that takes none");
+        }
+        if k != Timeout && self.sleep.is_some() {
+            return bad("a sleep on an op that is not a timeout");
+        }
+        if k != Splice && self.offset2.is_some() {
+            return bad("a second offset on an op that takes one");
+        }
+        let positioned = matches!(k, Read | Write | Readv | Writev | Fallocate | Splice);
+        if !positioned && self.offset.is_some() {
+            return bad("an offset on an op that takes none");
+        }
+        let buffered = matches!(k, Read | Write | Readv | Writev | Send | Recv);
+        if !buffered && self.data.is_some() {
+            return bad("carried bytes on an op that has no buffer");
+        }
+        if self.transferred > self.len {
+            return bad("more bytes moved than the op's length");
+        }
+        if !k.is_transfer() && self.transferred != 0 {
+            return bad("bytes moved by an op that moves none");
+        }
+        // Lengths: the ring's own limits, checked before any buffer is made for them.
+        match k {
+            Read | Write | Send | Recv if self.len > i32::MAX as u64 => {
+                return Err(Error::TooLong { len: self.len })
+            }
+            Readv | Writev => {
+                if self.iov_lens.is_empty() {
+                    return bad("vectored op with no buffers");
+                }
+                if self.iov_lens.len() > MAX_IOVS {
+                    return bad("more than 1024 (IOV_MAX) buffers");
+                }
+                let mut total = 0u64;
+                for &l in &self.iov_lens {
+                    total = total.saturating_add(l);
+                }
+                if total > i32::MAX as u64 {
+                    return Err(Error::TooLong { len: total });
+                }
+                if total != self.len {
+                    return bad("buffer lengths do not add up to the op's length");
+                }
+            }
+            Splice if self.len > u32::MAX as u64 => {
+                return bad("splice length does not fit 32 bits")
+            }
+            Fallocate if self.len > i64::MAX as u64 => {
+                return Err(Error::TooLong { len: self.len })
+            }
+            _ => {}
+        }
+        // Offsets: a file position is an `i64`, and so is the end of the range.
+        let span = |o: Option<u64>| match o {
+            Some(o) if o > i64::MAX as u64 - self.len.min(i64::MAX as u64) => {
+                Err(Error::InvalidArgument("offset beyond i64::MAX"))
+            }
+            _ => Ok(()),
+        };
+        span(self.offset)?;
+        span(self.offset2)?;
+        if k == Fallocate && self.offset.is_none() {
+            return bad("fallocate without an offset");
+        }
+        // Carried bytes: exactly the ones moved (a read's) or still to move (a write's).
+        if let Some(data) = &self.data {
+            let want = if k.is_read() {
+                self.transferred
+            } else {
+                self.len - self.transferred
+            };
+            if data.len() as u64 != want {
+                return bad("carried bytes do not match the bytes moved");
+            }
+        }
+        match k {
+            Connect if self.addr.is_none() => return bad("connect without an address"),
+            Timeout => match self.sleep {
+                None => return bad("timeout without a sleep"),
+                Some(d) if d > MAX_WAIT => return bad("sleep longer than any clock holds"),
+                _ => {}
+            },
+            OpenAt | Statx if self.mode > u32::MAX as u64 => {
+                return bad("mode does not fit 32 bits")
+            }
+            _ => {}
+        }
+        if k.is_path_op() {
+            check_path(&self.path)?;
+            if k == RenameAt {
+                check_path(&self.path2)?;
+            }
+        } else if self.mode != 0 {
+            return bad("a mode on an op that takes none");
+        }
+        Ok(())
+    }
+
     /// Bytes still to move.
     ///
     /// ```
@@ -247,6 +441,35 @@ impl OpDescriptor {
     /// ```
     pub fn remaining(&self) -> u64 {
         self.len.saturating_sub(self.transferred)
+    }
+}
+
+/// A group path as [`Ring::quiesce`](crate::Ring::quiesce) writes them: `root`, then
+/// non-empty names, at most `MAX_GROUP_DEPTH` (64) of them.
+fn check_group_path(p: &str) -> Result<(), Error> {
+    let mut parts = p.split('/');
+    if parts.next() != Some("root") {
+        return Err(Error::InvalidArgument("group path does not start at root"));
+    }
+    for (depth, name) in parts.enumerate() {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("empty group name in group path"));
+        }
+        if depth >= MAX_GROUP_DEPTH {
+            return Err(Error::InvalidArgument("group path too deep"));
+        }
+    }
+    Ok(())
+}
+
+/// A path a path op can pass to the kernel.
+fn check_path(p: &Option<Vec<u8>>) -> Result<(), Error> {
+    match p.as_deref() {
+        None => Err(Error::InvalidArgument("path op without a path")),
+        Some([]) => Err(Error::InvalidArgument("empty path")),
+        Some(b) if b.contains(&0) => Err(Error::InvalidArgument("path contains a NUL byte")),
+        Some(b) if b.len() > MAX_PATH => Err(Error::InvalidArgument("path longer than PATH_MAX")),
+        Some(_) => Ok(()),
     }
 }
 
@@ -499,6 +722,13 @@ impl Checkpoint {
     /// `SCM_RIGHTS` and [`remap_fd`](Checkpoint::remap_fd). A descriptor that is open
     /// here on the very same file is kept.
     ///
+    /// A path that now names another file (replaced, or a FIFO or device put in its
+    /// place) is not opened: it is reported in [`Reopened::failed`], and the ops on it
+    /// are then refused by [`Ring::resubmit`](crate::Ring::resubmit), as every op keeps
+    /// acting on the file it was submitted on (DESIGN I12). The paths come from the
+    /// checkpoint: reopen files only from checkpoints you trust (or look at
+    /// [`fds`](Checkpoint::fds) first), as opening some devices has effects of its own.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::os::fd::AsRawFd;
@@ -540,30 +770,82 @@ impl Checkpoint {
                 ));
                 continue;
             }
-            let path = f.path.as_deref().unwrap_or_default();
-            let Ok(c) = std::ffi::CString::new(path) else {
-                out.failed
-                    .push((fd, std::io::ErrorKind::InvalidInput.into()));
-                continue;
-            };
-            let flags = (f.status_flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
-                | libc::O_CLOEXEC;
-            // SAFETY: valid C string; open returns a new descriptor or -1.
-            let new = unsafe { libc::open(c.as_ptr(), flags) };
-            if new < 0 {
-                out.failed.push((fd, std::io::Error::last_os_error()));
-                continue;
+            match reopen(&f) {
+                Ok(owned) => {
+                    let new = owned.as_raw_fd();
+                    let (dev, ino) = (f.dev, f.ino);
+                    self.remap_where(|n, file| {
+                        (n == fd && file.dev == dev && file.ino == ino).then_some(new)
+                    });
+                    out.fds.push(owned);
+                }
+                Err(e) => out.failed.push((fd, e)),
             }
-            // SAFETY: `new` was just opened and is owned by nobody else.
-            let owned = unsafe { OwnedFd::from_raw_fd(new) };
-            let (dev, ino) = (f.dev, f.ino);
-            self.remap_where(|n, file| {
-                (n == fd && file.dev == dev && file.ino == ino).then_some(new)
-            });
-            out.fds.push(owned);
         }
         out
     }
+}
+
+/// Status flags a descriptor can be opened again with; the rest of what `F_GETFL`
+/// reports (or a corrupt checkpoint says) is not asked for.
+const REOPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_DIRECT
+    | libc::O_DSYNC
+    | libc::O_NOATIME
+    | libc::O_NONBLOCK
+    | libc::O_PATH
+    | libc::O_SYNC;
+
+/// Opens `f` again by its path, only if the path still names the very same file (DESIGN
+/// I12): the path is looked at before it is opened (a FIFO or device now at the path
+/// is not opened at all), opened without blocking and without taking a controlling
+/// terminal, and the opened file checked again (the path may change in between).
+fn reopen(f: &FileRef) -> std::io::Result<OwnedFd> {
+    use std::io::{Error as IoError, ErrorKind};
+    let changed = || {
+        IoError::new(
+            ErrorKind::Other,
+            "the path names another file than at checkpoint time",
+        )
+    };
+    let path = f.path.as_deref().unwrap_or_default();
+    let c = std::ffi::CString::new(path).map_err(|_| IoError::from(ErrorKind::InvalidInput))?;
+    // SAFETY: zeroed stat is valid; stat writes into it through a valid pointer and
+    // reads a valid C string.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
+        return Err(IoError::last_os_error());
+    }
+    if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
+        return Err(changed());
+    }
+    let flags = f.status_flags & REOPEN_FLAGS;
+    // SAFETY: valid C string; open returns a new descriptor or -1.
+    let new = unsafe {
+        libc::open(
+            c.as_ptr(),
+            flags | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if new < 0 {
+        return Err(IoError::last_os_error());
+    }
+    // SAFETY: `new` was just opened and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(new) };
+    if identity(new) != Some((f.dev, f.ino)) {
+        return Err(changed());
+    }
+    if flags & libc::O_NONBLOCK == 0 && flags & libc::O_PATH == 0 {
+        // SAFETY: F_GETFL/F_SETFL take no pointer; `new` is open.
+        let now = unsafe { libc::fcntl(new, libc::F_GETFL) };
+        // SAFETY: as above.
+        if now < 0 || unsafe { libc::fcntl(new, libc::F_SETFL, now & !libc::O_NONBLOCK) } != 0 {
+            return Err(IoError::last_os_error());
+        }
+    }
+    Ok(owned)
 }
 
 /// Byte strings that read well in JSON (text when UTF-8, `hex:..` otherwise) and stay

@@ -356,6 +356,8 @@ pub struct Ring {
     sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
+    /// Ops a quiesce canceled and no checkpoint has described yet (see `quiesce`).
+    quiesce_marked: Vec<u64>,
     dumps: Vec<introspect::DumpBinding>,
 }
 
@@ -436,6 +438,7 @@ impl Ring {
             deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
             paused: false,
+            quiesce_marked: Vec::new(),
             dumps: Vec::new(),
         })
     }

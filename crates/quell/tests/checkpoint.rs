@@ -516,6 +516,7 @@ both_backends! {
         };
         let readv = quell::OpDescriptor { user_data: 1, ..base.clone() };
         let writev = quell::OpDescriptor {
+            id: CheckpointId { slot: 1, generation: 0 },
             user_data: 2,
             kind: OpKind::Writev,
             offset: Some(2),
@@ -525,6 +526,7 @@ both_backends! {
             ..base.clone()
         };
         let recv = quell::OpDescriptor {
+            id: CheckpointId { slot: 2, generation: 0 },
             user_data: 3,
             kind: OpKind::Recv,
             fd: sa.as_raw_fd(),
