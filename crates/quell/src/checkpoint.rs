@@ -20,13 +20,14 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Version of the checkpoint format written by this build.
+/// Version of the checkpoint format written by this build (2: a [`FileRef`] records
+/// the file's type and birth time). Other versions are refused when read.
 ///
 /// ```
 /// let ckpt = quell::Ring::new().unwrap().quiesce(quell::QuiescePolicy::default()).unwrap();
 /// assert_eq!(ckpt.version, quell::CHECKPOINT_VERSION);
 /// ```
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// The op table of a quiesced ring, as data.
 ///
@@ -89,8 +90,20 @@ impl std::fmt::Display for CheckpointId {
 /// Which file a descriptor referred to at checkpoint time: identity to check before
 /// re-issuing, and what is needed to open it again.
 ///
+/// A file is told apart by device, inode number, file type and birth time: an inode
+/// number alone is reused as soon as its file is deleted (a FIFO made where a file was
+/// gets the same number on ext4 and tmpfs). `kind` and `born` are 0 in a reference
+/// made by hand, and then not compared.
+///
 /// ```
-/// let f = quell::FileRef { dev: 1, ino: 2, path: Some("/tmp/x".into()), status_flags: libc::O_RDWR };
+/// let f = quell::FileRef {
+///     dev: 1,
+///     ino: 2,
+///     kind: libc::S_IFREG,
+///     born: 0,
+///     path: Some("/tmp/x".into()),
+///     status_flags: libc::O_RDWR,
+/// };
 /// assert!(f.reopenable());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -99,6 +112,14 @@ pub struct FileRef {
     pub dev: u64,
     /// `st_ino`.
     pub ino: u64,
+    /// File type: the `S_IFMT` bits of `st_mode` (`S_IFREG`, `S_IFIFO`, `S_IFSOCK`, ...);
+    /// 0 if unknown.
+    #[serde(default)]
+    pub kind: u32,
+    /// Birth time (statx `stx_btime`) in nanoseconds since the epoch; 0 where the
+    /// filesystem keeps none (pipes, sockets, some filesystems).
+    #[serde(default)]
+    pub born: u64,
     /// The `/proc/self/fd` link: a path for files, `pipe:[..]`/`socket:[..]` otherwise.
     pub path: Option<String>,
     /// File status flags (`fcntl(F_GETFL)`): access mode, `O_APPEND`, `O_DIRECT`, ...
@@ -108,15 +129,25 @@ pub struct FileRef {
 impl FileRef {
     /// Describes the open descriptor `fd`; `None` if it is not open.
     pub(crate) fn of(fd: RawFd) -> Option<FileRef> {
-        let (dev, ino) = identity(fd)?;
+        let id = identity(fd)?;
         // SAFETY: F_GETFL takes no pointer.
         let status_flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         Some(FileRef {
-            dev,
-            ino,
+            dev: id.dev,
+            ino: id.ino,
+            kind: id.kind,
+            born: id.born,
             path: crate::info::fd_path(fd).map(|p| p.to_string_lossy().into_owned()),
             status_flags,
         })
+    }
+
+    /// Whether `id` is this file (what is unknown on either side is not compared).
+    pub(crate) fn is(&self, id: Identity) -> bool {
+        self.dev == id.dev
+            && self.ino == id.ino
+            && (self.kind == 0 || self.kind == id.kind)
+            && (self.born == 0 || id.born == 0 || self.born == id.born)
     }
 
     /// Whether the descriptor can be opened again by path (a file in a filesystem,
@@ -132,6 +163,7 @@ impl FileRef {
     /// // A socket has no path to open again: it must be passed over SCM_RIGHTS instead.
     /// for (fd, file) in ckpt.fds() {
     ///     assert_eq!(fd, r.as_raw_fd());
+    ///     assert_eq!(file.kind, libc::S_IFSOCK);
     ///     assert!(!file.reopenable());
     ///     assert!(file.path.unwrap().starts_with("socket:"));
     /// }
@@ -144,18 +176,57 @@ impl FileRef {
     }
 }
 
-/// `(st_dev, st_ino)` of an open descriptor.
-pub(crate) fn identity(fd: RawFd) -> Option<(u64, u64)> {
+/// What tells a file from another (see [`FileRef`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) kind: u32,
+    pub(crate) born: u64,
+}
+
+impl Identity {
+    fn of(st: &rustix::fs::Statx) -> Identity {
+        let born = if st.stx_mask & libc::STATX_BTIME != 0 {
+            (st.stx_btime.tv_sec as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(st.stx_btime.tv_nsec as u64)
+        } else {
+            0
+        };
+        Identity {
+            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            kind: st.stx_mode as u32 & libc::S_IFMT,
+            born,
+        }
+    }
+}
+
+const IDENTITY_MASK: rustix::fs::StatxFlags = rustix::fs::StatxFlags::TYPE
+    .union(rustix::fs::StatxFlags::INO)
+    .union(rustix::fs::StatxFlags::BTIME);
+
+/// The identity of an open descriptor; `None` if it is not open.
+pub(crate) fn identity(fd: RawFd) -> Option<Identity> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: zeroed stat is valid; fstat writes into it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is a valid out-pointer.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return None;
-    }
-    Some((st.st_dev, st.st_ino))
+    // SAFETY: borrowed for this one call; statx on a closed number fails with EBADF.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let st = rustix::fs::statx(fd, c"", rustix::fs::AtFlags::EMPTY_PATH, IDENTITY_MASK).ok()?;
+    Some(Identity::of(&st))
+}
+
+/// The identity of the file `path` names now (following symbolic links, as `open` does).
+fn identity_at(path: &std::ffi::CStr) -> std::io::Result<Identity> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        IDENTITY_MASK,
+    )?;
+    Ok(Identity::of(&st))
 }
 
 /// Everything needed to re-issue one op that was canceled before it finished.
@@ -444,6 +515,15 @@ impl OpDescriptor {
     }
 }
 
+fn check_version(version: u32) -> Result<(), Error> {
+    if version != CHECKPOINT_VERSION {
+        return Err(Error::Encoding(format!(
+            "checkpoint format {version} (this build reads {CHECKPOINT_VERSION})"
+        )));
+    }
+    Ok(())
+}
+
 /// A group path as [`Ring::quiesce`](crate::Ring::quiesce) writes them: `root`, then
 /// non-empty names, at most `MAX_GROUP_DEPTH` (64) of them.
 fn check_group_path(p: &str) -> Result<(), Error> {
@@ -574,7 +654,7 @@ impl Checkpoint {
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#)?;
+    /// let ckpt = quell::Checkpoint::from_json(r#"{"version":2,"pid":1,"ops":[],"unfinished":[]}"#)?;
     /// assert!(ckpt.ops.is_empty());
     /// // A checkpoint from another format version is refused, not misread.
     /// let newer = r#"{"version":99,"pid":1,"ops":[],"unfinished":[]}"#;
@@ -582,8 +662,14 @@ impl Checkpoint {
     /// # Ok(()) }
     /// ```
     pub fn from_json(s: &str) -> Result<Checkpoint, Error> {
-        let c: Checkpoint = serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))?;
-        c.check_version()
+        // The version first: another format is refused as such, not misread as this one.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))?;
+        check_version(v.version)?;
+        serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// The compact binary form (postcard).
@@ -619,18 +705,12 @@ impl Checkpoint {
     /// # Ok(()) }
     /// ```
     pub fn from_bytes(b: &[u8]) -> Result<Checkpoint, Error> {
-        let c: Checkpoint = postcard::from_bytes(b).map_err(|e| Error::Encoding(e.to_string()))?;
-        c.check_version()
-    }
-
-    fn check_version(self) -> Result<Checkpoint, Error> {
-        if self.version != CHECKPOINT_VERSION {
-            return Err(Error::Encoding(format!(
-                "checkpoint format {} (this build reads {CHECKPOINT_VERSION})",
-                self.version
-            )));
-        }
-        Ok(self)
+        // The version is the first field: read it alone first (postcard's fields are
+        // positional, so another version's bytes would be misread, not refused).
+        let (version, _) =
+            postcard::take_from_bytes::<u32>(b).map_err(|e| Error::Encoding(e.to_string()))?;
+        check_version(version)?;
+        postcard::from_bytes(b).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// Replaces descriptor number `old` by `new` in every op (after receiving the
@@ -659,7 +739,7 @@ impl Checkpoint {
     /// many ops changed.
     ///
     /// ```
-    /// # let mut ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#).unwrap();
+    /// # let mut ckpt = quell::Checkpoint::from_json(r#"{"version":2,"pid":1,"ops":[],"unfinished":[]}"#).unwrap();
     /// assert_eq!(ckpt.remap_fds(&[(3, 4), (4, 3)]), 0);
     /// ```
     pub fn remap_fds(&mut self, pairs: &[(RawFd, RawFd)]) -> usize {
@@ -754,7 +834,7 @@ impl Checkpoint {
     pub fn reopen_files(&mut self) -> Reopened {
         let mut out = Reopened::default();
         for (fd, f) in self.fds() {
-            if identity(fd) == Some((f.dev, f.ino)) {
+            if identity(fd).is_some_and(|id| f.is(id)) {
                 continue;
             }
             if !f.reopenable() {
@@ -811,14 +891,7 @@ fn reopen(f: &FileRef) -> std::io::Result<OwnedFd> {
     };
     let path = f.path.as_deref().unwrap_or_default();
     let c = std::ffi::CString::new(path).map_err(|_| IoError::from(ErrorKind::InvalidInput))?;
-    // SAFETY: zeroed stat is valid; stat writes into it through a valid pointer and
-    // reads a valid C string.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
-        return Err(IoError::last_os_error());
-    }
-    if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
+    if !f.is(identity_at(&c)?) {
         return Err(changed());
     }
     let flags = f.status_flags & REOPEN_FLAGS;
@@ -834,7 +907,7 @@ fn reopen(f: &FileRef) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: `new` was just opened and is owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(new) };
-    if identity(new) != Some((f.dev, f.ino)) {
+    if !identity(new).is_some_and(|id| f.is(id)) {
         return Err(changed());
     }
     if flags & libc::O_NONBLOCK == 0 && flags & libc::O_PATH == 0 {

@@ -500,9 +500,7 @@ impl Ring {
             let Some(f) = file else { continue };
             match identity(fd) {
                 None => return Err(Refused::new(Error::InvalidFd { fd }, mem)),
-                Some(id) if id != (f.dev, f.ino) => {
-                    return Err(Refused::new(Error::FdChanged { fd }, mem))
-                }
+                Some(id) if !f.is(id) => return Err(Refused::new(Error::FdChanged { fd }, mem)),
                 Some(_) => checked[i] = Some(fd),
             }
         }

@@ -74,6 +74,8 @@ fn file_of(fd: RawFd) -> FileRef {
     FileRef {
         dev: st.st_dev,
         ino: st.st_ino,
+        kind: st.st_mode & libc::S_IFMT,
+        born: 0,
         path: None,
         status_flags: libc::O_RDWR,
     }
@@ -490,7 +492,8 @@ both_backends! {
             json.replace("\"len\": 4", "\"len\": 18446744073709551616"),
             json.replace("\"len\": 4", "\"len\": 1e30"),
             json.replace("\"kind\": \"Read\"", "\"kind\": \"Frobnicate\""),
-            json.replace(&format!("\"version\": {CHECKPOINT_VERSION}"), "\"version\": 2"),
+            json.replace(&format!("\"version\": {CHECKPOINT_VERSION}"), "\"version\": 1"),
+            json.replace(&format!("\"version\": {CHECKPOINT_VERSION}"), "\"version\": 4294967296"),
             json.replace("\"sleep\": null", "\"sleep\": {\"secs\": 18446744073709551615, \"nanos\": 4000000000}"),
             json.replace("\"data\": \"\"", "\"data\": \"hex:zz\""),
             json.replace("\"data\": \"\"", "\"data\": \"hex:abc\""),
@@ -560,6 +563,50 @@ both_backends! {
         assert!(largest < ALLOC_CEILING, "{largest} bytes");
         settle(&mut ring, &ids);
         drop(w);
+    }
+
+    /// DESIGN I12: a descriptor number closed, its file deleted, and the number taken by
+    /// a new file — which often gets the deleted file's inode number back: the op is
+    /// refused (`FdChanged`), never run on the new file (the file's type and birth time
+    /// tell them apart; before, an equal inode number let it through).
+    fn a_number_reused_by_a_new_file_with_the_old_inode_is_refused(b: BackendChoice) {
+        let mut reused = 0;
+        for round in 0..8 {
+            let (path, f) = temp_file(&format!("reuse-{b:?}-{round}"));
+            let mut ring = Ring::builder().backend(b).capacity(8).max_in_flight(1).build().unwrap();
+            let (r, _w) = pipe();
+            ring.submit(Op::read(r.as_raw_fd(), vec![0; 4])).unwrap(); // takes the window
+            ring.submit(Op::write_at(f.as_raw_fd(), 0, b"old!".to_vec()).user_data(9)).unwrap();
+            let ckpt = ring.quiesce(QuiescePolicy::default()).unwrap();
+            drop(ring);
+            let d = ckpt.ops.iter().find(|d| d.user_data == 9).unwrap();
+            let fd = f.as_raw_fd();
+            let old_ino = d.file.as_ref().unwrap().ino;
+            // The number stays taken throughout (other tests run in this process):
+            // /dev/null holds it while the deleted file is closed and its inode freed.
+            std::fs::remove_file(&path).unwrap();
+            let null = std::fs::File::open("/dev/null").unwrap();
+            // SAFETY: both descriptors are open; `f` owns `fd` and keeps owning it.
+            assert_eq!(unsafe { libc::dup2(null.as_raw_fd(), fd) }, fd);
+            // A FIFO where the file was (opened read-write: no partner needed), at the old number.
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid C string.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let fifo = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::dup2(fifo.as_raw_fd(), fd) }, fd);
+            if rustix::fs::fstat(&f).unwrap().st_ino == old_ino {
+                reused += 1;
+            }
+            let mut fresh = common::ring(b, 8);
+            let i = ckpt.ops.iter().position(|d| d.user_data == 9).unwrap();
+            let e = fresh.resubmit(&ckpt, Buffers::new()).remove(i).unwrap_err();
+            assert!(matches!(e.error, Error::FdChanged { fd: n } if n == fd), "{e}");
+            assert!(drain_nonblocking(fifo.as_raw_fd()).is_empty(), "the write reached the FIFO");
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+        }
+        eprintln!("[{b:?}] the new file had the old inode number in {reused} of 8 rounds");
     }
 
     /// Ops whose deadline passes while a quiesce waits (a Bounded op detached, a
