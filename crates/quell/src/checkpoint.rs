@@ -883,12 +883,7 @@ const REOPEN_FLAGS: i32 = libc::O_ACCMODE
 /// terminal, and the opened file checked again (the path may change in between).
 fn reopen(f: &FileRef) -> std::io::Result<OwnedFd> {
     use std::io::{Error as IoError, ErrorKind};
-    let changed = || {
-        IoError::new(
-            ErrorKind::Other,
-            "the path names another file than at checkpoint time",
-        )
-    };
+    let changed = || IoError::other("the path names another file than at checkpoint time");
     let path = f.path.as_deref().unwrap_or_default();
     let c = std::ffi::CString::new(path).map_err(|_| IoError::from(ErrorKind::InvalidInput))?;
     if !f.is(identity_at(&c)?) {

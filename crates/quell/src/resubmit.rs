@@ -367,7 +367,7 @@ impl std::error::Error for ResubmitError {
 /// A refusal inside `resubmit`, before it is numbered.
 struct Refused {
     error: Error,
-    op: Option<Op>,
+    op: Option<Box<Op>>,
     buffer: Option<ResubmitBuffer>,
 }
 
@@ -462,7 +462,7 @@ impl Ring {
                 index,
                 user_data: d.user_data,
                 error: f.error,
-                op: f.op.map(Box::new),
+                op: f.op,
                 buffer: f.buffer,
             });
             if let Err(e) = &r {
@@ -552,7 +552,7 @@ impl Ring {
                 let (error, op) = e.into_parts();
                 Err(Refused {
                     error,
-                    op: (!fresh).then_some(op),
+                    op: (!fresh).then(|| Box::new(op)),
                     buffer: None,
                 })
             }

@@ -618,14 +618,19 @@ both_backends! {
         let pipes: Vec<_> = (0..5).map(|_| pipe()).collect();
         let soon = Instant::now() + Duration::from_millis(300);
         let g = ring.group(GroupId::ROOT, GroupOptions::default().name("g").deadline(soon)).unwrap();
-        let mut submitted = Vec::new();
-        // Bounded by declaration (as device I/O would be): a deadline can only detach it.
-        submitted.push(ring.submit(Op::read(pipes[0].0.as_raw_fd(), vec![0; 4]).class(CancelClass::Bounded).deadline(soon).user_data(0)).unwrap());
-        submitted.push(ring.submit(Op::read(pipes[1].0.as_raw_fd(), vec![0; 4]).class(CancelClass::Bounded).group(g).user_data(1)).unwrap());
-        submitted.push(ring.submit(Op::read(pipes[2].0.as_raw_fd(), vec![0; 4]).deadline(soon).user_data(2)).unwrap());
-        // Behind the full window: still queued when the quiesce starts.
-        submitted.push(ring.submit(Op::read(pipes[3].0.as_raw_fd(), vec![0; 4]).deadline(soon).user_data(3)).unwrap());
-        submitted.push(ring.submit(Op::read(pipes[4].0.as_raw_fd(), vec![0; 4]).group(g).user_data(4)).unwrap());
+        let rd = |i: usize| Op::read(pipes[i].0.as_raw_fd(), vec![0; 4]).user_data(i as u64);
+        let submitted: Vec<_> = [
+            // Bounded by declaration (as device I/O would be): a deadline can only detach it.
+            rd(0).class(CancelClass::Bounded).deadline(soon),
+            rd(1).class(CancelClass::Bounded).group(g),
+            rd(2).deadline(soon),
+            // Behind the full window: still queued when the quiesce starts.
+            rd(3).deadline(soon),
+            rd(4).group(g),
+        ]
+        .into_iter()
+        .map(|op| ring.submit(op).unwrap())
+        .collect();
         ring.flush().unwrap();
         let ckpt = ring.quiesce(QuiescePolicy::default().bound(Duration::from_secs(3))).unwrap();
         let listed: HashMap<_, _> = ring.ops().into_iter().map(|o| (o.id, o)).collect();
