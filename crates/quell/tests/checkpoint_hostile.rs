@@ -366,6 +366,14 @@ both_backends! {
         assert_eq!(info[0].group, api, "the op went to a group left behind by a refused op");
         assert_eq!(ring.cancel_group(api).unwrap(), 1);
         assert!(ring.wait_for(id).unwrap().outcome.is_canceled());
+        // Refused by the ring itself after the groups on its path were made (a draining
+        // parent's new child drains too): the groups made for it are removed again.
+        let gate = ring.group(GroupId::ROOT, GroupOptions::default().name("gate")).unwrap();
+        ring.drain(gate).unwrap();
+        let ckpt = checkpoint(vec![OpDescriptor { group_path: "root/gate/new/deeper".into(), ..read_desc(fd, 70) }]);
+        let e = resubmit_checked(&mut ring, &ckpt, Buffers::new()).remove(0).unwrap_err();
+        assert!(matches!(e.error, Error::Draining), "{e}");
+        ring.remove_group(gate).expect("no group left behind under the draining one");
     }
 
     /// Two descriptors with one id (no ring writes that): both are refused, since
