@@ -396,8 +396,9 @@ impl Ring {
     /// not be re-issued (its descriptor closed or now on another file, missing data, a
     /// closure op, a refusal by the ring). Transfers continue where they stopped: same
     /// buffer size, the bytes already moved skipped, and the completion reports the
-    /// whole op's total. Groups are found (or created) by path; deadlines restart with
-    /// the time that was left.
+    /// whole op's total (a splice, which has no buffer, continues for the bytes it had
+    /// left and its completion counts those). Groups are found (or created) by path;
+    /// deadlines restart with the time that was left.
     ///
     /// A checkpoint is input (from disk, from another program): every descriptor is
     /// checked ([`OpDescriptor::check`]) before anything is allocated or changed for it,
@@ -651,7 +652,7 @@ fn rebuild(d: &OpDescriptor, mem: Option<ResubmitBuffer>) -> Result<Rebuilt, Ref
     // Memory the caller gave goes back with a refusal; memory made here is dropped.
     let back = |m: ResubmitBuffer| given.then_some(m);
     let path = |p: &Option<Vec<u8>>| OsStr::from_bytes(p.as_deref().unwrap_or_default()).to_owned();
-    let writes = !d.kind.is_read() && d.kind.is_transfer();
+    let writes = matches!(d.kind, OpKind::Write | OpKind::Writev | OpKind::Send);
     if writes && !given && d.data.is_none() && d.remaining() > 0 {
         return Err(Refused::new(
             Error::MissingData {

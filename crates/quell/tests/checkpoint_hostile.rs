@@ -376,6 +376,28 @@ both_backends! {
         ring.remove_group(gate).expect("no group left behind under the draining one");
     }
 
+    /// A splice stopped part-way (no buffer, no carried bytes: none are needed)
+    /// continues for the bytes it had left, from where it stopped (the MissingData
+    /// refusal meant for writes must not reach it).
+    fn a_splice_stopped_part_way_continues(b: BackendChoice) {
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        let d = OpDescriptor {
+            kind: OpKind::Splice,
+            fd2: w2.as_raw_fd(),
+            file2: Some(file_of(w2.as_raw_fd())),
+            len: 6,
+            transferred: 2,
+            data: None,
+            ..read_desc(r1.as_raw_fd(), 1)
+        };
+        let mut ring = ring(b, 8);
+        let id = *resubmit_checked(&mut ring, &checkpoint(vec![d]), Buffers::new())[0].as_ref().unwrap();
+        write_all(w1.as_raw_fd(), b"cdef");
+        assert_eq!(ring.wait_for(id).unwrap().outcome, Outcome::Done(4));
+        assert_eq!(drain_nonblocking(r2.as_raw_fd()), b"cdef");
+    }
+
     /// Two descriptors with one id (no ring writes that): both are refused, since
     /// neither can be told to be the op the buffers given for that id belong to; the
     /// given buffer comes back in the error, not dropped.
