@@ -24,12 +24,14 @@
 //! - a `close` gets a duplicate of its object made for it alone, so it can close nothing
 //!   else (the harness closes the duplicate itself if the op did not).
 //! - path ops resolve in the private directory only: paths lose leading `/` and `..`
-//!   components (NUL bytes and lengths stay, for the checks to see). Nothing there can
-//!   create a symbolic link, device or FIFO, so nothing resolves outside it.
+//!   components (NUL bytes and lengths stay, for the checks to see). No op can create
+//!   a symbolic link or FIFO there (a rename's whiteout is a 0:0 device that cannot be
+//!   opened), so nothing resolves outside it.
 //! - `fallocate` beyond 1 MiB is pointed at the pipe (`ESPIPE`): on the memfd it would
 //!   take that much memory. Writes are bounded by the input's carried bytes.
 //! - `reopen_files` is not fuzzed: it opens the paths a checkpoint names (devices
 //!   included), which is why it is documented as for trusted checkpoints only.
+//!
 //! Running under the fake backend instead would miss what matters here: the real
 //! backends receiving what `resubmit` lets through.
 #![no_main]
