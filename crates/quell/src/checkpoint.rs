@@ -17,16 +17,17 @@ use crate::outcome::{CancelClass, OpState};
 use crate::Error;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Version of the checkpoint format written by this build.
+/// Version of the checkpoint format written by this build (2: a [`FileRef`] records
+/// the file's type and birth time). Other versions are refused when read.
 ///
 /// ```
 /// let ckpt = quell::Ring::new().unwrap().quiesce(quell::QuiescePolicy::default()).unwrap();
 /// assert_eq!(ckpt.version, quell::CHECKPOINT_VERSION);
 /// ```
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// The op table of a quiesced ring, as data.
 ///
@@ -89,8 +90,20 @@ impl std::fmt::Display for CheckpointId {
 /// Which file a descriptor referred to at checkpoint time: identity to check before
 /// re-issuing, and what is needed to open it again.
 ///
+/// A file is told apart by device, inode number, file type and birth time: an inode
+/// number alone is reused as soon as its file is deleted (a FIFO made where a file was
+/// gets the same number on ext4 and tmpfs). `kind` and `born` are 0 in a reference
+/// made by hand, and then not compared.
+///
 /// ```
-/// let f = quell::FileRef { dev: 1, ino: 2, path: Some("/tmp/x".into()), status_flags: libc::O_RDWR };
+/// let f = quell::FileRef {
+///     dev: 1,
+///     ino: 2,
+///     kind: libc::S_IFREG,
+///     born: 0,
+///     path: Some("/tmp/x".into()),
+///     status_flags: libc::O_RDWR,
+/// };
 /// assert!(f.reopenable());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -99,6 +112,14 @@ pub struct FileRef {
     pub dev: u64,
     /// `st_ino`.
     pub ino: u64,
+    /// File type: the `S_IFMT` bits of `st_mode` (`S_IFREG`, `S_IFIFO`, `S_IFSOCK`, ...);
+    /// 0 if unknown.
+    #[serde(default)]
+    pub kind: u32,
+    /// Birth time (statx `stx_btime`) in nanoseconds since the epoch; 0 where the
+    /// filesystem keeps none (pipes, sockets, some filesystems).
+    #[serde(default)]
+    pub born: u64,
     /// The `/proc/self/fd` link: a path for files, `pipe:[..]`/`socket:[..]` otherwise.
     pub path: Option<String>,
     /// File status flags (`fcntl(F_GETFL)`): access mode, `O_APPEND`, `O_DIRECT`, ...
@@ -108,15 +129,25 @@ pub struct FileRef {
 impl FileRef {
     /// Describes the open descriptor `fd`; `None` if it is not open.
     pub(crate) fn of(fd: RawFd) -> Option<FileRef> {
-        let (dev, ino) = identity(fd)?;
+        let id = identity(fd)?;
         // SAFETY: F_GETFL takes no pointer.
         let status_flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         Some(FileRef {
-            dev,
-            ino,
+            dev: id.dev,
+            ino: id.ino,
+            kind: id.kind,
+            born: id.born,
             path: crate::info::fd_path(fd).map(|p| p.to_string_lossy().into_owned()),
             status_flags,
         })
+    }
+
+    /// Whether `id` is this file (what is unknown on either side is not compared).
+    pub(crate) fn is(&self, id: Identity) -> bool {
+        self.dev == id.dev
+            && self.ino == id.ino
+            && (self.kind == 0 || self.kind == id.kind)
+            && (self.born == 0 || id.born == 0 || self.born == id.born)
     }
 
     /// Whether the descriptor can be opened again by path (a file in a filesystem,
@@ -132,6 +163,7 @@ impl FileRef {
     /// // A socket has no path to open again: it must be passed over SCM_RIGHTS instead.
     /// for (fd, file) in ckpt.fds() {
     ///     assert_eq!(fd, r.as_raw_fd());
+    ///     assert_eq!(file.kind, libc::S_IFSOCK);
     ///     assert!(!file.reopenable());
     ///     assert!(file.path.unwrap().starts_with("socket:"));
     /// }
@@ -144,18 +176,57 @@ impl FileRef {
     }
 }
 
-/// `(st_dev, st_ino)` of an open descriptor.
-pub(crate) fn identity(fd: RawFd) -> Option<(u64, u64)> {
+/// What tells a file from another (see [`FileRef`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) kind: u32,
+    pub(crate) born: u64,
+}
+
+impl Identity {
+    fn of(st: &rustix::fs::Statx) -> Identity {
+        let born = if st.stx_mask & libc::STATX_BTIME != 0 {
+            (st.stx_btime.tv_sec as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(st.stx_btime.tv_nsec as u64)
+        } else {
+            0
+        };
+        Identity {
+            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            kind: st.stx_mode as u32 & libc::S_IFMT,
+            born,
+        }
+    }
+}
+
+const IDENTITY_MASK: rustix::fs::StatxFlags = rustix::fs::StatxFlags::TYPE
+    .union(rustix::fs::StatxFlags::INO)
+    .union(rustix::fs::StatxFlags::BTIME);
+
+/// The identity of an open descriptor; `None` if it is not open.
+pub(crate) fn identity(fd: RawFd) -> Option<Identity> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: zeroed stat is valid; fstat writes into it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is a valid out-pointer.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return None;
-    }
-    Some((st.st_dev, st.st_ino))
+    // SAFETY: borrowed for this one call; statx on a closed number fails with EBADF.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let st = rustix::fs::statx(fd, c"", rustix::fs::AtFlags::EMPTY_PATH, IDENTITY_MASK).ok()?;
+    Some(Identity::of(&st))
+}
+
+/// The identity of the file `path` names now (following symbolic links, as `open` does).
+fn identity_at(path: &std::ffi::CStr) -> std::io::Result<Identity> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        IDENTITY_MASK,
+    )?;
+    Ok(Identity::of(&st))
 }
 
 /// Everything needed to re-issue one op that was canceled before it finished.
@@ -233,7 +304,201 @@ pub struct OpDescriptor {
     pub data: Option<Vec<u8>>,
 }
 
+/// Deepest group path [`Ring::resubmit`](crate::Ring::resubmit) re-creates (names below
+/// the root). Each level is a group in the new ring: a hostile path must not make
+/// thousands of them.
+const MAX_GROUP_DEPTH: usize = 64;
+
+/// Longest wait a checkpoint may carry (a deadline's time left, a timeout's sleep): a
+/// little over 292 years, so that every clock and timespec the ring converts it into
+/// holds it.
+const MAX_WAIT: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Longest path a path op may carry (`PATH_MAX` counts the terminating NUL).
+const MAX_PATH: usize = libc::PATH_MAX as usize - 1;
+
+/// Most buffers one vectored op may have (`IOV_MAX`).
+const MAX_IOVS: usize = 1024;
+
 impl OpDescriptor {
+    /// Checks that the descriptor describes an op the ring could have accepted, before
+    /// anything is allocated or changed for it: every length within the ring's limits
+    /// (at most `i32::MAX` bytes per transfer, as [`Ring::submit`](crate::Ring::submit)
+    /// requires; at most 1024 buffers), offsets within `i64::MAX`, carried bytes exactly
+    /// the ones the op moved (or still has to move), paths without NUL bytes and
+    /// shorter than `PATH_MAX`, waits a clock can hold, a group path under `root` at
+    /// most 64 groups deep, and only the fields its kind uses. A checkpoint is input from disk: this is what
+    /// stands between a corrupt one and an allocation of `len` bytes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 16]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default())?;
+    /// assert!(ckpt.ops[0].check().is_ok());
+    /// let mut bad = ckpt.ops[0].clone();
+    /// bad.len = u64::MAX; // as a corrupt file could say
+    /// assert!(matches!(bad.check(), Err(quell::Error::TooLong { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn check(&self) -> Result<(), Error> {
+        use OpKind::*;
+        let bad = |why: &'static str| Err(Error::InvalidArgument(why));
+        let k = self.kind;
+        if k == Blocking {
+            return Err(Error::Unsupported {
+                op: "blocking",
+                backend: "checkpoint",
+                why: "a closure cannot be checkpointed",
+            });
+        }
+        check_group_path(&self.group_path)?;
+        if self.deadline_left.is_some_and(|d| d > MAX_WAIT) {
+            return bad("deadline further away than any clock holds");
+        }
+        // Descriptors: an op acts only on a file whose identity the checkpoint recorded
+        // (DESIGN I12), so a number is never taken on trust.
+        let dir = |fd: RawFd, file: &Option<FileRef>| match (fd, file) {
+            (libc::AT_FDCWD, None) => Ok(()),
+            (fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
+            (_, None) => Err(Error::InvalidArgument(
+                "no file identity recorded for the descriptor",
+            )),
+            _ => Ok(()),
+        };
+        let fd = |fd: RawFd, file: &Option<FileRef>| match (fd, file) {
+            (fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
+            (_, None) => Err(Error::InvalidArgument(
+                "no file identity recorded for the descriptor",
+            )),
+            _ => Ok(()),
+        };
+        match k {
+            Nop | Timeout | Blocking => {}
+            OpenAt | Statx | UnlinkAt => dir(self.fd, &self.file)?,
+            RenameAt => {
+                dir(self.fd, &self.file)?;
+                dir(self.fd2, &self.file2)?;
+            }
+            Splice => {
+                fd(self.fd, &self.file)?;
+                fd(self.fd2, &self.file2)?;
+            }
+            _ => fd(self.fd, &self.file)?,
+        }
+        // Fields the kind does not use would be dropped silently: refuse them.
+        let vectored = matches!(k, Readv | Writev);
+        if !vectored && !self.iov_lens.is_empty() {
+            return bad("buffer lengths on an op that is not vectored");
+        }
+        if !k.is_path_op() && (self.path.is_some() || self.path2.is_some()) {
+            return bad("a path on an op that takes none");
+        }
+        if k != RenameAt && self.path2.is_some() {
+            return bad("a second path on an op that takes one");
+        }
+        if k != Connect && self.addr.is_some() {
+            return bad("an address on an op that takes none");
+        }
+        if k != Timeout && self.sleep.is_some() {
+            return bad("a sleep on an op that is not a timeout");
+        }
+        if k != Splice && self.offset2.is_some() {
+            return bad("a second offset on an op that takes one");
+        }
+        let positioned = matches!(k, Read | Write | Readv | Writev | Fallocate | Splice);
+        if !positioned && self.offset.is_some() {
+            return bad("an offset on an op that takes none");
+        }
+        let buffered = matches!(k, Read | Write | Readv | Writev | Send | Recv);
+        if !buffered && self.data.is_some() {
+            return bad("carried bytes on an op that has no buffer");
+        }
+        if self.transferred > self.len {
+            return bad("more bytes moved than the op's length");
+        }
+        if !k.is_transfer() && self.transferred != 0 {
+            return bad("bytes moved by an op that moves none");
+        }
+        // Lengths: the ring's own limits, checked before any buffer is made for them.
+        match k {
+            Read | Write | Send | Recv if self.len > i32::MAX as u64 => {
+                return Err(Error::TooLong { len: self.len })
+            }
+            Readv | Writev => {
+                if self.iov_lens.is_empty() {
+                    return bad("vectored op with no buffers");
+                }
+                if self.iov_lens.len() > MAX_IOVS {
+                    return bad("more than 1024 (IOV_MAX) buffers");
+                }
+                let mut total = 0u64;
+                for &l in &self.iov_lens {
+                    total = total.saturating_add(l);
+                }
+                if total > i32::MAX as u64 {
+                    return Err(Error::TooLong { len: total });
+                }
+                if total != self.len {
+                    return bad("buffer lengths do not add up to the op's length");
+                }
+            }
+            Splice if self.len > u32::MAX as u64 => {
+                return bad("splice length does not fit 32 bits")
+            }
+            Fallocate if self.len > i64::MAX as u64 => {
+                return Err(Error::TooLong { len: self.len })
+            }
+            _ => {}
+        }
+        // Offsets: a file position is an `i64`, and so is the end of the range.
+        let span = |o: Option<u64>| match o {
+            Some(o) if o > i64::MAX as u64 - self.len.min(i64::MAX as u64) => {
+                Err(Error::InvalidArgument("offset beyond i64::MAX"))
+            }
+            _ => Ok(()),
+        };
+        span(self.offset)?;
+        span(self.offset2)?;
+        if k == Fallocate && self.offset.is_none() {
+            return bad("fallocate without an offset");
+        }
+        // Carried bytes: exactly the ones moved (a read's) or still to move (a write's).
+        if let Some(data) = &self.data {
+            let want = if k.is_read() {
+                self.transferred
+            } else {
+                self.len - self.transferred
+            };
+            if data.len() as u64 != want {
+                return bad("carried bytes do not match the bytes moved");
+            }
+        }
+        match k {
+            Connect if self.addr.is_none() => return bad("connect without an address"),
+            Timeout => match self.sleep {
+                None => return bad("timeout without a sleep"),
+                Some(d) if d > MAX_WAIT => return bad("sleep longer than any clock holds"),
+                _ => {}
+            },
+            OpenAt | Statx if self.mode > u32::MAX as u64 => {
+                return bad("mode does not fit 32 bits")
+            }
+            _ => {}
+        }
+        if k.is_path_op() {
+            check_path(&self.path)?;
+            if k == RenameAt {
+                check_path(&self.path2)?;
+            }
+        } else if self.mode != 0 {
+            return bad("a mode on an op that takes none");
+        }
+        Ok(())
+    }
+
     /// Bytes still to move.
     ///
     /// ```
@@ -247,6 +512,44 @@ impl OpDescriptor {
     /// ```
     pub fn remaining(&self) -> u64 {
         self.len.saturating_sub(self.transferred)
+    }
+}
+
+fn check_version(version: u32) -> Result<(), Error> {
+    if version != CHECKPOINT_VERSION {
+        return Err(Error::Encoding(format!(
+            "checkpoint format {version} (this build reads {CHECKPOINT_VERSION})"
+        )));
+    }
+    Ok(())
+}
+
+/// A group path as [`Ring::quiesce`](crate::Ring::quiesce) writes them: `root`, then
+/// non-empty names, at most `MAX_GROUP_DEPTH` (64) of them.
+fn check_group_path(p: &str) -> Result<(), Error> {
+    let mut parts = p.split('/');
+    if parts.next() != Some("root") {
+        return Err(Error::InvalidArgument("group path does not start at root"));
+    }
+    for (depth, name) in parts.enumerate() {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("empty group name in group path"));
+        }
+        if depth >= MAX_GROUP_DEPTH {
+            return Err(Error::InvalidArgument("group path too deep"));
+        }
+    }
+    Ok(())
+}
+
+/// A path a path op can pass to the kernel.
+fn check_path(p: &Option<Vec<u8>>) -> Result<(), Error> {
+    match p.as_deref() {
+        None => Err(Error::InvalidArgument("path op without a path")),
+        Some([]) => Err(Error::InvalidArgument("empty path")),
+        Some(b) if b.contains(&0) => Err(Error::InvalidArgument("path contains a NUL byte")),
+        Some(b) if b.len() > MAX_PATH => Err(Error::InvalidArgument("path longer than PATH_MAX")),
+        Some(_) => Ok(()),
     }
 }
 
@@ -351,7 +654,7 @@ impl Checkpoint {
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#)?;
+    /// let ckpt = quell::Checkpoint::from_json(r#"{"version":2,"pid":1,"ops":[],"unfinished":[]}"#)?;
     /// assert!(ckpt.ops.is_empty());
     /// // A checkpoint from another format version is refused, not misread.
     /// let newer = r#"{"version":99,"pid":1,"ops":[],"unfinished":[]}"#;
@@ -359,8 +662,14 @@ impl Checkpoint {
     /// # Ok(()) }
     /// ```
     pub fn from_json(s: &str) -> Result<Checkpoint, Error> {
-        let c: Checkpoint = serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))?;
-        c.check_version()
+        // The version first: another format is refused as such, not misread as this one.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))?;
+        check_version(v.version)?;
+        serde_json::from_str(s).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// The compact binary form (postcard).
@@ -396,18 +705,12 @@ impl Checkpoint {
     /// # Ok(()) }
     /// ```
     pub fn from_bytes(b: &[u8]) -> Result<Checkpoint, Error> {
-        let c: Checkpoint = postcard::from_bytes(b).map_err(|e| Error::Encoding(e.to_string()))?;
-        c.check_version()
-    }
-
-    fn check_version(self) -> Result<Checkpoint, Error> {
-        if self.version != CHECKPOINT_VERSION {
-            return Err(Error::Encoding(format!(
-                "checkpoint format {} (this build reads {CHECKPOINT_VERSION})",
-                self.version
-            )));
-        }
-        Ok(self)
+        // The version is the first field: read it alone first (postcard's fields are
+        // positional, so another version's bytes would be misread, not refused).
+        let (version, _) =
+            postcard::take_from_bytes::<u32>(b).map_err(|e| Error::Encoding(e.to_string()))?;
+        check_version(version)?;
+        postcard::from_bytes(b).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// Replaces descriptor number `old` by `new` in every op (after receiving the
@@ -436,7 +739,7 @@ impl Checkpoint {
     /// many ops changed.
     ///
     /// ```
-    /// # let mut ckpt = quell::Checkpoint::from_json(r#"{"version":1,"pid":1,"ops":[],"unfinished":[]}"#).unwrap();
+    /// # let mut ckpt = quell::Checkpoint::from_json(r#"{"version":2,"pid":1,"ops":[],"unfinished":[]}"#).unwrap();
     /// assert_eq!(ckpt.remap_fds(&[(3, 4), (4, 3)]), 0);
     /// ```
     pub fn remap_fds(&mut self, pairs: &[(RawFd, RawFd)]) -> usize {
@@ -499,6 +802,13 @@ impl Checkpoint {
     /// `SCM_RIGHTS` and [`remap_fd`](Checkpoint::remap_fd). A descriptor that is open
     /// here on the very same file is kept.
     ///
+    /// A path that now names another file (replaced, or a FIFO or device put in its
+    /// place) is not opened: it is reported in [`Reopened::failed`], and the ops on it
+    /// are then refused by [`Ring::resubmit`](crate::Ring::resubmit), as every op keeps
+    /// acting on the file it was submitted on (DESIGN I12). The paths come from the
+    /// checkpoint: reopen files only from checkpoints you trust (or look at
+    /// [`fds`](Checkpoint::fds) first), as opening some devices has effects of its own.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::os::fd::AsRawFd;
@@ -524,7 +834,7 @@ impl Checkpoint {
     pub fn reopen_files(&mut self) -> Reopened {
         let mut out = Reopened::default();
         for (fd, f) in self.fds() {
-            if identity(fd) == Some((f.dev, f.ino)) {
+            if identity(fd).is_some_and(|id| f.is(id)) {
                 continue;
             }
             if !f.reopenable() {
@@ -540,30 +850,70 @@ impl Checkpoint {
                 ));
                 continue;
             }
-            let path = f.path.as_deref().unwrap_or_default();
-            let Ok(c) = std::ffi::CString::new(path) else {
-                out.failed
-                    .push((fd, std::io::ErrorKind::InvalidInput.into()));
-                continue;
-            };
-            let flags = (f.status_flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
-                | libc::O_CLOEXEC;
-            // SAFETY: valid C string; open returns a new descriptor or -1.
-            let new = unsafe { libc::open(c.as_ptr(), flags) };
-            if new < 0 {
-                out.failed.push((fd, std::io::Error::last_os_error()));
-                continue;
+            match reopen(&f) {
+                Ok(owned) => {
+                    let new = owned.as_raw_fd();
+                    let (dev, ino) = (f.dev, f.ino);
+                    self.remap_where(|n, file| {
+                        (n == fd && file.dev == dev && file.ino == ino).then_some(new)
+                    });
+                    out.fds.push(owned);
+                }
+                Err(e) => out.failed.push((fd, e)),
             }
-            // SAFETY: `new` was just opened and is owned by nobody else.
-            let owned = unsafe { OwnedFd::from_raw_fd(new) };
-            let (dev, ino) = (f.dev, f.ino);
-            self.remap_where(|n, file| {
-                (n == fd && file.dev == dev && file.ino == ino).then_some(new)
-            });
-            out.fds.push(owned);
         }
         out
     }
+}
+
+/// Status flags a descriptor can be opened again with; the rest of what `F_GETFL`
+/// reports (or a corrupt checkpoint says) is not asked for.
+const REOPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_DIRECT
+    | libc::O_DSYNC
+    | libc::O_NOATIME
+    | libc::O_NONBLOCK
+    | libc::O_PATH
+    | libc::O_SYNC;
+
+/// Opens `f` again by its path, only if the path still names the very same file (DESIGN
+/// I12): the path is looked at before it is opened (a FIFO or device now at the path
+/// is not opened at all), opened without blocking and without taking a controlling
+/// terminal, and the opened file checked again (the path may change in between).
+fn reopen(f: &FileRef) -> std::io::Result<OwnedFd> {
+    use std::io::{Error as IoError, ErrorKind};
+    let changed = || IoError::other("the path names another file than at checkpoint time");
+    let path = f.path.as_deref().unwrap_or_default();
+    let c = std::ffi::CString::new(path).map_err(|_| IoError::from(ErrorKind::InvalidInput))?;
+    if !f.is(identity_at(&c)?) {
+        return Err(changed());
+    }
+    let flags = f.status_flags & REOPEN_FLAGS;
+    // SAFETY: valid C string; open returns a new descriptor or -1.
+    let new = unsafe {
+        libc::open(
+            c.as_ptr(),
+            flags | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if new < 0 {
+        return Err(IoError::last_os_error());
+    }
+    // SAFETY: `new` was just opened and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(new) };
+    if !identity(new).is_some_and(|id| f.is(id)) {
+        return Err(changed());
+    }
+    if flags & libc::O_NONBLOCK == 0 && flags & libc::O_PATH == 0 {
+        // SAFETY: F_GETFL/F_SETFL take no pointer; `new` is open.
+        let now = unsafe { libc::fcntl(new, libc::F_GETFL) };
+        // SAFETY: as above.
+        if now < 0 || unsafe { libc::fcntl(new, libc::F_SETFL, now & !libc::O_NONBLOCK) } != 0 {
+            return Err(IoError::last_os_error());
+        }
+    }
+    Ok(owned)
 }
 
 /// Byte strings that read well in JSON (text when UTF-8, `hex:..` otherwise) and stay

@@ -102,7 +102,7 @@ pub use outcome::{CancelClass, CancelStatus, Errno, OpState, Outcome};
 pub use probe::{probe, ProbeReport, REQUIRED_OPCODES};
 pub use ring::chain::{Chain, ChainError, StepResult};
 pub use ring::quiesce::QuiescePolicy;
-pub use ring::resubmit::{Buffers, ResubmitError};
+pub use ring::resubmit::{Buffers, ResubmitBuffer, ResubmitError};
 pub use ring::{BackendChoice, Builder, Ring};
 pub use signal::SignalAction;
 pub use table::MAX_CAPACITY;

@@ -133,6 +133,14 @@ impl Ring {
     /// bound are listed in [`Checkpoint::unfinished`] and keep their memory until the
     /// kernel is done with it, like every op.
     ///
+    /// An op whose cancel the kernel had not confirmed when the quiesce returned
+    /// (listed unfinished, `CancelRequested`) is described by the next `quiesce` once
+    /// its `Canceled` completion has arrived (and until the caller takes that
+    /// completion, or [`resume`](Ring::resume)s the ring): each canceled op is
+    /// described by exactly one checkpoint. Chains and a [`LazyRead`](crate::lazy)'s
+    /// internal reads are canceled but never described: a chain's slot holds only its
+    /// current step, which must not be re-issued alone.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::os::fd::AsRawFd;
@@ -152,14 +160,26 @@ impl Ring {
     /// # Ok(()) }
     /// ```
     pub fn quiesce(&mut self, policy: QuiescePolicy) -> Result<Checkpoint, Error> {
+        // Ops canceled by an earlier quiesce whose cancel was not yet confirmed when it
+        // returned are described by this one, once their completion is in.
+        let mut marked = std::mem::take(&mut self.quiesce_marked);
+        let r = self.quiesce_with(policy, &mut marked);
+        self.quiesce_marked = marked;
+        r
+    }
+
+    fn quiesce_with(
+        &mut self,
+        policy: QuiescePolicy,
+        marked: &mut Vec<u64>,
+    ) -> Result<Checkpoint, Error> {
         let start = Instant::now();
         self.paused = true;
         self.take_requests();
         self.fire_timers();
-        let mut marked: Vec<u64> = Vec::new();
         loop {
             self.reap();
-            self.cancel_for_quiesce(&mut marked);
+            self.cancel_for_quiesce(marked);
             self.backend
                 .flush()
                 .map_err(|e| Error::io("submitting to the backend", e))?;
@@ -181,7 +201,7 @@ impl Ring {
             self.take_requests();
             self.fire_timers();
         }
-        Ok(self.checkpoint_of(&marked, policy.carry_data))
+        Ok(self.checkpoint_of(marked, policy.carry_data))
     }
 
     /// Lets a quiesced ring dispatch again (ops submitted meanwhile waited in its queue).
@@ -198,6 +218,9 @@ impl Ring {
     /// ```
     pub fn resume(&mut self) {
         self.paused = false;
+        // Running again: ops an earlier quiesce canceled are the caller's to re-issue
+        // from the checkpoints it has; no later checkpoint describes them.
+        self.quiesce_marked.clear();
         self.dispatch();
     }
 
@@ -239,8 +262,9 @@ impl Ring {
         for idx in hits {
             let s = self.table.slot(idx);
             // A chain is canceled (and closes what it opened) but not described: its
-            // slot holds only the current step, which must not be re-issued alone.
-            if s.flags & F_CHAIN == 0 {
+            // slot holds only the current step, which must not be re-issued alone. An
+            // internal op (a LazyRead's chunk) belongs to its owner, which sees the cancel.
+            if s.flags & (F_CHAIN | F_SINK) == 0 {
                 marked.push(key_of(idx, s.gen));
             }
             self.cancel_slot(idx, false);
@@ -263,21 +287,27 @@ impl Ring {
         (bounded, canceling)
     }
 
-    fn checkpoint_of(&self, marked: &[u64], carry: bool) -> Checkpoint {
+    /// The checkpoint of the ring as it is now. `marked` keeps only the ops still
+    /// running (listed as unfinished): each other one is described now or never.
+    fn checkpoint_of(&self, marked: &mut Vec<u64>, carry: bool) -> Checkpoint {
         let outcomes: HashMap<u32, Outcome> = self.completions.iter().copied().collect();
         let now = self.now_ns();
         let mut ops = Vec::new();
-        for &key in marked {
+        marked.retain(|&key| {
             let (idx, gen) = split_key(key);
             let s = self.table.slot(idx);
-            if s.gen != gen || s.state != SlotState::Completed {
-                continue; // still running: listed as unfinished below
+            if s.gen != gen {
+                return false; // its completion was taken: the caller has it
+            }
+            if s.state != SlotState::Completed {
+                return s.state == SlotState::InFlight; // still running: unfinished
             }
             // Done (the cancel came too late) or Failed: the op finished; not re-issued.
             if let Some(Outcome::Canceled { transferred }) = outcomes.get(&idx) {
                 ops.push(self.describe(idx, *transferred as u64, carry, now));
             }
-        }
+            false
+        });
         let mut unfinished = Vec::new();
         for idx in self.table.live() {
             let s = self.table.slot(idx);

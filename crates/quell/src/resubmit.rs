@@ -7,7 +7,7 @@ use super::*;
 use crate::buf::AlignedBuf;
 use crate::checkpoint::{identity, Checkpoint, CheckpointId, OpDescriptor};
 use crate::completion::Completion;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
@@ -32,14 +32,77 @@ use std::os::unix::ffi::OsStrExt;
 /// ```
 #[derive(Debug, Default)]
 pub struct Buffers {
-    by_id: HashMap<CheckpointId, Memory>,
+    by_id: HashMap<CheckpointId, ResubmitBuffer>,
 }
 
+/// Memory given to [`Ring::resubmit`] for one op (through [`Buffers`]), and handed back
+/// in its [`ResubmitError`] when the op could not be re-issued: for a read stopped
+/// part-way without carried data, it holds the only copy of the bytes received (I11).
+///
+/// ```
+/// let b = quell::ResubmitBuffer::Plain(b"abc".to_vec());
+/// assert_eq!(b.into_plain().unwrap(), b"abc");
+/// ```
 #[derive(Debug)]
-enum Memory {
+pub enum ResubmitBuffer {
+    /// One buffer (read, write, send, recv).
     Plain(Vec<u8>),
+    /// One aligned buffer (`O_DIRECT` read or write).
     Aligned(AlignedBuf),
+    /// The buffers of a vectored op.
     Vectored(Vec<Vec<u8>>),
+}
+
+impl ResubmitBuffer {
+    /// The plain buffer, if it is one.
+    ///
+    /// ```
+    /// let b = quell::ResubmitBuffer::Vectored(vec![vec![1], vec![2]]);
+    /// assert!(b.into_plain().is_none());
+    /// ```
+    pub fn into_plain(self) -> Option<Vec<u8>> {
+        match self {
+            ResubmitBuffer::Plain(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The aligned buffer, if it is one.
+    ///
+    /// ```
+    /// let a = quell::AlignedBuf::new(4096, 4096).unwrap();
+    /// let b = quell::ResubmitBuffer::Aligned(a);
+    /// assert_eq!(b.into_aligned().unwrap().len(), 4096);
+    /// ```
+    pub fn into_aligned(self) -> Option<AlignedBuf> {
+        match self {
+            ResubmitBuffer::Aligned(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The buffers of a vectored op, if they are.
+    ///
+    /// ```
+    /// let b = quell::ResubmitBuffer::Vectored(vec![vec![1], vec![2]]);
+    /// assert_eq!(b.into_vectored().unwrap(), [vec![1], vec![2]]);
+    /// ```
+    pub fn into_vectored(self) -> Option<Vec<Vec<u8>>> {
+        match self {
+            ResubmitBuffer::Vectored(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The memory inside an op as built, if it holds a buffer.
+    fn of_op(op: Op) -> Option<ResubmitBuffer> {
+        match op.desc.payload {
+            Payload::Buf(v) => Some(ResubmitBuffer::Plain(v)),
+            Payload::Aligned(a) => Some(ResubmitBuffer::Aligned(a)),
+            Payload::Bufs(v) => Some(ResubmitBuffer::Vectored(v.bufs)),
+            _ => None,
+        }
+    }
 }
 
 impl Buffers {
@@ -121,9 +184,9 @@ impl Buffers {
             payload,
         } = c;
         let mem = match payload.into_inner() {
-            Payload::Buf(v) => Memory::Plain(v),
-            Payload::Aligned(a) => Memory::Aligned(a),
-            Payload::Bufs(v) => Memory::Vectored(v.bufs),
+            Payload::Buf(v) => ResubmitBuffer::Plain(v),
+            Payload::Aligned(a) => ResubmitBuffer::Aligned(a),
+            Payload::Bufs(v) => ResubmitBuffer::Vectored(v.bufs),
             payload => {
                 return Some(Completion {
                     id: cid,
@@ -159,7 +222,7 @@ impl Buffers {
     /// # Ok(()) }
     /// ```
     pub fn insert(&mut self, id: CheckpointId, buf: Vec<u8>) {
-        self.by_id.insert(id, Memory::Plain(buf));
+        self.by_id.insert(id, ResubmitBuffer::Plain(buf));
     }
 
     /// Gives the buffers of a vectored op.
@@ -182,7 +245,7 @@ impl Buffers {
     /// # Ok(()) }
     /// ```
     pub fn insert_vectored(&mut self, id: CheckpointId, bufs: Vec<Vec<u8>>) {
-        self.by_id.insert(id, Memory::Vectored(bufs));
+        self.by_id.insert(id, ResubmitBuffer::Vectored(bufs));
     }
 
     /// How many buffers are held.
@@ -223,7 +286,8 @@ impl Buffers {
 }
 
 /// Why one checkpointed op could not be re-issued. Nothing is dropped silently: each
-/// descriptor yields either a new [`OpId`] or one of these.
+/// descriptor yields either a new [`OpId`] or one of these, and memory the caller gave
+/// for the op comes back in it.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -248,8 +312,40 @@ pub struct ResubmitError {
     pub user_data: u64,
     /// Why.
     pub error: Error,
-    /// The op as built, with its buffer, when it got as far as submission.
+    /// The op as built, when the ring refused it at submission. Memory `resubmit`
+    /// allocated for it is not kept (the checkpoint still has its bytes); memory the
+    /// caller gave is, inside the op.
     pub op: Option<Box<Op>>,
+    /// The memory the caller gave for the op, when it was refused before it was built
+    /// (a descriptor that fails its checks, a descriptor number now on another file,
+    /// a buffer of the wrong size, ...).
+    pub buffer: Option<ResubmitBuffer>,
+}
+
+impl ResubmitError {
+    /// The memory the caller gave for this op, wherever it is (the op as built, or
+    /// [`buffer`](ResubmitError::buffer)); `None` if the caller gave none.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// let (r, _w) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut ring = quell::Ring::new()?;
+    /// let old = ring.submit(quell::Op::read(r.as_raw_fd(), vec![0u8; 4]))?;
+    /// let ckpt = ring.quiesce(quell::QuiescePolicy::default().carry_data(false))?;
+    /// let mut bufs = quell::Buffers::new();
+    /// bufs.insert(old.into(), vec![0u8; 3]); // not the op's size
+    /// let err = ring.resubmit(&ckpt, bufs).remove(0).unwrap_err();
+    /// assert_eq!(err.into_buffer().unwrap().into_plain().unwrap().len(), 3);
+    /// # ring.resume();
+    /// # Ok(()) }
+    /// ```
+    pub fn into_buffer(self) -> Option<ResubmitBuffer> {
+        match self.buffer {
+            Some(b) => Some(b),
+            None => ResubmitBuffer::of_op(*self.op?),
+        }
+    }
 }
 
 impl std::fmt::Display for ResubmitError {
@@ -268,14 +364,49 @@ impl std::error::Error for ResubmitError {
     }
 }
 
+/// A refusal inside `resubmit`, before it is numbered.
+struct Refused {
+    error: Error,
+    op: Option<Box<Op>>,
+    buffer: Option<ResubmitBuffer>,
+}
+
+impl Refused {
+    fn new(error: Error, buffer: Option<ResubmitBuffer>) -> Refused {
+        Refused {
+            error,
+            op: None,
+            buffer,
+        }
+    }
+}
+
+/// An op rebuilt from its descriptor, not yet submitted.
+struct Rebuilt {
+    op: Op,
+    /// Bytes it had moved before (recorded in its slot).
+    prior: u64,
+    /// Whether its memory was allocated here (rather than given by the caller).
+    fresh: bool,
+}
+
 impl Ring {
     /// Re-issues every op of `ckpt` on this ring (DESIGN I9): the result has one entry
     /// per [`Checkpoint::ops`] descriptor, in order — the new op's id, or why it could
     /// not be re-issued (its descriptor closed or now on another file, missing data, a
     /// closure op, a refusal by the ring). Transfers continue where they stopped: same
     /// buffer size, the bytes already moved skipped, and the completion reports the
-    /// whole op's total. Groups are found (or created) by path; deadlines restart with
-    /// the time that was left.
+    /// whole op's total (a splice, which has no buffer, continues for the bytes it had
+    /// left and its completion counts those). Groups are found (or created) by path;
+    /// deadlines restart with the time that was left.
+    ///
+    /// A checkpoint is input (from disk, from another program): every descriptor is
+    /// checked ([`OpDescriptor::check`]) before anything is allocated or changed for it,
+    /// so a corrupt one gets a per-op error, never a panic or an allocation of whatever
+    /// length it claims. Two descriptors with one id are both refused. An op refused
+    /// leaves nothing behind (no group created for it, the ring as paused as it was),
+    /// and the memory the caller gave for it comes back in its error. Buffers given for
+    /// ids the checkpoint does not describe, or for ops that take no buffer, are dropped.
     ///
     /// If the ring is quiesced, the ops wait in its queue until [`resume`](Ring::resume).
     /// See [`quiesce`](Ring::quiesce) for an example.
@@ -305,28 +436,36 @@ impl Ring {
         ckpt: &Checkpoint,
         mut buffers: Buffers,
     ) -> Vec<Result<OpId, ResubmitError>> {
+        // No ring writes one id twice; which of two such descriptors the caller's
+        // buffer for that id belongs to cannot be told, so neither is re-issued.
+        let mut seen = HashSet::with_capacity(ckpt.ops.len());
+        let twice: HashSet<CheckpointId> = ckpt
+            .ops
+            .iter()
+            .filter(|d| !seen.insert(d.id))
+            .map(|d| d.id)
+            .collect();
         let was_paused = self.paused;
         // Nothing may be dispatched before its bytes-already-moved is set.
         self.paused = true;
         let mut out = Vec::with_capacity(ckpt.ops.len());
         for (index, d) in ckpt.ops.iter().enumerate() {
-            let fail = |error: Error, op: Option<Op>| ResubmitError {
+            let mem = buffers.by_id.remove(&d.id);
+            let r = if twice.contains(&d.id) {
+                Err(Refused::new(
+                    Error::InvalidArgument("two descriptors with one checkpoint id"),
+                    mem,
+                ))
+            } else {
+                self.reissue(d, mem)
+            };
+            let r = r.map_err(|f| ResubmitError {
                 index,
                 user_data: d.user_data,
-                error,
-                op: op.map(Box::new),
-            };
-            let r = self
-                .rebuild(d, buffers.by_id.remove(&d.id))
-                .map_err(|(e, op)| fail(e, op))
-                .and_then(|(op, prior)| {
-                    let id = self.submit(op).map_err(|e| {
-                        let (e, op) = e.into_parts();
-                        fail(e, Some(op))
-                    })?;
-                    self.table.slot_mut(id.slot).transferred = prior;
-                    Ok(id)
-                });
+                error: f.error,
+                op: f.op,
+                buffer: f.buffer,
+            });
             if let Err(e) = &r {
                 tracing::warn!(target: "quell::op", index, user_data = d.user_data, error = %e.error, "checkpointed op not re-issued");
             }
@@ -339,229 +478,379 @@ impl Ring {
         out
     }
 
-    /// Finds or creates the group at `path` ("root/a/b"), by names.
-    fn group_at_path(&mut self, path: &str) -> Result<GroupId, Error> {
+    /// Re-issues one descriptor. Everything that can refuse it without allocating or
+    /// changing anything runs first.
+    fn reissue(&mut self, d: &OpDescriptor, mem: Option<ResubmitBuffer>) -> Result<OpId, Refused> {
+        if let Err(e) = d.check() {
+            return Err(Refused::new(e, mem));
+        }
+        let deadline = match d.deadline_left {
+            None => None,
+            Some(left) => match Instant::now().checked_add(left) {
+                Some(t) => Some(t),
+                None => {
+                    return Err(Refused::new(
+                        Error::InvalidArgument("deadline further away than the clock holds"),
+                        mem,
+                    ))
+                }
+            },
+        };
+        let mut checked = [None, None];
+        for (i, (fd, file)) in [(d.fd, &d.file), (d.fd2, &d.file2)].into_iter().enumerate() {
+            let Some(f) = file else { continue };
+            match identity(fd) {
+                None => return Err(Refused::new(Error::InvalidFd { fd }, mem)),
+                Some(id) if !f.is(id) => return Err(Refused::new(Error::FdChanged { fd }, mem)),
+                Some(_) => checked[i] = Some(fd),
+            }
+        }
+        // What `submit` would refuse anyway, found before memory is made for the op.
+        if self.closed {
+            return Err(Refused::new(Error::Closed, mem));
+        }
+        if self.table.len() >= self.table.capacity() {
+            let capacity = self.table.capacity();
+            return Err(Refused::new(Error::TableFull { capacity }, mem));
+        }
+        if let Some(idx) = self.existing_group(&d.group_path) {
+            let g = &self.groups.v[idx as usize];
+            if g.draining && !g.canceled {
+                return Err(Refused::new(Error::Draining, mem));
+            }
+        }
+        let Rebuilt {
+            mut op,
+            prior,
+            fresh,
+        } = rebuild(d, mem)?;
+        op.deadline = deadline;
+        let mut created = Vec::new();
+        let group = match self.group_at_path(&d.group_path, &mut created) {
+            Ok(g) => g,
+            Err(e) => {
+                self.remove_groups(&created);
+                let buffer = if fresh {
+                    None
+                } else {
+                    ResubmitBuffer::of_op(op)
+                };
+                return Err(Refused::new(e, buffer));
+            }
+        };
+        op.group = Some(group);
+        // The number may have named another kind of file in this ring before (I12).
+        for fd in checked.into_iter().flatten() {
+            self.fds.forget(fd);
+        }
+        match self.submit(op) {
+            Ok(id) => {
+                self.carry_prior(id, prior);
+                Ok(id)
+            }
+            Err(e) => {
+                self.remove_groups(&created);
+                let (error, op) = e.into_parts();
+                Err(Refused {
+                    error,
+                    op: (!fresh).then(|| Box::new(op)),
+                    buffer: None,
+                })
+            }
+        }
+    }
+
+    /// Records the bytes a re-issued op had moved before, in its slot, before it is
+    /// dispatched. An op completed at once (its group already canceled, no time left
+    /// before its deadline) has its completion queued already, counting nothing: it
+    /// gets the bytes it carries counted too (I4: `Canceled { transferred }` says what
+    /// the buffer holds).
+    fn carry_prior(&mut self, id: OpId, prior: u64) {
+        if prior == 0 {
+            return;
+        }
+        let s = self.table.slot_mut(id.slot);
+        s.transferred = prior;
+        if s.state != SlotState::Completed {
+            return;
+        }
+        // The ring is paused and nothing is reaped meanwhile: the completion just
+        // queued is the last one.
+        let Some(pos) = self.completions.iter().rposition(|&(i, _)| i == id.slot) else {
+            return;
+        };
+        let Some((idx, outcome)) = self.completions.remove(pos) else {
+            return;
+        };
+        let n = prior as usize;
+        let outcome = match outcome {
+            Outcome::Canceled { transferred } => Outcome::Canceled {
+                transferred: transferred + n,
+            },
+            Outcome::TimedOut { transferred } => Outcome::TimedOut {
+                transferred: transferred + n,
+            },
+            o => o,
+        };
+        self.completions.push_back((idx, outcome));
+    }
+
+    /// The group at `path` ("root/a/b") if every group on it exists.
+    fn existing_group(&self, path: &str) -> Option<u32> {
         let mut cur = 0u32;
         for name in path.split('/').skip(1) {
-            let found = self.groups.v[cur as usize]
-                .children
-                .iter()
-                .copied()
-                .find(|&c| self.groups.v[c as usize].name.as_deref() == Some(name));
-            cur = match found {
+            cur = self.child_named(cur, name)?;
+        }
+        Some(cur)
+    }
+
+    fn child_named(&self, parent: u32, name: &str) -> Option<u32> {
+        self.groups.v[parent as usize]
+            .children
+            .iter()
+            .copied()
+            .find(|&c| self.groups.v[c as usize].name.as_deref() == Some(name))
+    }
+
+    /// Finds or creates the group at `path` ("root/a/b"), by names; the groups it
+    /// creates are added to `created` (parents first).
+    fn group_at_path(&mut self, path: &str, created: &mut Vec<GroupId>) -> Result<GroupId, Error> {
+        let mut cur = 0u32;
+        for name in path.split('/').skip(1) {
+            cur = match self.child_named(cur, name) {
                 Some(c) => c,
                 None => {
                     let parent = self.groups.id_of(cur);
-                    self.group(parent, GroupOptions::default().name(name))?.idx
+                    let g = self.group(parent, GroupOptions::default().name(name))?;
+                    created.push(g);
+                    g.idx
                 }
             };
         }
         Ok(self.groups.id_of(cur))
     }
 
-    /// The op a descriptor describes, and the bytes already moved to record in its slot.
-    #[allow(clippy::result_large_err)]
-    fn rebuild(
-        &mut self,
-        d: &OpDescriptor,
-        mem: Option<Memory>,
-    ) -> Result<(Op, u64), (Error, Option<Op>)> {
-        for (fd, file) in [(d.fd, &d.file), (d.fd2, &d.file2)] {
-            let Some(f) = file else { continue };
-            match identity(fd) {
-                None => return Err((Error::InvalidFd { fd }, None)),
-                Some(id) if id != (f.dev, f.ino) => return Err((Error::FdChanged { fd }, None)),
-                // The number may have named another kind of file in this ring before.
-                Some(_) => self.fds.forget(fd),
-            }
+    /// Removes groups made for an op that was then refused (children first). They hold
+    /// nothing: the refused op never entered them.
+    fn remove_groups(&mut self, created: &[GroupId]) {
+        for &g in created.iter().rev() {
+            let removed = self.remove_group(g);
+            debug_assert!(
+                removed.is_ok(),
+                "a group made for a refused op: {removed:?}"
+            );
         }
-        let group = self.group_at_path(&d.group_path).map_err(|e| (e, None))?;
-        let t = d.transferred.min(d.len);
-        let offset = d.offset.unwrap_or(NO_OFFSET);
-        let path = |p: &Option<Vec<u8>>| {
-            p.as_deref()
-                .map(|b| OsStr::from_bytes(b).to_owned())
-                .ok_or((
-                    Error::InvalidArgument("checkpointed path op has no path"),
-                    None,
-                ))
-        };
-        let mut prior = 0;
-        let mut op = match d.kind {
-            OpKind::Read | OpKind::Write | OpKind::Send | OpKind::Recv => {
-                let given = mem.is_some();
-                let mut mem = match mem {
-                    Some(Memory::Vectored(_)) => {
-                        return Err((Error::InvalidArgument("a single buffer is needed"), None))
+    }
+}
+
+/// The op a checked descriptor describes. Memory is allocated here, and only here:
+/// after every check that could refuse the op without it.
+fn rebuild(d: &OpDescriptor, mem: Option<ResubmitBuffer>) -> Result<Rebuilt, Refused> {
+    let t = d.transferred;
+    let offset = d.offset.unwrap_or(NO_OFFSET);
+    let given = mem.is_some();
+    // Memory the caller gave goes back with a refusal; memory made here is dropped.
+    let back = |m: ResubmitBuffer| given.then_some(m);
+    let path = |p: &Option<Vec<u8>>| OsStr::from_bytes(p.as_deref().unwrap_or_default()).to_owned();
+    let writes = matches!(d.kind, OpKind::Write | OpKind::Writev | OpKind::Send);
+    if writes && !given && d.data.is_none() && d.remaining() > 0 {
+        return Err(Refused::new(
+            Error::MissingData {
+                user_data: d.user_data,
+            },
+            None,
+        ));
+    }
+    let mut prior = 0;
+    let mut op = match d.kind {
+        OpKind::Read | OpKind::Write | OpKind::Send | OpKind::Recv => {
+            let mem = match mem {
+                Some(m) => m,
+                None => fresh_memory(d),
+            };
+            let kind = d.kind;
+            let fd = d.fd;
+            let wrong = |why: &'static str, m: ResubmitBuffer| {
+                Err(Refused::new(Error::InvalidArgument(why), back(m)))
+            };
+            let op = match mem {
+                ResubmitBuffer::Plain(mut v) => {
+                    if v.len() as u64 != d.len {
+                        return wrong(
+                            "buffer length differs from the checkpointed op's",
+                            ResubmitBuffer::Plain(v),
+                        );
                     }
-                    Some(m) => m,
-                    None => fresh_memory(d),
-                };
-                let buf: &mut [u8] = match &mut mem {
-                    Memory::Plain(v) => v,
-                    Memory::Aligned(a) => a,
-                    Memory::Vectored(_) => unreachable!("refused above"),
-                };
-                if buf.len() as u64 != d.len {
-                    return Err((
-                        Error::InvalidArgument("buffer length differs from the checkpointed op's"),
-                        None,
-                    ));
-                }
-                fill(d, buf, t, given).map_err(|e| (e, None))?;
-                prior = t;
-                let fd = d.fd;
-                match (mem, d.kind) {
-                    (Memory::Aligned(a), OpKind::Read) => Op::read_aligned(fd, offset, a),
-                    (Memory::Aligned(a), OpKind::Write) => Op::write_aligned(fd, offset, a),
-                    (Memory::Aligned(a), _) => {
-                        drop(a);
-                        return Err((
-                            Error::InvalidArgument("aligned buffer for a socket op"),
-                            None,
-                        ));
-                    }
-                    (Memory::Plain(v), OpKind::Read) => Op::buf_op(OpKind::Read, fd, offset, v),
-                    (Memory::Plain(v), OpKind::Write) => Op::buf_op(OpKind::Write, fd, offset, v),
-                    (Memory::Plain(v), kind) => {
+                    fill(d, &mut [&mut v[..]]);
+                    if matches!(kind, OpKind::Read | OpKind::Write) {
+                        Op::buf_op(kind, fd, offset, v)
+                    } else {
                         let mut op = Op::buf_op(kind, fd, NO_OFFSET, v);
                         op.desc.flags = d.flags;
                         op
                     }
-                    (Memory::Vectored(_), _) => unreachable!("refused above"),
                 }
-            }
-            OpKind::Readv | OpKind::Writev => {
-                let given = mem.is_some();
-                let mut bufs = match mem {
-                    Some(Memory::Vectored(b)) => b,
-                    Some(_) => {
-                        return Err((Error::InvalidArgument("vectored buffers are needed"), None))
+                ResubmitBuffer::Aligned(mut a) if matches!(kind, OpKind::Read | OpKind::Write) => {
+                    if a.len() as u64 != d.len {
+                        return wrong(
+                            "buffer length differs from the checkpointed op's",
+                            ResubmitBuffer::Aligned(a),
+                        );
                     }
-                    None => d.iov_lens.iter().map(|&l| vec![0u8; l as usize]).collect(),
-                };
-                let lens: Vec<u64> = bufs.iter().map(|b| b.len() as u64).collect();
-                if lens != d.iov_lens {
-                    return Err((
-                        Error::InvalidArgument("buffer lengths differ from the checkpointed op's"),
-                        None,
-                    ));
+                    fill(d, &mut [&mut a[..]]);
+                    if kind == OpKind::Read {
+                        Op::read_aligned(fd, offset, a)
+                    } else {
+                        Op::write_aligned(fd, offset, a)
+                    }
                 }
-                let mut flat: Vec<u8> = bufs.concat();
-                fill(d, &mut flat, t, given).map_err(|e| (e, None))?;
-                let mut at = 0;
-                for b in &mut bufs {
-                    let n = b.len();
-                    b.copy_from_slice(&flat[at..at + n]);
-                    at += n;
+                m @ ResubmitBuffer::Aligned(_) => {
+                    return wrong("an aligned buffer for a socket op", m)
                 }
-                let mut op = Op::vectored(d.kind, d.fd, offset, bufs);
-                skip_iov(&mut op, t);
-                prior = t;
-                op
-            }
-            OpKind::Poll => {
-                let mut op = Op::poll(d.fd, crate::op::Interest(d.flags));
-                op.desc.flags = d.flags;
-                op
-            }
-            OpKind::Accept => {
-                let mut op = Op::accept(d.fd);
-                op.desc.flags = d.flags;
-                op
-            }
-            OpKind::Connect => match d.addr {
-                Some(a) => Op::connect(d.fd, a),
-                None => {
-                    return Err((
-                        Error::InvalidArgument("checkpointed connect has no address"),
-                        None,
+                m @ ResubmitBuffer::Vectored(_) => return wrong("a single buffer is needed", m),
+            };
+            prior = t;
+            op
+        }
+        OpKind::Readv | OpKind::Writev => {
+            let mut bufs = match mem {
+                Some(ResubmitBuffer::Vectored(b)) => b,
+                Some(m) => {
+                    return Err(Refused::new(
+                        Error::InvalidArgument("vectored buffers are needed"),
+                        Some(m),
                     ))
                 }
-            },
-            OpKind::Fsync => {
-                let mut op = Op::fsync(d.fd);
-                op.desc.flags = d.flags;
-                op
+                None => d.iov_lens.iter().map(|&l| vec![0u8; l as usize]).collect(),
+            };
+            if !bufs
+                .iter()
+                .map(|b| b.len() as u64)
+                .eq(d.iov_lens.iter().copied())
+            {
+                return Err(Refused::new(
+                    Error::InvalidArgument("buffer lengths differ from the checkpointed op's"),
+                    back(ResubmitBuffer::Vectored(bufs)),
+                ));
             }
-            OpKind::Fallocate => Op::fallocate(d.fd, d.flags as i32, offset, d.len),
-            OpKind::Timeout => Op::timeout(d.sleep.unwrap_or_default()),
-            OpKind::Nop => Op::nop(),
-            OpKind::Close => Op::close(d.fd),
-            OpKind::Splice => Op::splice(
-                d.fd,
-                d.offset.map(|o| o + t),
-                d.fd2,
-                d.offset2.map(|o| o + t),
-                d.remaining().min(u32::MAX as u64) as u32,
-            ),
-            OpKind::OpenAt => {
-                let mut op = Op::openat(d.fd, path(&d.path)?, 0, d.mode as u32);
-                op.desc.flags = d.flags;
-                op
-            }
-            OpKind::Statx => Op::statx(d.fd, path(&d.path)?, d.flags as i32, d.mode as u32),
-            OpKind::UnlinkAt => Op::unlinkat(d.fd, path(&d.path)?, d.flags as i32),
-            OpKind::RenameAt => Op::renameat(d.fd, path(&d.path)?, d.fd2, path(&d.path2)?, d.flags),
-            OpKind::Blocking => {
-                return Err((
-                    Error::Unsupported {
-                        op: "blocking",
-                        backend: "checkpoint",
-                        why: "a closure cannot be checkpointed",
-                    },
-                    None,
+            let mut parts: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+            fill(d, &mut parts);
+            drop(parts);
+            let mut op = Op::vectored(d.kind, d.fd, offset, bufs);
+            skip_iov(&mut op, t);
+            prior = t;
+            op
+        }
+        OpKind::Poll => {
+            let mut op = Op::poll(d.fd, crate::op::Interest(d.flags));
+            op.desc.flags = d.flags;
+            op
+        }
+        OpKind::Accept => {
+            let mut op = Op::accept(d.fd);
+            op.desc.flags = d.flags;
+            op
+        }
+        OpKind::Connect => match d.addr {
+            Some(a) => Op::connect(d.fd, a),
+            None => {
+                return Err(Refused::new(
+                    Error::InvalidArgument("connect without an address"),
+                    mem,
                 ))
             }
-        };
-        op.user_data = d.user_data;
-        op.group = Some(group);
-        if d.exact {
-            op = op.exact();
+        },
+        OpKind::Fsync => {
+            let mut op = Op::fsync(d.fd);
+            op.desc.flags = d.flags;
+            op
         }
-        if let Some(left) = d.deadline_left {
-            op.deadline = Some(Instant::now() + left);
+        OpKind::Fallocate => Op::fallocate(d.fd, d.flags as i32, offset, d.len),
+        OpKind::Timeout => Op::timeout(d.sleep.unwrap_or_default()),
+        OpKind::Nop => Op::nop(),
+        OpKind::Close => Op::close(d.fd),
+        // Checked: offsets plus the length stay within i64::MAX, the length within u32.
+        OpKind::Splice => Op::splice(
+            d.fd,
+            d.offset.map(|o| o + t),
+            d.fd2,
+            d.offset2.map(|o| o + t),
+            d.remaining() as u32,
+        ),
+        OpKind::OpenAt => {
+            let mut op = Op::openat(d.fd, path(&d.path), 0, d.mode as u32);
+            op.desc.flags = d.flags | libc::O_CLOEXEC as u32;
+            op
         }
-        Ok((op, prior))
+        OpKind::Statx => Op::statx(d.fd, path(&d.path), d.flags as i32, d.mode as u32),
+        OpKind::UnlinkAt => Op::unlinkat(d.fd, path(&d.path), d.flags as i32),
+        OpKind::RenameAt => Op::renameat(d.fd, path(&d.path), d.fd2, path(&d.path2), d.flags),
+        OpKind::Blocking => {
+            return Err(Refused::new(
+                Error::Unsupported {
+                    op: "blocking",
+                    backend: "checkpoint",
+                    why: "a closure cannot be checkpointed",
+                },
+                mem,
+            ))
+        }
+    };
+    op.user_data = d.user_data;
+    if d.exact {
+        op = op.exact();
     }
+    let buffered = matches!(
+        d.kind,
+        OpKind::Read | OpKind::Write | OpKind::Send | OpKind::Recv | OpKind::Readv | OpKind::Writev
+    );
+    Ok(Rebuilt {
+        op,
+        prior,
+        fresh: buffered && !given,
+    })
 }
 
-/// A new buffer for a single-buffer op: aligned when the file was opened `O_DIRECT`.
-fn fresh_memory(d: &OpDescriptor) -> Memory {
-    let direct = d
-        .file
-        .as_ref()
-        .is_some_and(|f| f.status_flags & libc::O_DIRECT != 0);
-    if direct {
-        if let Some(a) = AlignedBuf::new(d.len as usize, 4096) {
-            return Memory::Aligned(a);
+/// A new buffer for a single-buffer op (its length checked to be at most `i32::MAX`):
+/// aligned when its descriptor is open `O_DIRECT` now, whatever the checkpoint says.
+fn fresh_memory(d: &OpDescriptor) -> ResubmitBuffer {
+    if matches!(d.kind, OpKind::Read | OpKind::Write) {
+        // SAFETY: F_GETFL takes no pointer; an invalid fd answers -1.
+        let fl = unsafe { libc::fcntl(d.fd, libc::F_GETFL) };
+        if fl >= 0 && fl & libc::O_DIRECT != 0 {
+            if let Some(a) = AlignedBuf::new(d.len as usize, 4096) {
+                return ResubmitBuffer::Aligned(a);
+            }
         }
     }
-    Memory::Plain(vec![0u8; d.len as usize])
+    ResubmitBuffer::Plain(vec![0u8; d.len as usize])
 }
 
-/// Puts the carried bytes where they belong in the whole buffer: a read's received
-/// prefix, a write's unwritten tail. A write with neither carried bytes nor a buffer
-/// from the caller has nothing to write.
-fn fill(d: &OpDescriptor, buf: &mut [u8], t: u64, given: bool) -> Result<(), Error> {
-    let t = (t as usize).min(buf.len());
-    match &d.data {
-        Some(data) if d.kind.is_read() => {
-            let n = data.len().min(t);
-            buf[..n].copy_from_slice(&data[..n]);
+/// Puts the carried bytes where they belong in the whole buffer (`parts` in order): a
+/// read's received prefix, a write's unwritten tail. Their lengths were checked
+/// against the op's, and the buffer's length against the op's.
+fn fill(d: &OpDescriptor, parts: &mut [&mut [u8]]) {
+    let Some(data) = &d.data else { return };
+    let at = if d.kind.is_read() {
+        0
+    } else {
+        d.transferred as usize
+    };
+    let mut skip = at;
+    let mut src = &data[..];
+    for p in parts.iter_mut() {
+        if src.is_empty() {
+            break;
         }
-        Some(data) => {
-            let end = (t + data.len()).min(buf.len());
-            buf[t..end].copy_from_slice(&data[..end - t]);
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
         }
-        None if !given && !d.kind.is_read() && d.remaining() > 0 => {
-            return Err(Error::MissingData {
-                user_data: d.user_data,
-            })
-        }
-        None => {}
+        let n = (p.len() - skip).min(src.len());
+        p[skip..skip + n].copy_from_slice(&src[..n]);
+        src = &src[n..];
+        skip = 0;
     }
-    Ok(())
 }
 
 /// Skips the first `t` bytes of a vectored op's iovecs (they were moved before).

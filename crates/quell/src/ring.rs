@@ -357,6 +357,8 @@ pub struct Ring {
     sinks: sink::Sinks,
     /// Quiesced: nothing is dispatched until `resume`.
     paused: bool,
+    /// Ops a quiesce canceled and no checkpoint has described yet (see `quiesce`).
+    quiesce_marked: Vec<u64>,
     dumps: Vec<introspect::DumpBinding>,
     /// Duplicates held by ops that waited in quell's queue (I12, `identity`).
     anchors: identity::Anchors,
@@ -439,6 +441,7 @@ impl Ring {
             deadline_memo: (epoch, 0),
             sinks: sink::Sinks::default(),
             paused: false,
+            quiesce_marked: Vec::new(),
             dumps: Vec::new(),
             anchors: identity::Anchors::default(),
         })

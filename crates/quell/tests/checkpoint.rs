@@ -485,10 +485,10 @@ both_backends! {
         use std::os::unix::fs::MetadataExt;
         let (path, f) = temp_file(&format!("vec-{b:?}"), b"0123456789");
         let meta = f.metadata().unwrap();
-        let file = quell::FileRef { dev: meta.dev(), ino: meta.ino(), path: None, status_flags: libc::O_RDWR };
+        let file = quell::FileRef { dev: meta.dev(), ino: meta.ino(), kind: 0, born: 0, path: None, status_flags: libc::O_RDWR };
         let (sa, sb) = std::os::unix::net::UnixStream::pair().unwrap();
         let sm = rustix::fs::fstat(&sa).unwrap();
-        let sock = quell::FileRef { dev: sm.st_dev, ino: sm.st_ino, path: None, status_flags: libc::O_RDWR };
+        let sock = quell::FileRef { dev: sm.st_dev, ino: sm.st_ino, kind: 0, born: 0, path: None, status_flags: libc::O_RDWR };
         let base = quell::OpDescriptor {
             id: CheckpointId { slot: 0, generation: 0 },
             user_data: 0,
@@ -516,6 +516,7 @@ both_backends! {
         };
         let readv = quell::OpDescriptor { user_data: 1, ..base.clone() };
         let writev = quell::OpDescriptor {
+            id: CheckpointId { slot: 1, generation: 0 },
             user_data: 2,
             kind: OpKind::Writev,
             offset: Some(2),
@@ -525,6 +526,7 @@ both_backends! {
             ..base.clone()
         };
         let recv = quell::OpDescriptor {
+            id: CheckpointId { slot: 2, generation: 0 },
             user_data: 3,
             kind: OpKind::Recv,
             fd: sa.as_raw_fd(),
@@ -586,6 +588,56 @@ both_backends! {
         write_all(w.as_raw_fd(), b"world");
         let c = fresh.wait_for(id).unwrap();
         assert_eq!((c.outcome, c.data()), (Outcome::Done(10), &b"helloworld"[..]));
+    }
+
+    /// DESIGN I12 on restore: a file's path that now names another file — a FIFO (whose
+    /// read-only open would block forever), a directory, a new regular file — is not
+    /// opened by `reopen_files` (reported failed, promptly), and the op on it is refused
+    /// by `resubmit` with a per-op error rather than acting on the other file.
+    fn reopen_files_refuses_a_path_that_now_names_another_file(b: BackendChoice) {
+        for replacement in ["fifo", "dir", "file"] {
+            let (path, f) = temp_file(&format!("swap-{replacement}-{b:?}"), b"0123");
+            let ro = std::fs::File::open(&path).unwrap();
+            drop(f);
+            let mut ring = Ring::builder().backend(b).capacity(8).max_in_flight(1).build().unwrap();
+            let (r, _w) = pipe();
+            ring.submit(Op::read(r.as_raw_fd(), vec![0; 4])).unwrap(); // takes the window
+            ring.submit(Op::read_at(ro.as_raw_fd(), 0, vec![0; 4]).user_data(7)).unwrap(); // queued
+            let mut ckpt = ring.quiesce(QuiescePolicy::default()).unwrap();
+            drop(ring);
+            drop(ro);
+            std::fs::remove_file(&path).unwrap();
+            match replacement {
+                "fifo" => {
+                    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+                    // SAFETY: valid C string.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+                }
+                "dir" => std::fs::create_dir(&path).unwrap(),
+                _ => std::fs::write(&path, b"new!").unwrap(),
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reopener = std::thread::spawn(move || {
+                let reopened = ckpt.reopen_files();
+                tx.send(()).unwrap();
+                (ckpt, reopened)
+            });
+            let done = rx.recv_timeout(Duration::from_secs(10));
+            if done.is_err() {
+                // Unblock the open stuck on the FIFO before failing.
+                let _ = std::fs::OpenOptions::new().write(true).open(&path);
+            }
+            let (ckpt, reopened) = reopener.join().unwrap();
+            assert!(done.is_ok(), "[{replacement}] reopen_files blocked on the path");
+            assert!(reopened.fds.is_empty(), "[{replacement}] reopened another file: {reopened:?}");
+            assert_eq!(reopened.failed.len(), 1, "[{replacement}] {reopened:?}");
+            let i = ckpt.ops.iter().position(|d| d.user_data == 7).unwrap();
+            let mut fresh = common::ring(b, 8);
+            let e = fresh.resubmit(&ckpt, Buffers::new()).remove(i).unwrap_err();
+            assert!(matches!(e.error, Error::InvalidFd { .. } | Error::FdChanged { .. }), "[{replacement}] {e}");
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir(&path);
+        }
     }
 
     /// Groups and deadlines survive: the op lands in a group of the same path and its
