@@ -53,3 +53,6 @@ echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 (cd crates/quell/fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=../../../target/fuzz \
   cargo fuzz run op_table -- -max_total_time="${QUELL_FUZZ_SECS:-60}" -timeout=10)
+echo "== fuzz: checkpoints as untrusted input — JSON/postcard decoding and resubmit on real rings (${QUELL_FUZZ_SECS:-60} s)"
+(cd crates/quell/fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=../../../target/fuzz \
+  cargo fuzz run checkpoint -- -max_total_time="${QUELL_FUZZ_SECS:-60}" -timeout=10)

@@ -61,6 +61,7 @@ mod buf;
 mod checkpoint;
 mod classify;
 mod completion;
+mod descriptor;
 pub mod dump;
 mod error;
 pub mod future;

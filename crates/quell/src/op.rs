@@ -842,7 +842,10 @@ impl Op {
     /// ```
     pub fn timeout(dur: Duration) -> Op {
         let mut d = OpDesc::new(OpKind::Timeout, -1);
-        d.aux = dur.as_nanos().min(u64::MAX as u128) as u64;
+        // Both backends wait the same: at most u64::MAX ns (about 584 years; io_uring
+        // would refuse a timespec past i64::MAX seconds, the portable backend would not).
+        let dur = dur.min(Duration::from_nanos(u64::MAX));
+        d.aux = dur.as_nanos() as u64;
         d.payload = Payload::Time(
             io_uring::types::Timespec::new()
                 .sec(dur.as_secs())

@@ -362,6 +362,9 @@ pub struct Ring {
     dumps: Vec<introspect::DumpBinding>,
     /// Duplicates held by ops that waited in quell's queue (I12, `identity`).
     anchors: identity::Anchors,
+    /// Closes duplicates of FUSE/NFS files off the ring's thread (a close flushes to
+    /// the server, which may not answer).
+    closer: crate::descriptor::Closer,
 }
 
 impl Ring {
@@ -444,6 +447,7 @@ impl Ring {
             quiesce_marked: Vec::new(),
             dumps: Vec::new(),
             anchors: identity::Anchors::default(),
+            closer: crate::descriptor::Closer::default(),
         })
     }
 
@@ -849,7 +853,10 @@ impl Ring {
     }
 
     fn instant_ns(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos() as u64
+        // Saturates (u64::MAX - 1 ns is 584 years away; u64::MAX means "none"): a
+        // far-future deadline must not wrap round to a near one.
+        let ns = t.saturating_duration_since(self.epoch).as_nanos();
+        ns.min(u64::MAX as u128 - 1) as u64
     }
 
     /// Gives queued ops to the backend while the dispatch window has room.
@@ -901,7 +908,14 @@ impl Ring {
         let mut raw = s.desc.raw();
         if s.flags & (F_ANCHORED | F_CHAIN) != 0 {
             if s.flags & F_ANCHORED != 0 {
-                self.anchors.apply(idx, &mut raw);
+                if !self.anchors.apply(idx, &mut raw) {
+                    // A close whose number now names another file (I12): that file is
+                    // not this op's to close.
+                    let badf =
+                        Outcome::Failed(crate::outcome::Errno::from_raw_os_error(libc::EBADF));
+                    self.complete_queued(idx, badf);
+                    return true;
+                }
             } else {
                 // A chain's step acts on the duplicates the chain holds (I12).
                 self.chains.apply(idx, &mut raw);
@@ -2260,7 +2274,7 @@ impl Ring {
             }
         }
         self.chains.leak_linked();
-        self.anchors.clear();
+        self.clear_anchors();
         self.in_flight = 0;
     }
 }

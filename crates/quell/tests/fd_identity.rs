@@ -205,6 +205,50 @@ both_backends! {
         }
     }
 
+    /// A close that waited in quell's queue while its number was closed outside quell
+    /// and reused never closes the new file: it ends `Failed(EBADF)`.
+    fn queued_close_never_closes_a_file_that_reused_its_number(b: BackendChoice) {
+        let mut ring = ring_with(b, 1);
+        let (blocker_r, blocker_w) = pipe();
+        let blocker = ring.submit(Op::read(blocker_r.as_raw_fd(), vec![0u8; 8])).unwrap();
+        let (old_r, old_w) = pipe();
+        let n = old_r.as_raw_fd();
+        let close = ring.submit(Op::close(n)).unwrap();
+        drop(old_r); // closed outside quell...
+        let (new_r, new_w) = pipe();
+        let new_r = onto(new_r, n); // ...and reused
+        write_all(blocker_w.as_raw_fd(), b"go");
+        let got = common::collect(&mut ring, 2, 10);
+        let of = |id| got.iter().find(|c| c.id == id).unwrap();
+        assert_eq!(of(blocker).data(), b"go");
+        assert_eq!(of(close).outcome, Outcome::Failed(quell::Errno::BADF));
+        // The new pipe is still open under its number.
+        write_all(new_w.as_raw_fd(), b"alive");
+        let id = ring.submit(Op::read(n, vec![0u8; 8])).unwrap();
+        assert_eq!(wait_within(&mut ring, id, 10).data(), b"alive");
+        drop((new_r, old_w));
+    }
+
+    /// The same close, its number untouched, closes it when its turn comes.
+    fn queued_close_closes_its_own_file(b: BackendChoice) {
+        let mut ring = ring_with(b, 1);
+        let (blocker_r, blocker_w) = pipe();
+        let blocker = ring.submit(Op::read(blocker_r.as_raw_fd(), vec![0u8; 8])).unwrap();
+        let (r, w) = pipe();
+        let n = std::os::fd::IntoRawFd::into_raw_fd(r);
+        let close = ring.submit(Op::close(n)).unwrap();
+        write_all(blocker_w.as_raw_fd(), b"go");
+        let got = common::collect(&mut ring, 2, 10);
+        let c = got.iter().find(|c| c.id == close).unwrap();
+        assert!(got.iter().any(|c| c.id == blocker));
+        assert_eq!(c.outcome, Outcome::Done(0));
+        // Closed: the writer sees no reader any more.
+        // SAFETY: valid buffer; the write end is open.
+        let r = unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(r, -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPIPE));
+    }
+
     /// `cancel_fd` reaches exactly the ops on that descriptor: not ops whose unused
     /// second descriptor slot holds -1, not path ops relative to the working directory,
     /// and nothing at all for a number no op uses.
@@ -337,6 +381,26 @@ both_backends! {
             }
         }
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A deadline further away than 2^64 ns (584 years) never wraps round to a near
+    /// one, and a timeout that long waits on both backends (io_uring would refuse a
+    /// timespec past i64::MAX seconds outright).
+    fn far_future_deadlines_and_timeouts_wait(b: BackendChoice) {
+        let mut ring = ring_with(b, 64);
+        let (r, _w) = pipe();
+        let far = Instant::now() + Duration::from_nanos(u64::MAX) + Duration::from_millis(20);
+        let read = ring.submit(Op::read(r.as_raw_fd(), vec![0u8; 8]).deadline(far)).unwrap();
+        let sleep = ring
+            .submit(Op::timeout(Duration::from_secs(i64::MAX as u64 + 5)))
+            .unwrap();
+        ring.wait(1, Some(Duration::from_millis(300))).unwrap();
+        let early: Vec<_> = ring.completions().collect();
+        assert!(early.is_empty(), "{early:?}");
+        assert_eq!(ring.cancel_all(), 2);
+        let got = common::collect(&mut ring, 2, 10);
+        assert!(got.iter().all(|c| c.outcome == Outcome::Canceled { transferred: 0 }), "{got:?}");
+        assert!(got.iter().any(|c| c.id == read) && got.iter().any(|c| c.id == sleep));
     }
 
     /// Offsets above `i64::MAX` (other than "current position") are refused with a

@@ -24,11 +24,12 @@
 
 use super::Ring;
 use crate::classify::probe_fd;
+use crate::descriptor::{dup_fd, same_file};
 use crate::op::{OpKind, RawOp};
 use crate::outcome::CancelClass;
 use crate::table::{F_ANCHORED, F_CHAIN, F_DECLARED};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// One duplicate of a file some waiting ops were submitted on, shared by all of them.
 struct Held {
@@ -36,6 +37,9 @@ struct Held {
     number: RawFd,
     dup: OwnedFd,
     users: u32,
+    /// A FUSE/NFS file: closing the duplicate flushes to the server, so it is closed
+    /// off the ring's thread.
+    slow_close: bool,
 }
 
 /// What one anchored op holds: indexes into `Anchors::held` for its descriptor(s).
@@ -63,15 +67,21 @@ pub(super) struct Anchors {
 impl Anchors {
     /// Points `raw` at the files slot `idx` was submitted on: the number itself where it
     /// still names that file, the duplicate where the number was closed or reused.
-    pub(super) fn apply(&self, idx: u32, raw: &mut RawOp) {
+    /// `false` for a close whose number no longer names its file: it must not run (the
+    /// duplicate is the ring's, and the number is somebody else's now).
+    pub(super) fn apply(&self, idx: u32, raw: &mut RawOp) -> bool {
         if let Some(a) = self.by_slot.get(&idx) {
             if let Some(h) = a.fd.and_then(|i| self.held[i].as_ref()) {
                 raw.fd = h.current();
+                if raw.kind == OpKind::Close && raw.fd != h.number {
+                    return false;
+                }
             }
             if let Some(h) = a.fd2.and_then(|i| self.held[i].as_ref()) {
                 raw.fd2 = h.current();
             }
         }
+        true
     }
 
     /// The descriptors slot `idx` acts on through its anchor, if it holds one.
@@ -87,7 +97,7 @@ impl Anchors {
 
     /// A share of a duplicate of `number`'s file: an existing one if another waiting
     /// op holds that very file, a new one otherwise.
-    fn take(&mut self, number: RawFd) -> Result<usize, i32> {
+    fn take(&mut self, number: RawFd, slow_close: bool) -> Result<usize, i32> {
         if let Some(list) = self.by_number.get(&number) {
             for &i in list {
                 if let Some(h) = &mut self.held[i] {
@@ -100,8 +110,9 @@ impl Anchors {
         }
         let held = Held {
             number,
-            dup: dup(number)?,
+            dup: dup_fd(number, 0)?,
             users: 1,
+            slow_close,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -117,13 +128,15 @@ impl Anchors {
         Ok(i)
     }
 
-    /// Gives a share back; the duplicate is closed with the last one.
-    fn put(&mut self, i: usize) {
+    /// Gives a share back. With the last one the duplicate comes back to be closed,
+    /// with whether its close may block (FUSE/NFS).
+    fn put(&mut self, i: usize) -> Option<(OwnedFd, bool)> {
+        let mut out = None;
         if let Some(h) = &mut self.held[i] {
             h.users -= 1;
             if h.users == 0 {
                 let number = h.number;
-                self.held[i] = None;
+                out = self.held[i].take().map(|h| (h.dup, h.slow_close));
                 self.free.push(i);
                 if let Some(list) = self.by_number.get_mut(&number) {
                     list.retain(|&j| j != i);
@@ -133,15 +146,20 @@ impl Anchors {
                 }
             }
         }
+        out
     }
 
-    /// Closes every duplicate (the ring is going away; the kernel holds its own
-    /// references to the files of ops it still runs).
-    pub(super) fn clear(&mut self) {
+    /// Hands over every duplicate, with whether its close may block (the ring is going
+    /// away; the kernel holds its own references to the files of ops it still runs).
+    pub(super) fn clear(&mut self) -> Vec<(OwnedFd, bool)> {
         self.by_slot.clear();
-        self.held.clear();
         self.free.clear();
         self.by_number.clear();
+        self.held
+            .drain(..)
+            .flatten()
+            .map(|h| (h.dup, h.slow_close))
+            .collect()
     }
 }
 
@@ -156,63 +174,11 @@ impl Held {
     }
 }
 
-/// Whether descriptor numbers `a` and `b` name the same open file (the same file
-/// description, so the same offset too). `kcmp(KCMP_FILE)` where the kernel allows it;
-/// otherwise the same device and inode.
-fn same_file(a: RawFd, b: RawFd) -> bool {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp only compares the two descriptor numbers of this process; a number
-    // that is not open yields EBADF.
-    let pid = unsafe { libc::getpid() } as libc::c_long;
-    // SAFETY: as above; all arguments are plain integers.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid,
-            pid,
-            KCMP_FILE,
-            a as libc::c_long,
-            b as libc::c_long,
-        )
-    };
-    if r >= 0 {
-        return r == 0;
-    }
-    match crate::classify::errno() {
-        libc::EBADF => false,
-        // No kcmp here (ENOSYS, or EPERM under a strict security module).
-        _ => match (inode_of(a), inode_of(b)) {
-            (Some(x), Some(y)) => x == y,
-            _ => false,
-        },
-    }
-}
-
-/// `(st_dev, st_ino)` of an open descriptor.
-fn inode_of(fd: RawFd) -> Option<(u64, u64)> {
-    // SAFETY: zeroed stat is valid; fstat writes into it and only reads `fd`.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-}
-
-/// Duplicates `fd` (close-on-exec). `Err(errno)`: `EBADF` if the number is not open,
-/// `EMFILE`/`ENFILE` if no descriptor is left.
-fn dup(fd: RawFd) -> Result<OwnedFd, i32> {
-    // SAFETY: fcntl accepts any integer; a number that is not open only yields EBADF.
-    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if d < 0 {
-        return Err(crate::classify::errno());
-    }
-    // SAFETY: `d` is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(d) })
-}
-
-/// The descriptors of an op of `kind` that name files it acts on: not the number a
-/// close closes (that is the op's whole point), not `AT_FDCWD`, not unused slots.
+/// The descriptors of an op of `kind` that name files it acts on (for a close: the file
+/// it may close), not `AT_FDCWD`, not unused slots.
 fn targets(kind: OpKind, fd: RawFd, fd2: RawFd) -> (Option<RawFd>, Option<RawFd>) {
     match kind {
-        OpKind::Nop | OpKind::Timeout | OpKind::Blocking | OpKind::Close => (None, None),
+        OpKind::Nop | OpKind::Timeout | OpKind::Blocking => (None, None),
         OpKind::Splice | OpKind::RenameAt => ((fd >= 0).then_some(fd), (fd2 >= 0).then_some(fd2)),
         _ => ((fd >= 0).then_some(fd), None),
     }
@@ -245,12 +211,13 @@ impl Ring {
         if a.is_none() && b.is_none() {
             return Ok(());
         }
-        let fd = a.map(|n| self.anchors.take(n)).transpose()?;
-        let fd2 = match b.map(|n| self.anchors.take(n)).transpose() {
+        let slow = s.class == CancelClass::Interruptible;
+        let fd = a.map(|n| self.anchors.take(n, slow)).transpose()?;
+        let fd2 = match b.map(|n| self.anchors.take(n, slow)).transpose() {
             Ok(i) => i,
             Err(e) => {
                 if let Some(i) = fd {
-                    self.anchors.put(i);
+                    self.drop_held(i);
                 }
                 return Err(e);
             }
@@ -268,8 +235,27 @@ impl Ring {
             s.flags &= !F_ANCHORED;
             if let Some(a) = self.anchors.by_slot.remove(&idx) {
                 for i in [a.fd, a.fd2].into_iter().flatten() {
-                    self.anchors.put(i);
+                    self.drop_held(i);
                 }
+            }
+        }
+    }
+
+    /// Closes every duplicate the ring's anchors hold, FUSE/NFS ones off its thread.
+    pub(super) fn clear_anchors(&mut self) {
+        for (fd, slow) in self.anchors.clear() {
+            if slow {
+                self.closer.close(fd);
+            }
+        }
+    }
+
+    /// Gives back a share of held duplicate `i`; the last one closes it, off the ring's
+    /// thread for a FUSE/NFS file.
+    fn drop_held(&mut self, i: usize) {
+        if let Some((fd, slow)) = self.anchors.put(i) {
+            if slow {
+                self.closer.close(fd);
             }
         }
     }
