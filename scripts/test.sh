@@ -47,7 +47,14 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" 
 # canceled at teardown, ops shutdown gives up on (their memory leaked, never freed).
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
   CARGO_TARGET_DIR=target/asan \
-  cargo test -p quell --target x86_64-unknown-linux-gnu --test fd_identity
+  cargo test -p quell --target x86_64-unknown-linux-gnu --test fd_identity \
+  --test fd_identity_portable --test chain_identity
+# Futures and streams dropped under timeout/select with I/O in flight (I13), entry points
+# called while the owner sleeps (I3), hostile checkpoints resubmitted.
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
+  CARGO_TARGET_DIR=target/asan \
+  cargo test -p quell --features tokio --target x86_64-unknown-linux-gnu --test futures_contract \
+  --test entry_points --test checkpoint_hostile
 
 echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ_SECS:-60} s, AddressSanitizer)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
