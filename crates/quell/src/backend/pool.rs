@@ -247,7 +247,11 @@ impl Pool {
         let mut holds = [None, None];
         // A close acts on the number itself; closures and timers have no descriptor.
         if raw.kind.uses_fd() && raw.kind != OpKind::Close {
-            holds[0] = Hold::take(raw.fd, class == CancelClass::Prompt);
+            // A descriptor quell owns names the job's file until the job is done (its
+            // owner closes it after its ops; a close through the ring retargets it).
+            if !raw.owned {
+                holds[0] = Hold::take(raw.fd, class == CancelClass::Prompt);
+            }
             if matches!(raw.kind, OpKind::Splice | OpKind::RenameAt) {
                 holds[1] = Hold::take(raw.fd2, false);
             }
@@ -277,7 +281,7 @@ impl Pool {
             return; // nothing queued: no lock taken on the close path
         }
         // What the number names as the ring closes it: the file jobs held by identity
-        // were submitted on, if theirs matches.
+        // (or acting on it as its owner's) were submitted on, if theirs matches.
         let Some(now) = sys::identity(fd) else {
             return;
         };
@@ -290,11 +294,15 @@ impl Pool {
             if job.lock().state != JobState::Queued {
                 continue;
             }
-            for (h, num) in holds.iter_mut().zip([&mut raw.fd, &mut raw.fd2]) {
-                let Some(Hold::Same(n, id)) = h else {
-                    continue;
+            let owned = raw.owned;
+            for (i, (h, num)) in holds.iter_mut().zip([&mut raw.fd, &mut raw.fd2]).enumerate() {
+                let ours = match h {
+                    Some(Hold::Same(n, id)) => *n == fd && *id == now,
+                    // An owned descriptor's job holds nothing: its number is its file.
+                    None => i == 0 && owned && *num == fd,
+                    Some(Hold::Dup(_)) => false,
                 };
-                if *n != fd || *id != now {
+                if !ours {
                     continue;
                 }
                 if dup.is_none() {
@@ -303,15 +311,17 @@ impl Pool {
                         unsafe { BorrowedFd::borrow_raw(fd) },
                         sys::DUP_MIN,
                     );
-                    match d {
-                        Ok(d) => dup = Some(Arc::new(d)),
-                        // No descriptor left (EMFILE): the job's identity check fails it.
-                        Err(_) => return,
-                    }
+                    dup = d.ok().map(Arc::new);
                 }
-                let d = dup.clone().expect("taken");
-                *num = d.as_raw_fd();
-                *h = Some(Hold::Dup(d));
+                match &dup {
+                    Some(d) => {
+                        *num = d.as_raw_fd();
+                        *h = Some(Hold::Dup(d.clone()));
+                    }
+                    // No descriptor left (EMFILE): the job's identity check fails it once
+                    // the number names another file or none.
+                    None => *h = Some(Hold::Same(fd, now)),
+                }
             }
         }
     }
