@@ -398,11 +398,7 @@ fn old_ready_after_outside_reuse(b: BackendChoice, old: Old, new: Kind) {
 }
 
 /// Runs `fut` on `driver` with a hang guard of `secs` seconds.
-fn block_on_guarded<F: Future>(
-    driver: &quell::future::Driver,
-    fut: F,
-    secs: u64,
-) -> F::Output {
+fn block_on_guarded<F: Future>(driver: &quell::future::Driver, fut: F, secs: u64) -> F::Output {
     let mut guard = driver.sleep(Duration::from_secs(secs)).unwrap();
     let mut fut = std::pin::pin!(fut);
     driver.block_on(std::future::poll_fn(|cx| {

@@ -298,7 +298,11 @@ impl Pool {
                 continue;
             }
             let owned = raw.owned;
-            for (i, (h, num)) in holds.iter_mut().zip([&mut raw.fd, &mut raw.fd2]).enumerate() {
+            for (i, (h, num)) in holds
+                .iter_mut()
+                .zip([&mut raw.fd, &mut raw.fd2])
+                .enumerate()
+            {
                 let ours = match h {
                     Some(Hold::Same(n, id)) => *n == fd && *id == now,
                     // An owned descriptor's job holds nothing: its number is its file.
@@ -895,7 +899,10 @@ mod tests {
         let (r2, w2) = rustix::pipe::pipe().unwrap();
         // SAFETY: `n` is ours (taken from its owner above); dup2 closes it and makes it a
         // copy of the new pipe's reading end, which `_n2` then owns.
-        assert_eq!(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&r2), n) }, n);
+        assert_eq!(
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&r2), n) },
+            n
+        );
         // SAFETY: `n` names a descriptor nothing else owns.
         let _n2 = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) };
         rustix::io::write(&w, b"old").unwrap();

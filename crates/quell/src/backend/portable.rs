@@ -39,30 +39,65 @@
 //!   the last of them leaves; pool jobs not yet started on the number are moved onto a
 //!   duplicate too. The ops keep acting on their own file, exactly as on io_uring. This
 //!   costs a `dup` on the close path only.
-//! - **Closed outside quell** (an ordinary `drop(File)`) and reused: epoll keys an item by
-//!   file *and* number, so re-arming the number after it was reused fails `ENOENT`
-//!   (`EBADF` if it is just closed). Every op that parks re-arms the number with one
-//!   `epoll_ctl` — the one a first waiter needs anyway; an op queued behind others on
-//!   the same descriptor and direction pays it too (it skipped its attempt, so nothing
-//!   else tells which file it was submitted on: measured 113 → 525 ns to submit and park
-//!   each of 10,000 reads on one socket). Without it, an op on the new file could queue
-//!   behind the old file's waiters with nothing watching the new file. The registration
-//!   is re-armed after every service that leaves waiters, so a reuse is seen the first
-//!   time quell touches the number again. The waiters of the old
-//!   file then complete `Failed(EBADF)` without acting (they moved no byte: each attempt
-//!   either completes an op or moves nothing), and the new file starts a fresh state.
-//!   Each registration carries a generation in its epoll data, so an event from an item
-//!   the old file left behind (it stays while that file is open elsewhere) is ignored.
-//!   This differs from io_uring, where the old op would keep waiting on its old file. An
+//! - **Descriptors quell owns** (`RawOp::owned`: a [`Stream`](crate::future::Stream)'s
+//!   or a [`Listener`](crate::future::Listener)'s, closed by their owner only once their
+//!   ops are done) cannot change under their waiters: their ops pay no check at all, not
+//!   at park, not when served (measured: submitting and parking each of 10,000 stream
+//!   reads on one socket takes ~280 ns, one `epoll_ctl` less than before, ~590 ns; a
+//!   stream ping-pong round makes the same system calls as before). Closing such a number
+//!   outside its owner breaks Rust's I/O safety and is not defended against.
+//! - **Raw descriptors closed outside quell** (an ordinary `drop(File)`) and reused:
+//!   epoll keys an item by file (the open file description) *and* number. An
+//!   `EPOLL_CTL_ADD` of the number is refused with `EEXIST` exactly when the number's
+//!   current file has an item under it, so it tells, without changing anything, whether
+//!   the number still names the file of its registration (`names_its_file`: ~0.2 µs
+//!   here, about any system call's floor; a `MOD` with the same events costs ~0.3 µs, a
+//!   `statx` ~0.35 µs, `kcmp` ~1.1 µs and needs a second descriptor; if the number names
+//!   another file the probe is added, and taken back). It is asked at the two points
+//!   where the waiters of a number could meet a file they were not submitted on:
+//!   - **before raw waiters are served** after an event: the event is the registration's
+//!     file's (its epoll data carries the registration's generation), but the waiters act
+//!     through the number, which may have been closed and reused while that file stayed
+//!     open elsewhere (a `dup`, a child process). One probe per wake that serves raw
+//!     waiters (none while an owned waiter is there: its owner keeps the number on the
+//!     registration's file). Measured: +1 system call per wake of the ring-loop
+//!     ping-pong (2 instead of 1 `epoll_ctl` per park, `strace -c`), +~0.3 µs of CPU per
+//!     ~6 µs round on one CPU, within the noise of the throughput runs;
+//!   - **when a raw op parks** without re-arming the registration (it is armed for what
+//!     it needs already, e.g. an op queued behind others on the same descriptor and
+//!     direction, which skipped its attempt): otherwise an op on a new file could queue
+//!     behind the old file's waiters with nothing watching the new file. A park that
+//!     re-arms needs no probe: a `MOD` of a number reused by another file fails `ENOENT`
+//!     (`EBADF` if just closed). Measured: submitting and parking each of 10,000 raw reads
+//!     on one socket ~440 ns (was ~530 ns with a `MOD` per park; ~113 ns with no check).
+//!
+//!   When the number no longer names the file, the waiters complete `Failed(EBADF)`
+//!   without acting (they moved no byte: each attempt either completes an op or moves
+//!   nothing), and the new file starts a fresh state. This differs from io_uring, where
+//!   the old op would keep acting on its old file; it never acts on the new one. An
 //!   anchor (a `dup` of the descriptor while ops wait on it) would remove the difference,
-//!   but it costs a `dup` and a `close` per park on the hot path (measured +0.2–0.4 µs,
-//!   2–3.5 % of a ~12 µs same-CPU ping-pong round) and doubles the descriptors of every
-//!   connection with a parked read (idle keep-alive connections would hit
-//!   `RLIMIT_NOFILE` at half the count).
-//!   **Known gap:** if the old file is still open elsewhere (a `dup`, a child process)
-//!   *and* becomes ready after the number was reused but before quell touched the number
-//!   again, its event is served by attempts on the number, i.e. on the new file. Close
-//!   descriptors with pending ops through the ring (or cancel them first) to rule it out.
+//!   but it costs a `dup` and a `close` per park (measured +0.2–0.4 µs, 2–3.5 % of a
+//!   ~12 µs same-CPU ping-pong round) and doubles the descriptors of every connection
+//!   with a parked read (idle keep-alive connections would hit `RLIMIT_NOFILE` at half
+//!   the count).
+//!
+//!   **Ghosts.** A state forgotten without removing its item (the number had already left
+//!   its file) leaves that item in the set while the file is open elsewhere. If that file
+//!   comes back to the number (`dup2`) while another file's raw waiters wait there, the
+//!   probe would find the old item and say yes. So such numbers are remembered
+//!   (`Portable::ghosts`), and on them the probe also compares the file's identity
+//!   (`statx` with `AT_STATX_DONT_SYNC`: device and inode, read when the state's first
+//!   raw waiter parked): one `statx` more per check, on those numbers only. **Residual:**
+//!   files on one shared anonymous inode (eventfd, timerfd, signalfd, epoll) have the
+//!   same identity, so this one case stays open: such a file `A` waited on under a
+//!   number, left it outside quell while open elsewhere, another such file `B` now has
+//!   raw waiters under the number, and `A` is put back on it; `B`'s waiters are then
+//!   served from `A`. In the same come-back case a waiter that re-arms the registration
+//!   (an idle one, or one adding a direction) takes over the come-back file's old item,
+//!   and the next check fails it `EBADF` although it was submitted on that file: a
+//!   spurious failure, never an act on another file.
+//!   Another thread closing and reusing a raw number while an op on it is being
+//!   submitted or served races as it would with any system call on a raw number.
 //! - **Pool jobs** keep their file as the pool describes (a duplicate for pollable
 //!   objects, an identity check for files).
 
@@ -957,10 +992,22 @@ impl Portable {
             return self.abandon(fd);
         }
         if reads {
-            serve_fifo(&mut st.reads, &mut st.live_reads, &mut st.raw, waiting, ready);
+            serve_fifo(
+                &mut st.reads,
+                &mut st.live_reads,
+                &mut st.raw,
+                waiting,
+                ready,
+            );
         }
         if writes {
-            serve_fifo(&mut st.writes, &mut st.live_writes, &mut st.raw, waiting, ready);
+            serve_fifo(
+                &mut st.writes,
+                &mut st.live_writes,
+                &mut st.raw,
+                waiting,
+                ready,
+            );
         }
         if st.live_polls > 0 {
             let seen = flags & 0xffff;
@@ -1073,12 +1120,7 @@ fn untag(data: u64) -> (RawFd, u32) {
 /// `epoll_ctl` on the number, which succeeded, so the number names the registration's
 /// file (on a ghosted number: a file with an item under it, see `Portable::ghosts`);
 /// `Ok(false)`: it was armed for that already (or nothing is needed), nothing was asked.
-fn arm(
-    epoll: &OwnedFd,
-    fd: RawFd,
-    st: &mut FdState,
-    next_gen: &mut u32,
-) -> Result<bool, Armed> {
+fn arm(epoll: &OwnedFd, fd: RawFd, st: &mut FdState, next_gen: &mut u32) -> Result<bool, Armed> {
     let want = st.want();
     if want == 0 || (st.armed != 0 && want & !st.armed == 0) {
         return Ok(false);
