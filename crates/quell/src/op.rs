@@ -302,6 +302,11 @@ pub(crate) struct OpDesc {
     pub(crate) offset: u64,
     pub(crate) aux: u64,
     pub(crate) payload: Payload,
+    /// `fd` is owned by a quell object (a [`Stream`](crate::future::Stream), a
+    /// [`Listener`](crate::future::Listener)) that closes it only once its ops are done,
+    /// so the number names the op's file for as long as the op lives: the portable
+    /// backend skips its descriptor-identity checks for it (I12 at no cost, I8).
+    pub(crate) owned: bool,
 }
 
 impl OpDesc {
@@ -315,6 +320,7 @@ impl OpDesc {
             offset: NO_OFFSET,
             aux: 0,
             payload: Payload::None,
+            owned: false,
         }
     }
 
@@ -331,6 +337,7 @@ impl OpDesc {
             aux: self.aux,
             ptr: std::ptr::null_mut(),
             ptr2: std::ptr::null_mut(),
+            owned: self.owned,
         };
         match &mut self.payload {
             Payload::None | Payload::Blocking(_) | Payload::Chain(_) => {}
@@ -385,6 +392,8 @@ pub(crate) struct RawOp {
     pub(crate) ptr: *mut u8,
     /// Second path (rename) or statx result.
     pub(crate) ptr2: *mut u8,
+    /// See [`OpDesc::owned`]: `fd` cannot be closed or reused while the op lives.
+    pub(crate) owned: bool,
 }
 
 // SAFETY: a RawOp is a description of memory owned by the ring's op table; the ring
@@ -1079,6 +1088,15 @@ impl Op {
     /// ```
     pub fn exact(mut self) -> Op {
         self.exact = matches!(self.desc.kind, OpKind::Read | OpKind::Write);
+        self
+    }
+
+    /// Marks `fd` as owned by the quell object submitting the op (see
+    /// [`OpDesc::owned`]). Only for descriptors that object closes itself, after its
+    /// ops are done: an op on a number that may be closed elsewhere must keep the
+    /// portable backend's identity checks.
+    pub(crate) fn owned(mut self) -> Op {
+        self.desc.owned = true;
         self
     }
 

@@ -119,6 +119,7 @@ impl Default for Slot {
                 offset: NO_OFFSET,
                 aux: 0,
                 payload: Payload::None,
+                owned: false,
             },
         }
     }

@@ -16,6 +16,7 @@ mod common;
 
 use quell::{BackendChoice, CancelClass, Completion, Interest, Op, OpId, Outcome, Ring};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -341,6 +342,74 @@ fn occupy_pool(ring: &mut Ring, seen: &mut Seen) -> (OpId, mpsc::Sender<()>) {
         seen.pump(ring, Duration::from_millis(10));
     }
     (id, release)
+}
+
+/// The old file a read waits on in [`old_ready_after_outside_reuse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Old {
+    /// A pipe's read end (the portable backend retries it with `RWF_NOWAIT`).
+    Pipe,
+    /// A non-blocking socket (retried with a plain `read`, which any new file answers).
+    NonBlockingSocket,
+}
+
+/// The gap the first identity fix left: a read waits on `old`, which stays open
+/// elsewhere; its number is closed outside quell and reused by `new`; both files become
+/// readable before quell touches the number again. The event of the old file's
+/// registration must not be served by reading the number (the new file): the old read
+/// keeps its own file on io_uring and ends `EBADF` on portable, never with the new
+/// file's bytes, and those bytes reach a read on the new file.
+fn old_ready_after_outside_reuse(b: BackendChoice, old: Old, new: Kind) {
+    let _g = serial();
+    let mut ring = ring(b);
+    let mut seen = Seen::default();
+    let (old_fd, old_feeder): (OwnedFd, OwnedFd) = match old {
+        Old::Pipe => common::pipe(),
+        Old::NonBlockingSocket => {
+            let (a, p) = UnixStream::pair().unwrap();
+            a.set_nonblocking(true).unwrap();
+            (a.into(), p.into())
+        }
+    };
+    let keep = dup(&old_fd);
+    let n = old_fd.into_raw_fd();
+    let r1 = ring.submit(Op::read(n, vec![0u8; 16])).unwrap();
+    seen.still_pending(&mut ring, r1, Duration::from_millis(30));
+    let new_obj = Obj::new(new, b"");
+    let new_fd = reuse(n, dup(&new_obj.fd));
+    // Nothing of quell runs between the reuse and both files becoming readable.
+    assert!(new_obj.feed(new_fd.as_raw_fd(), b"new-bytes"));
+    assert!(try_write(old_feeder.as_raw_fd(), b"old-bytes"));
+    let c = seen.wait(&mut ring, r1, 10);
+    check_orphan(b, &c, Kind::Pipe, b"old-bytes");
+    // The old file's bytes: read by io_uring's op on its own file, or still there.
+    let left = common::drain_nonblocking(keep.as_raw_fd());
+    match b {
+        BackendChoice::Portable => assert_eq!(left, b"old-bytes"),
+        _ => assert_eq!(left, b""),
+    }
+    let r2 = ring.submit(Op::read(n, vec![0u8; 16])).unwrap();
+    assert_eq!(
+        seen.wait(&mut ring, r2, 10).data(),
+        yielded(new, b"new-bytes")
+    );
+    seen.finish(&mut ring);
+    drop(new_fd);
+}
+
+/// Runs `fut` on `driver` with a hang guard of `secs` seconds.
+fn block_on_guarded<F: Future>(driver: &quell::future::Driver, fut: F, secs: u64) -> F::Output {
+    let mut guard = driver.sleep(Duration::from_secs(secs)).unwrap();
+    let mut fut = std::pin::pin!(fut);
+    driver.block_on(std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(v);
+        }
+        if std::pin::Pin::new(&mut guard).poll(cx).is_ready() {
+            panic!("no result after {secs}s");
+        }
+        std::task::Poll::Pending
+    }))
 }
 
 both_backends! {
@@ -813,5 +882,142 @@ both_backends! {
             }
         }
         seen.finish(&mut ring);
+    }
+    /// The gap: the old pipe (kept open elsewhere) and the new pipe on its number are
+    /// both readable before quell touches the number again.
+    fn old_ready_before_the_number_is_touched_new_pipe(b: BackendChoice) {
+        old_ready_after_outside_reuse(b, Old::Pipe, Kind::Pipe);
+    }
+
+    /// The same, the number reused by a socket.
+    fn old_ready_before_the_number_is_touched_new_socket(b: BackendChoice) {
+        old_ready_after_outside_reuse(b, Old::Pipe, Kind::Socket);
+    }
+
+    /// The same, the number reused by an eventfd.
+    fn old_ready_before_the_number_is_touched_new_eventfd(b: BackendChoice) {
+        old_ready_after_outside_reuse(b, Old::Pipe, Kind::EventFd);
+    }
+
+    /// The same from a non-blocking socket (retried with a plain `read`, which an
+    /// eventfd answers with its counter): the counter is never the old read's.
+    fn old_socket_ready_before_the_number_is_touched_new_eventfd(b: BackendChoice) {
+        old_ready_after_outside_reuse(b, Old::NonBlockingSocket, Kind::EventFd);
+    }
+
+    /// The gap for a write: it waits on a full pipe whose writing end stays open
+    /// elsewhere; the number is closed outside quell and reused by another pipe; the old
+    /// pipe gets room before quell touches the number again. The old write's bytes never
+    /// land in the new pipe (on io_uring they land in the old one).
+    fn old_writable_before_the_number_is_touched(b: BackendChoice) {
+        let _g = serial();
+        let mut ring = ring(b);
+        let mut seen = Seen::default();
+        let (pr, pw) = common::pipe();
+        // SAFETY: plain fcntl on our descriptor.
+        let cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETPIPE_SZ) } as usize;
+        common::write_all(pw.as_raw_fd(), &vec![b'f'; cap]);
+        let keep = dup(&pw);
+        let n = pw.into_raw_fd();
+        let w1 = ring.submit(Op::write(n, b"old-write".to_vec())).unwrap();
+        seen.still_pending(&mut ring, w1, Duration::from_millis(30));
+        let (nr, nw) = common::pipe();
+        let nw = reuse(n, nw);
+        let mut drained = vec![0u8; cap];
+        (&std::fs::File::from(dup(&pr))).read_exact(&mut drained).unwrap();
+        let c = seen.wait(&mut ring, w1, 10);
+        match b {
+            BackendChoice::Portable => {
+                assert_eq!(c.outcome, Outcome::Failed(quell::Errno::BADF));
+                assert_eq!(common::drain_nonblocking(pr.as_raw_fd()), b"");
+            }
+            _ => {
+                assert_eq!(c.outcome, Outcome::Done(9));
+                assert_eq!(common::drain_nonblocking(pr.as_raw_fd()), b"old-write");
+            }
+        }
+        assert_eq!(common::drain_nonblocking(nr.as_raw_fd()), b"", "the old write reached the new pipe");
+        let w2 = ring.submit(Op::write(n, b"new-write".to_vec())).unwrap();
+        assert_eq!(seen.wait(&mut ring, w2, 10).outcome, Outcome::Done(9));
+        assert_eq!(common::drain_nonblocking(nr.as_raw_fd()), b"new-write");
+        seen.finish(&mut ring);
+        drop((nw, keep));
+    }
+
+    /// A file comes back to its number: pipe A waits on N and stays open elsewhere; N is
+    /// reused outside quell by pipe B and a read waits on B (the portable backend sees the
+    /// reuse: A's read ends `EBADF`, A's registration stays in the epoll set while A is
+    /// open); then A is put back on N. B's read must not be served from A, although
+    /// A's leftover registration under N makes N look registered.
+    fn file_back_on_its_number_is_not_served_to_another_files_read(b: BackendChoice) {
+        let _g = serial();
+        let mut ring = ring(b);
+        let mut seen = Seen::default();
+        let (ar, aw) = common::pipe();
+        let keep_a = dup(&ar);
+        let n = ar.into_raw_fd();
+        let ra = ring.submit(Op::read(n, vec![0u8; 16])).unwrap();
+        seen.still_pending(&mut ring, ra, Duration::from_millis(30));
+        let (br, bw) = common::pipe();
+        let b_on_n = reuse(n, dup(&br));
+        let rb = ring.submit(Op::read(n, vec![0u8; 16])).unwrap();
+        seen.still_pending(&mut ring, rb, Duration::from_millis(30));
+        if b == BackendChoice::Portable {
+            let c = seen.wait(&mut ring, ra, 10);
+            assert_eq!(c.outcome, Outcome::Failed(quell::Errno::BADF), "{c:?}");
+        }
+        // SAFETY: dup2 makes `n` (owned by `b_on_n`) a copy of A's reading end again.
+        assert_eq!(unsafe { libc::dup2(keep_a.as_raw_fd(), n) }, n);
+        common::write_all(aw.as_raw_fd(), b"aaaa");
+        common::write_all(bw.as_raw_fd(), b"bbbb");
+        let c = seen.wait(&mut ring, rb, 10);
+        match b {
+            BackendChoice::Portable => {
+                assert_eq!(c.outcome, Outcome::Failed(quell::Errno::BADF), "{c:?}");
+                assert_eq!(common::drain_nonblocking(br.as_raw_fd()), b"bbbb");
+            }
+            _ => {
+                assert_eq!(c.data(), b"bbbb");
+                assert_eq!(seen.wait(&mut ring, ra, 10).data(), b"aaaa");
+            }
+        }
+        // N names A again: a new read gets what A holds.
+        common::write_all(aw.as_raw_fd(), b"more");
+        let r = ring.submit(Op::read(n, vec![0u8; 16])).unwrap();
+        let want: &[u8] = if b == BackendChoice::Portable { b"aaaamore" } else { b"more" };
+        assert_eq!(seen.wait(&mut ring, r, 10).data(), want);
+        seen.finish(&mut ring);
+        drop(b_on_n);
+    }
+
+    /// A stream (whose descriptor quell owns, so its ops skip identity checks) reads on
+    /// a number that raw reads of an earlier file still wait on (the earlier file was
+    /// closed outside quell, kept open elsewhere, and not touched since): the stream's
+    /// read must watch its own file, get its bytes, and never be served to the old reads.
+    fn stream_on_a_number_stale_raw_reads_wait_on(b: BackendChoice) {
+        let _g = serial();
+        let driver = quell::future::Driver::new(ring(b));
+        let (pr, pw) = common::pipe();
+        let keep = dup(&pr);
+        let n = pr.into_raw_fd();
+        let old = driver.read(n, vec![0u8; 16]);
+        // Hand it to the kernel (io_uring) before the number changes.
+        driver.turn().unwrap();
+        let (s, mut peer) = UnixStream::pair().unwrap();
+        let s = reuse(n, s.into());
+        let stream = quell::future::Stream::new(&driver, s);
+        peer.write_all(b"stream-bytes").unwrap();
+        let (got, buf) = block_on_guarded(&driver, stream.read_owned(vec![0u8; 16]), 10);
+        assert_eq!(&buf[..got.unwrap()], b"stream-bytes");
+        common::write_all(pw.as_raw_fd(), b"old-bytes");
+        let (got, buf) = block_on_guarded(&driver, old, 10);
+        match b {
+            BackendChoice::Portable => {
+                assert_eq!(got.unwrap_err().raw_os_error(), Some(libc::EBADF));
+                assert_eq!(common::drain_nonblocking(keep.as_raw_fd()), b"old-bytes");
+            }
+            _ => assert_eq!(&buf[..got.unwrap()], b"old-bytes"),
+        }
+        drop(stream);
     }
 }

@@ -38,7 +38,10 @@
 //! process's POSIX record locks on the file. If the number then names another file (or
 //! none), the job ends `EBADF` without acting. When the ring itself closes the number
 //! ([`Pool::retarget`]) the jobs still queued on it move onto a duplicate, so they keep
-//! their file as on io_uring.
+//! their file as on io_uring. A descriptor quell owns (`RawOp::owned`: a stream's or a
+//! listener's, closed by its owner only after its ops are done) cannot change under a
+//! job: its jobs hold nothing and pay nothing, until the ring closes it under them
+//! (then they move onto a duplicate like the others).
 //!
 //! # Drop
 //! Dropping the pool never waits for workers: idle ones exit by themselves, one stuck in
@@ -247,7 +250,11 @@ impl Pool {
         let mut holds = [None, None];
         // A close acts on the number itself; closures and timers have no descriptor.
         if raw.kind.uses_fd() && raw.kind != OpKind::Close {
-            holds[0] = Hold::take(raw.fd, class == CancelClass::Prompt);
+            // A descriptor quell owns names the job's file until the job is done (its
+            // owner closes it after its ops; a close through the ring retargets it).
+            if !raw.owned {
+                holds[0] = Hold::take(raw.fd, class == CancelClass::Prompt);
+            }
             if matches!(raw.kind, OpKind::Splice | OpKind::RenameAt) {
                 holds[1] = Hold::take(raw.fd2, false);
             }
@@ -277,7 +284,7 @@ impl Pool {
             return; // nothing queued: no lock taken on the close path
         }
         // What the number names as the ring closes it: the file jobs held by identity
-        // were submitted on, if theirs matches.
+        // (or acting on it as its owner's) were submitted on, if theirs matches.
         let Some(now) = sys::identity(fd) else {
             return;
         };
@@ -290,11 +297,19 @@ impl Pool {
             if job.lock().state != JobState::Queued {
                 continue;
             }
-            for (h, num) in holds.iter_mut().zip([&mut raw.fd, &mut raw.fd2]) {
-                let Some(Hold::Same(n, id)) = h else {
-                    continue;
+            let owned = raw.owned;
+            for (i, (h, num)) in holds
+                .iter_mut()
+                .zip([&mut raw.fd, &mut raw.fd2])
+                .enumerate()
+            {
+                let ours = match h {
+                    Some(Hold::Same(n, id)) => *n == fd && *id == now,
+                    // An owned descriptor's job holds nothing: its number is its file.
+                    None => i == 0 && owned && *num == fd,
+                    Some(Hold::Dup(_)) => false,
                 };
-                if *n != fd || *id != now {
+                if !ours {
                     continue;
                 }
                 if dup.is_none() {
@@ -303,15 +318,17 @@ impl Pool {
                         unsafe { BorrowedFd::borrow_raw(fd) },
                         sys::DUP_MIN,
                     );
-                    match d {
-                        Ok(d) => dup = Some(Arc::new(d)),
-                        // No descriptor left (EMFILE): the job's identity check fails it.
-                        Err(_) => return,
-                    }
+                    dup = d.ok().map(Arc::new);
                 }
-                let d = dup.clone().expect("taken");
-                *num = d.as_raw_fd();
-                *h = Some(Hold::Dup(d));
+                match &dup {
+                    Some(d) => {
+                        *num = d.as_raw_fd();
+                        *h = Some(Hold::Dup(d.clone()));
+                    }
+                    // No descriptor left (EMFILE): the job's identity check fails it once
+                    // the number names another file or none.
+                    None => *h = Some(Hold::Same(fd, now)),
+                }
             }
         }
     }
@@ -830,5 +847,70 @@ mod tests {
         let out = wait_results(&mut pool, 1);
         assert_eq!(out, vec![(1, 1)]);
         assert_eq!(pool.len(), 0);
+    }
+
+    /// A job on a descriptor quell owns (`RawOp::owned`) holds nothing (no duplicate, no
+    /// identity read) and acts through the number, which its owner keeps open until the
+    /// job is done. If the ring itself closes the number under the queued job, the job
+    /// moves onto a duplicate and reads its own file after the number is reused.
+    #[test]
+    fn an_owned_job_holds_nothing_until_the_ring_closes_its_number() {
+        use std::os::fd::IntoRawFd;
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let mut pool = Pool::new(1, bell);
+        let (release, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        pool.submit_fn(
+            1,
+            Box::new(move || {
+                let _ = started_tx.send(());
+                let _ = rx.recv_timeout(Duration::from_secs(30));
+                Ok(0)
+            }),
+        );
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let n = r.into_raw_fd();
+        let mut buf = vec![0u8; 16];
+        let raw = RawOp {
+            kind: OpKind::Read,
+            fd: n,
+            fd2: -1,
+            len: 16,
+            flags: 0,
+            offset: crate::op::NO_OFFSET,
+            aux: 16,
+            ptr: buf.as_mut_ptr(),
+            ptr2: std::ptr::null_mut(),
+            owned: true,
+        };
+        pool.submit_raw(2, raw, 0, None, CancelClass::Prompt);
+        {
+            let q = pool.shared.queue();
+            let (_, work) = q.jobs.iter().find(|(j, _)| j.key == 2).unwrap();
+            let Work::Raw { raw, holds, .. } = work else {
+                panic!("a raw job")
+            };
+            assert!(holds[0].is_none(), "an owned descriptor needs no hold");
+            assert_eq!(raw.fd, n);
+        }
+        // The ring closes the number; another pipe takes it.
+        pool.retarget(n);
+        let (r2, w2) = rustix::pipe::pipe().unwrap();
+        // SAFETY: `n` is ours (taken from its owner above); dup2 closes it and makes it a
+        // copy of the new pipe's reading end, which `_n2` then owns.
+        assert_eq!(
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&r2), n) },
+            n
+        );
+        // SAFETY: `n` names a descriptor nothing else owns.
+        let _n2 = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) };
+        rustix::io::write(&w, b"old").unwrap();
+        rustix::io::write(&w2, b"new").unwrap();
+        release.send(()).unwrap();
+        let mut out = wait_results(&mut pool, 2);
+        out.sort_unstable();
+        assert_eq!(out, vec![(1, 0), (2, 3)]);
+        assert_eq!(&buf[..3], b"old");
     }
 }

@@ -39,30 +39,65 @@
 //!   the last of them leaves; pool jobs not yet started on the number are moved onto a
 //!   duplicate too. The ops keep acting on their own file, exactly as on io_uring. This
 //!   costs a `dup` on the close path only.
-//! - **Closed outside quell** (an ordinary `drop(File)`) and reused: epoll keys an item by
-//!   file *and* number, so re-arming the number after it was reused fails `ENOENT`
-//!   (`EBADF` if it is just closed). Every op that parks re-arms the number with one
-//!   `epoll_ctl` — the one a first waiter needs anyway; an op queued behind others on
-//!   the same descriptor and direction pays it too (it skipped its attempt, so nothing
-//!   else tells which file it was submitted on: measured 113 → 525 ns to submit and park
-//!   each of 10,000 reads on one socket). Without it, an op on the new file could queue
-//!   behind the old file's waiters with nothing watching the new file. The registration
-//!   is re-armed after every service that leaves waiters, so a reuse is seen the first
-//!   time quell touches the number again. The waiters of the old
-//!   file then complete `Failed(EBADF)` without acting (they moved no byte: each attempt
-//!   either completes an op or moves nothing), and the new file starts a fresh state.
-//!   Each registration carries a generation in its epoll data, so an event from an item
-//!   the old file left behind (it stays while that file is open elsewhere) is ignored.
-//!   This differs from io_uring, where the old op would keep waiting on its old file. An
+//! - **Descriptors quell owns** (`RawOp::owned`: a [`Stream`](crate::future::Stream)'s
+//!   or a [`Listener`](crate::future::Listener)'s, closed by their owner only once their
+//!   ops are done) cannot change under their waiters: their ops pay no check at all, not
+//!   at park, not when served (measured: submitting and parking each of 10,000 stream
+//!   reads on one socket takes ~280 ns, one `epoll_ctl` less than before, ~590 ns; a
+//!   stream ping-pong round makes the same system calls as before). Closing such a number
+//!   outside its owner breaks Rust's I/O safety and is not defended against.
+//! - **Raw descriptors closed outside quell** (an ordinary `drop(File)`) and reused:
+//!   epoll keys an item by file (the open file description) *and* number. An
+//!   `EPOLL_CTL_ADD` of the number is refused with `EEXIST` exactly when the number's
+//!   current file has an item under it, so it tells, without changing anything, whether
+//!   the number still names the file of its registration (`names_its_file`: ~0.2 µs
+//!   here, about any system call's floor; a `MOD` with the same events costs ~0.3 µs, a
+//!   `statx` ~0.35 µs, `kcmp` ~1.1 µs and needs a second descriptor; if the number names
+//!   another file the probe is added, and taken back). It is asked at the two points
+//!   where the waiters of a number could meet a file they were not submitted on:
+//!   - **before raw waiters are served** after an event: the event is the registration's
+//!     file's (its epoll data carries the registration's generation), but the waiters act
+//!     through the number, which may have been closed and reused while that file stayed
+//!     open elsewhere (a `dup`, a child process). One probe per wake that serves raw
+//!     waiters (none while an owned waiter is there: its owner keeps the number on the
+//!     registration's file). Measured: +1 system call per wake of the ring-loop
+//!     ping-pong (2 instead of 1 `epoll_ctl` per park, `strace -c`), +~0.3 µs of CPU per
+//!     ~6 µs round on one CPU, within the noise of the throughput runs;
+//!   - **when a raw op parks** without re-arming the registration (it is armed for what
+//!     it needs already, e.g. an op queued behind others on the same descriptor and
+//!     direction, which skipped its attempt): otherwise an op on a new file could queue
+//!     behind the old file's waiters with nothing watching the new file. A park that
+//!     re-arms needs no probe: a `MOD` of a number reused by another file fails `ENOENT`
+//!     (`EBADF` if just closed). Measured: submitting and parking each of 10,000 raw reads
+//!     on one socket ~440 ns (was ~530 ns with a `MOD` per park; ~113 ns with no check).
+//!
+//!   When the number no longer names the file, the waiters complete `Failed(EBADF)`
+//!   without acting (they moved no byte: each attempt either completes an op or moves
+//!   nothing), and the new file starts a fresh state. This differs from io_uring, where
+//!   the old op would keep acting on its old file; it never acts on the new one. An
 //!   anchor (a `dup` of the descriptor while ops wait on it) would remove the difference,
-//!   but it costs a `dup` and a `close` per park on the hot path (measured +0.2–0.4 µs,
-//!   2–3.5 % of a ~12 µs same-CPU ping-pong round) and doubles the descriptors of every
-//!   connection with a parked read (idle keep-alive connections would hit
-//!   `RLIMIT_NOFILE` at half the count).
-//!   **Known gap:** if the old file is still open elsewhere (a `dup`, a child process)
-//!   *and* becomes ready after the number was reused but before quell touched the number
-//!   again, its event is served by attempts on the number, i.e. on the new file. Close
-//!   descriptors with pending ops through the ring (or cancel them first) to rule it out.
+//!   but it costs a `dup` and a `close` per park (measured +0.2–0.4 µs, 2–3.5 % of a
+//!   ~12 µs same-CPU ping-pong round) and doubles the descriptors of every connection
+//!   with a parked read (idle keep-alive connections would hit `RLIMIT_NOFILE` at half
+//!   the count).
+//!
+//!   **Ghosts.** A state forgotten without removing its item (the number had already left
+//!   its file) leaves that item in the set while the file is open elsewhere. If that file
+//!   comes back to the number (`dup2`) while another file's raw waiters wait there, the
+//!   probe would find the old item and say yes. So such numbers are remembered
+//!   (`Portable::ghosts`), and on them the probe also compares the file's identity
+//!   (`statx` with `AT_STATX_DONT_SYNC`: device and inode, read when the state's first
+//!   raw waiter parked): one `statx` more per check, on those numbers only. **Residual:**
+//!   files on one shared anonymous inode (eventfd, timerfd, signalfd, epoll) have the
+//!   same identity, so this one case stays open: such a file `A` waited on under a
+//!   number, left it outside quell while open elsewhere, another such file `B` now has
+//!   raw waiters under the number, and `A` is put back on it; `B`'s waiters are then
+//!   served from `A`. In the same come-back case a waiter that re-arms the registration
+//!   (an idle one, or one adding a direction) takes over the come-back file's old item,
+//!   and the next check fails it `EBADF` although it was submitted on that file: a
+//!   spurious failure, never an act on another file.
+//!   Another thread closing and reusing a raw number while an op on it is being
+//!   submitted or served races as it would with any system call on a raw number.
 //! - **Pool jobs** keep their file as the pool describes (a duplicate for pollable
 //!   objects, an identity check for files).
 
@@ -72,7 +107,7 @@ use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
 use crate::outcome::CancelClass;
 use crate::wake::Doorbell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -80,6 +115,9 @@ use std::time::{Duration, Instant};
 
 /// epoll data of the doorbell (descriptors use [`tag`]: generations never reach `u32::MAX`).
 const DOORBELL: u64 = u64::MAX;
+/// The generation in the epoll data of an identity probe (see [`names_its_file`]): no
+/// registration has it, so an event of a probe is never served.
+const PROBE_GEN: u32 = u32::MAX;
 const EAGAIN: i64 = -(libc::EAGAIN as i64);
 const EBADF: i64 = -(libc::EBADF as i64);
 const ECANCELED: i64 = -(libc::ECANCELED as i64);
@@ -146,10 +184,20 @@ struct FdState {
     /// Set when this state lives under a private duplicate (its waiters' number was
     /// closed through the ring): closing it when the state retires lets the file go.
     anchor: Option<OwnedFd>,
+    /// Waiters whose descriptor quell does not own (`RawOp::owned` unset): only while
+    /// some are here, and none that quell owns, can the number have been closed and
+    /// reused under the waiters, so only then is it checked.
+    raw: u32,
+    /// The number may have a registration of another file left in the epoll set (see
+    /// `Portable::ghosts`): a check must then also compare the file's identity.
+    ghosted: bool,
+    /// The identity of the registration's file, read when its first raw waiter parked
+    /// (on a `ghosted` number only).
+    ident: Option<sys::Identity>,
 }
 
-impl Default for FdState {
-    fn default() -> Self {
+impl FdState {
+    fn new(ghosted: bool) -> Self {
         FdState {
             reads: VecDeque::new(),
             writes: VecDeque::new(),
@@ -164,11 +212,17 @@ impl Default for FdState {
             armed: 0,
             gen: 0,
             anchor: None,
+            raw: 0,
+            ghosted,
+            ident: None,
         }
     }
-}
 
-impl FdState {
+    /// Whether a waiter on a descriptor quell owns is here: the number then names the
+    /// registration's file (its owner has not closed it).
+    fn has_owned(&self) -> bool {
+        self.live_reads + self.live_writes + self.live_polls > self.raw
+    }
     fn live(&self, dir: Dir) -> u32 {
         match dir {
             Dir::Read => self.live_reads,
@@ -194,6 +248,9 @@ impl FdState {
 
     /// Adds a waiter to its queue.
     fn link(&mut self, key: u64, w: &Waiter) {
+        if !w.raw.owned {
+            self.raw += 1;
+        }
         match w.dir {
             Dir::Read => {
                 self.reads.push_back(key);
@@ -218,6 +275,9 @@ impl FdState {
 
     /// Forgets one waiter that left other than by being served.
     fn unlink(&mut self, w: &Waiter) {
+        if !w.raw.owned {
+            self.raw -= 1;
+        }
         match w.dir {
             Dir::Read => {
                 self.live_reads -= 1;
@@ -275,6 +335,12 @@ pub(crate) struct Portable {
     events_full: bool,
     /// The generation of the next epoll registration.
     next_gen: u32,
+    /// Numbers under which a registration of a file that may have left the number can
+    /// remain in the epoll set (a state was forgotten without removing its item, which
+    /// stays while that file is open elsewhere). epoll tells whether the number's
+    /// current file has an item under it, not whose: on these numbers a check also
+    /// compares the file's identity. Never cleared (one entry per number at most).
+    ghosts: HashSet<RawFd>,
 }
 
 fn is_write(kind: OpKind) -> bool {
@@ -385,6 +451,7 @@ impl Portable {
             polled: false,
             events_full: false,
             next_gen: 1,
+            ghosts: HashSet::new(),
         })
     }
 
@@ -583,17 +650,49 @@ impl Portable {
         self.on_pool(key, r, done, iov, class);
     }
 
-    /// Parks an op on its descriptor. Every park re-arms the descriptor with one
-    /// `epoll_ctl`, which also tells whether the number still names the file the
-    /// waiters already here parked on. `tried`: the op was just attempted on the number
-    /// (`false`: it skipped its attempt to queue behind earlier waiters).
+    /// Parks an op on its descriptor. The number must still name the file of the
+    /// waiters already there (see the module docs, "Descriptor identity"): arming the
+    /// registration tells, when it needs an `epoll_ctl`; otherwise a raw op (or an owned
+    /// one joining raw waiters only) pays one identity probe. `tried`: the op was just
+    /// attempted on the number (`false`: it skipped its attempt to queue behind earlier
+    /// waiters).
     fn enqueue(&mut self, key: u64, raw: RawOp, via: Via, dir: Dir, tried: bool) {
         let fd = raw.fd;
         let w = Waiter { raw, via, dir };
-        let st = self.fds.entry(fd).or_default();
+        let Portable {
+            fds,
+            ghosts,
+            epoll,
+            next_gen,
+            ..
+        } = self;
+        let st = fds
+            .entry(fd)
+            .or_insert_with(|| FdState::new(!ghosts.is_empty() && ghosts.contains(&fd)));
+        // An owned waiter here means the number names the registration's file; an owned
+        // op names its file, which is the registration's unless raw waiters parked on
+        // an earlier one.
+        let verify = if raw.owned {
+            st.raw > 0 && !st.has_owned()
+        } else {
+            !st.has_owned()
+        };
+        let first_raw = !raw.owned && st.raw == 0;
         st.link(key, &w);
-        match arm(&self.epoll, fd, st, true, &mut self.next_gen) {
+        let res = match arm(epoll, fd, st, next_gen) {
+            Ok(true) => Ok(()),
+            // Unregistered: no file to compare with (the op is the first to watch it).
+            Ok(false) if !verify || !st.registered || names_its_file(epoll, fd, st) => Ok(()),
+            Ok(false) => Err(Armed::Stale),
+            Err(e) => Err(e),
+        };
+        match res {
             Ok(()) => {
+                if first_raw && st.ghosted && st.ident.is_none() {
+                    // The number names the registration's file now (just checked, or
+                    // held by an owned waiter): later checks compare against it.
+                    st.ident = sys::identity(fd);
+                }
                 if matches!(via, Via::NoWait | Via::Plain | Via::SockMsg) {
                     st.rw_via = via;
                 }
@@ -639,15 +738,11 @@ impl Portable {
             }
         }
         if st.anchor.is_some() {
-            // SAFETY: a null event is allowed for EPOLL_CTL_DEL; `fd` is our duplicate.
-            unsafe {
-                libc::epoll_ctl(
-                    self.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    fd,
-                    std::ptr::null_mut(),
-                )
-            };
+            // `fd` is our duplicate: it still names the registration's file.
+            del(&self.epoll, fd);
+        } else if st.registered {
+            // The item stays in the set while its file is open elsewhere.
+            self.ghosts.insert(fd);
         }
     }
 
@@ -661,22 +756,20 @@ impl Portable {
             return;
         };
         if st.is_idle() {
-            // Nothing waits: the registration goes with the file (or stays disarmed
-            // while the file is open elsewhere; a later file under this number gets an
-            // item of its own).
-            self.fds.remove(&fd);
+            // Nothing waits: the registration goes before the file does (left in the
+            // set, it would stay while the file is open elsewhere).
+            let st = self.fds.remove(&fd).expect("present");
+            if st.registered && !del(&self.epoll, fd) && st.anchor.is_none() {
+                self.ghosts.insert(fd);
+            }
             return;
         }
-        // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != 0 {
+        // Raw waiters may have lost the number outside quell (an owned waiter's owner
+        // has not closed it); on a ghosted number the removal alone would not tell.
+        if st.raw > 0 && !st.has_owned() && !names_its_file(&self.epoll, fd, st) {
+            return self.abandon(fd);
+        }
+        if !del(&self.epoll, fd) {
             // The item is not this number's file: the waiters' file already lost the
             // number outside quell.
             return self.abandon(fd);
@@ -699,15 +792,20 @@ impl Portable {
         for key in st.keys() {
             if let Some(w) = self.waiting.get_mut(key) {
                 w.raw.fd = to;
+                // The duplicate is quell's: nothing closes it under them.
+                w.raw.owned = true;
             }
         }
+        st.raw = 0;
+        st.ghosted = self.ghosts.contains(&to);
+        st.ident = None;
         st.registered = false;
         st.armed = 0;
         st.anchor = Some(dup);
-        let res = arm(&self.epoll, to, &mut st, true, &mut self.next_gen);
+        let res = arm(&self.epoll, to, &mut st, &mut self.next_gen);
         self.fds.insert(to, st);
         match res {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(Armed::Stale) => self.abandon(to),
             Err(Armed::Errno(errno)) => {
                 let st = self.fds.remove(&to).expect("present");
@@ -730,15 +828,12 @@ impl Portable {
             return;
         }
         // Nobody waits: drop the registration rather than leave it armed.
-        // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
+        let anchored = st.anchor.is_some();
+        if !del(&self.epoll, fd) && !anchored {
+            // The number no longer names the registration's file, whose item stays
+            // while that file is open elsewhere.
+            self.ghosts.insert(fd);
+        }
         self.fds.remove(&fd);
     }
 
@@ -887,11 +982,32 @@ impl Portable {
             return;
         }
         st.armed = 0; // one-shot
-        if flags & EV_READ_READY != 0 && st.live_reads > 0 {
-            serve_fifo(&mut st.reads, &mut st.live_reads, waiting, ready);
+        let reads = flags & EV_READ_READY != 0 && st.live_reads > 0;
+        let writes = flags & EV_WRITE_READY != 0 && st.live_writes > 0;
+        // The event is the registration's file's, but the waiters act through the
+        // number: raw ones only once it is shown to still name that file (it may have
+        // been closed and reused outside quell since they parked, the file staying open
+        // elsewhere). Not needed while an owned waiter is here.
+        if (reads || writes) && st.raw > 0 && !st.has_owned() && !names_its_file(epoll, fd, st) {
+            return self.abandon(fd);
         }
-        if flags & EV_WRITE_READY != 0 && st.live_writes > 0 {
-            serve_fifo(&mut st.writes, &mut st.live_writes, waiting, ready);
+        if reads {
+            serve_fifo(
+                &mut st.reads,
+                &mut st.live_reads,
+                &mut st.raw,
+                waiting,
+                ready,
+            );
+        }
+        if writes {
+            serve_fifo(
+                &mut st.writes,
+                &mut st.live_writes,
+                &mut st.raw,
+                waiting,
+                ready,
+            );
         }
         if st.live_polls > 0 {
             let seen = flags & 0xffff;
@@ -904,18 +1020,21 @@ impl Portable {
                 if ev == 0 {
                     return true;
                 }
-                served.push((key, w.raw.flags));
+                served.push((key, w.raw.flags, w.raw.owned));
                 ready.push((key, ev as i64));
                 false
             });
-            for (key, interest) in served {
+            for (key, interest, owned) in served {
                 waiting.remove(&key);
                 st.live_polls -= 1;
+                if !owned {
+                    st.raw -= 1;
+                }
                 st.poll_counts(interest, false);
             }
         }
-        match arm(epoll, fd, st, false, next_gen) {
-            Ok(()) => {
+        match arm(epoll, fd, st, next_gen) {
+            Ok(_) => {
                 if st.is_idle() && st.anchor.is_some() {
                     // The last op on a number the ring closed left: let the file go.
                     self.settle(fd);
@@ -927,6 +1046,9 @@ impl Portable {
                 // The descriptor cannot be watched any more: fail its waiters rather
                 // than leave them hanging.
                 let st = self.fds.remove(&fd).expect("present");
+                if st.registered && st.anchor.is_none() {
+                    self.ghosts.insert(fd);
+                }
                 for key in st.keys() {
                     if self.waiting.remove(key).is_some() {
                         self.ready.push((*key, -(errno as i64)));
@@ -948,6 +1070,7 @@ impl Portable {
 fn serve_fifo(
     q: &mut VecDeque<u64>,
     live: &mut u32,
+    raw: &mut u32,
     waiting: &mut HashMap<u64, Waiter>,
     ready: &mut Vec<(u64, i64)>,
 ) {
@@ -965,6 +1088,9 @@ fn serve_fifo(
             break;
         }
         q.pop_front();
+        if !w.raw.owned {
+            *raw -= 1;
+        }
         waiting.remove(&key);
         *live -= 1;
         ready.push((key, res));
@@ -990,18 +1116,14 @@ fn untag(data: u64) -> (RawFd, u32) {
     (data as u32 as RawFd, (data >> 32) as u32)
 }
 
-/// Arms `fd`'s one-shot registration for what its waiters need. With `check`, arms it
-/// even if it is armed already, so the call validates the number (see [`Armed::Stale`]).
-fn arm(
-    epoll: &OwnedFd,
-    fd: RawFd,
-    st: &mut FdState,
-    check: bool,
-    next_gen: &mut u32,
-) -> Result<(), Armed> {
+/// Arms `fd`'s one-shot registration for what its waiters need. `Ok(true)`: it took an
+/// `epoll_ctl` on the number, which succeeded, so the number names the registration's
+/// file (on a ghosted number: a file with an item under it, see `Portable::ghosts`);
+/// `Ok(false)`: it was armed for that already (or nothing is needed), nothing was asked.
+fn arm(epoll: &OwnedFd, fd: RawFd, st: &mut FdState, next_gen: &mut u32) -> Result<bool, Armed> {
     let want = st.want();
-    if want == 0 || (!check && st.armed != 0 && want & !st.armed == 0) {
-        return Ok(());
+    if want == 0 || (st.armed != 0 && want & !st.armed == 0) {
+        return Ok(false);
     }
     let ctl = |op: libc::c_int, gen: u32| {
         let mut ev = libc::epoll_event {
@@ -1020,9 +1142,9 @@ fn arm(
     };
     let res = if st.registered {
         match ctl(libc::EPOLL_CTL_MOD, st.gen) {
-            // EPERM: the number now names a file that cannot be polled at all.
+            // EPERM: the number now names a file that cannot be polled at all. The state
+            // stays `registered`: its item may remain (forgetting it marks the number).
             Err(libc::ENOENT | libc::EBADF | libc::EPERM) => {
-                st.registered = false;
                 st.armed = 0;
                 return Err(Armed::Stale);
             }
@@ -1048,12 +1170,54 @@ fn arm(
         Ok(()) => {
             st.registered = true;
             st.armed = want;
-            Ok(())
+            Ok(true)
         }
         Err(e) => {
-            st.registered = false;
             st.armed = 0;
             Err(Armed::Errno(e))
         }
+    }
+}
+
+/// Whether `fd` still names the file of `st`'s registration. Probed with an
+/// `EPOLL_CTL_ADD` of the number, which the kernel refuses with `EEXIST` exactly when the
+/// number's current file (the open file description, not just the inode) has an item
+/// under that number in the set: the registration's own, unless the number is ghosted
+/// (then the file's identity is compared too). If the probe was added, the number names
+/// another file: it is taken back. One `epoll_ctl` (measured ~0.2 µs here, about the
+/// cost of any system call, against ~0.3 µs for a MOD and ~0.35 µs for a `statx`), plus
+/// a `statx` on a ghosted number.
+fn names_its_file(epoll: &OwnedFd, fd: RawFd, st: &FdState) -> bool {
+    if !st.registered {
+        return false;
+    }
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLONESHOT as u32,
+        u64: tag(fd, PROBE_GEN),
+    };
+    // SAFETY: ev is a valid epoll_event; a closed or foreign fd only yields an error.
+    let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    if rc == 0 {
+        del(epoll, fd);
+        return false;
+    }
+    if io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return false;
+    }
+    !st.ghosted || (st.ident.is_some() && sys::identity(fd) == st.ident)
+}
+
+/// Removes the item of the file `fd` names now from the set; `false` if it has none
+/// (or `fd` names nothing).
+fn del(epoll: &OwnedFd, fd: RawFd) -> bool {
+    // SAFETY: a null event is allowed for EPOLL_CTL_DEL; a closed or foreign fd only
+    // yields an error.
+    unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut(),
+        ) == 0
     }
 }

@@ -599,7 +599,7 @@ enum BufInner {
 }
 
 impl BufFuture {
-    fn refused(e: SubmitError) -> BufFuture {
+    pub(super) fn refused(e: SubmitError) -> BufFuture {
         let (err, op) = e.into_parts();
         BufFuture {
             inner: BufInner::Refused(Some(Box::new((err, op.into_buf().unwrap_or_default())))),

@@ -128,7 +128,7 @@ impl Stream {
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let stream = Stream::new(driver, fd);
-        let c = driver.submit(Op::connect(raw, addr))?.await;
+        let c = driver.submit(Op::connect(raw, addr).owned())?.await;
         match c.outcome {
             Outcome::Done(_) => Ok(stream),
             o => Err(failure(o)),
@@ -152,6 +152,15 @@ impl Stream {
     /// ```
     pub fn fd(&self) -> RawFd {
         self.raw
+    }
+
+    /// Submits an op on the stream's own descriptor (marked owned: the stream closes it
+    /// only after its ops are done, so the portable backend needs no identity check).
+    fn buf_op(&self, op: Op) -> BufFuture {
+        match self.driver.submit(op.owned()) {
+            Ok(f) => f.buf(),
+            Err(e) => BufFuture::refused(e),
+        }
     }
 
     /// Reads into `buf` (kept bytes from dropped reads first). Do not mix with
@@ -180,7 +189,7 @@ impl Stream {
     /// # Ok(()) }
     /// ```
     pub fn read_owned(&self, buf: Vec<u8>) -> BufFuture {
-        self.driver.read(self.raw, buf)
+        self.buf_op(Op::read(self.raw, buf))
     }
 
     /// Writes `buf`; `Ok(n)` is how much was written.
@@ -198,7 +207,7 @@ impl Stream {
     /// # Ok(()) }
     /// ```
     pub fn write_owned(&self, buf: Vec<u8>) -> BufFuture {
-        self.driver.write(self.raw, buf)
+        self.buf_op(Op::write(self.raw, buf))
     }
 
     /// Writes all of `buf` (one op whose short writes are retried inside, I6).
@@ -222,7 +231,7 @@ impl Stream {
     /// ```
     pub async fn write_all_owned(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let len = buf.len();
-        let (r, buf) = match self.driver.submit(Op::write(self.raw, buf).exact()) {
+        let (r, buf) = match self.driver.submit(Op::write(self.raw, buf).exact().owned()) {
             Ok(f) => f.buf().await,
             Err(e) => {
                 let (e, op) = e.into_parts();
@@ -272,7 +281,7 @@ impl Stream {
         if self.reading.is_none() {
             let mut buf = std::mem::take(&mut self.rbuf);
             buf.resize(READ_CHUNK.max(buf.len()), 0);
-            match self.driver.submit(Op::read(self.raw, buf)) {
+            match self.driver.submit(Op::read(self.raw, buf).owned()) {
                 Ok(f) => self.reading = Some(f),
                 Err(e) => {
                     let (e, op) = e.into_parts();
@@ -450,7 +459,7 @@ impl Stream {
             }
             let mut buf = std::mem::take(&mut self.wspare);
             std::mem::swap(&mut buf, &mut self.wbuf);
-            match self.driver.submit(Op::write(self.raw, buf).exact()) {
+            match self.driver.submit(Op::write(self.raw, buf).exact().owned()) {
                 Ok(f) => self.writing = Some(f),
                 Err(e) => {
                     let (e, op) = e.into_parts();
@@ -707,7 +716,7 @@ impl Listener {
     /// # Ok(()) }
     /// ```
     pub async fn accept(&self) -> io::Result<Stream> {
-        let c = self.driver.submit(Op::accept(self.raw))?.await;
+        let c = self.driver.submit(Op::accept(self.raw).owned())?.await;
         match c.outcome {
             // SAFETY: the kernel returned a fresh descriptor that nobody else owns.
             Outcome::Done(fd) => Ok(Stream::new(&self.driver, unsafe {

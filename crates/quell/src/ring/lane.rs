@@ -116,6 +116,7 @@ impl Ring {
                     aux: d.aux,
                     ptr,
                     ptr2: std::ptr::null_mut(),
+                    owned: d.owned,
                 },
                 class,
             ),
