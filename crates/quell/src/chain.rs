@@ -962,6 +962,9 @@ impl ChainState {
     pub(crate) fn apply(&self, raw: &mut crate::op::RawOp) {
         if self.mapped[0] >= 0 {
             raw.fd = self.mapped[0];
+            // The chain's own duplicate: nobody else can close or reuse it while the
+            // step lives, so the backend need not check or pin its identity again.
+            raw.owned = raw.kind != OpKind::Close;
         }
         if self.mapped[1] >= 0 {
             raw.fd2 = self.mapped[1];

@@ -73,8 +73,12 @@ impl Anchors {
         if let Some(a) = self.by_slot.get(&idx) {
             if let Some(h) = a.fd.and_then(|i| self.held[i].as_ref()) {
                 raw.fd = h.current();
-                if raw.kind == OpKind::Close && raw.fd != h.number {
-                    return false;
+                if raw.fd != h.number {
+                    if raw.kind == OpKind::Close {
+                        return false;
+                    }
+                    // The ring's own duplicate: nobody else can close or reuse it.
+                    raw.owned = true;
                 }
             }
             if let Some(h) = a.fd2.and_then(|i| self.held[i].as_ref()) {
