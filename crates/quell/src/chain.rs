@@ -1258,7 +1258,15 @@ impl Ring {
         }
         let s = self.table.slot_mut(idx);
         let asked = s.desc.request_len();
-        let outcome = outcome_of(s.desc.kind, s.flags, s.transferred, asked, res);
+        let split = s.desc.offset != crate::op::NO_OFFSET
+            && asked > self.part_size as u64
+            && matches!(s.desc.kind, OpKind::Read | OpKind::Write);
+        let oflags = if split {
+            s.flags | crate::table::F_SPLIT
+        } else {
+            s.flags
+        };
+        let outcome = outcome_of(s.desc.kind, oflags, s.transferred, asked, res);
         let (kind, flags) = (s.desc.kind, s.flags);
         let payload = std::mem::take(&mut s.desc.payload);
         let st = self.chains.get(idx);

@@ -40,6 +40,9 @@ pub(crate) struct FdInfo {
     pub(crate) dio_mem_align: u32,
     /// Required offset/length alignment for direct I/O.
     pub(crate) dio_offset_align: u32,
+    /// A pipe, FIFO or socket: no file position, so a positioned transfer is an error
+    /// (`ESPIPE` from `pread(2)`; io_uring would silently ignore the offset).
+    pub(crate) stream: bool,
 }
 
 /// Looks a descriptor up in the kernel. `Err(errno)` when it is not open.
@@ -84,6 +87,7 @@ pub(crate) fn probe_fd(fd: RawFd) -> Result<FdInfo, i32> {
         direct,
         dio_mem_align: mem,
         dio_offset_align: off,
+        stream: matches!(fmt, libc::S_IFIFO | libc::S_IFSOCK),
     })
 }
 
@@ -157,6 +161,19 @@ impl FdCache {
             self.entries[i] = Some(info);
         }
         Ok(info)
+    }
+
+    /// Asks the kernel again what `fd` is, and remembers it.
+    pub(crate) fn refresh(&mut self, fd: RawFd) -> Result<FdInfo, i32> {
+        let info = probe_fd(fd)?;
+        self.store(fd, info);
+        Ok(info)
+    }
+
+    /// What is cached for `fd`, without asking the kernel.
+    #[inline]
+    pub(crate) fn cached(&self, fd: RawFd) -> Option<FdInfo> {
+        self.entries.get(fd.max(0) as usize).copied().flatten()
     }
 
     /// Records what the kernel just said `fd` is (a re-validation found the cache stale).

@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 /// The offset that means "the descriptor's current position" (stream I/O).
 pub(crate) const NO_OFFSET: u64 = u64::MAX;
 
+/// `OpDesc::flags` of a read or write (unused by the kernel for those kinds): the
+/// transfer is direct I/O (an `O_DIRECT` descriptor, or an aligned buffer meant for
+/// one). `RWF_NOWAIT` does not keep a direct read from waiting for the device, so the
+/// portable backend never tries one inline on the ring's thread.
+pub(crate) const RW_DIRECT: u32 = 1;
+
+/// An offset a caller gave: never the internal "current position" marker. `u64::MAX`
+/// becomes `u64::MAX - 1`, which submission refuses like every offset past `i64::MAX`
+/// (the kernel's limit), instead of silently reading at the file's position.
+fn positioned(offset: u64) -> u64 {
+    offset.min(NO_OFFSET - 1)
+}
+
 /// The kind of an operation.
 ///
 /// ```
@@ -259,6 +272,9 @@ unsafe impl Send for Vectored {}
 pub(crate) struct StatxBuf {
     pub(crate) path: CString,
     pub(crate) stx: libc::statx,
+    /// The path given had an interior NUL byte (refused at submission; an empty path
+    /// is legitimate here, with `AT_EMPTY_PATH`).
+    pub(crate) nul: bool,
 }
 
 /// A socket address in kernel form.
@@ -506,7 +522,7 @@ impl Op {
     /// # Ok(()) }
     /// ```
     pub fn read_at(fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
-        Op::buf_op(OpKind::Read, fd, offset, buf)
+        Op::buf_op(OpKind::Read, fd, positioned(offset), buf)
     }
 
     /// Writes all of `buf` at the descriptor's current position.
@@ -545,7 +561,7 @@ impl Op {
     /// # Ok(()) }
     /// ```
     pub fn write_at(fd: RawFd, offset: u64, buf: Vec<u8>) -> Op {
-        Op::buf_op(OpKind::Write, fd, offset, buf)
+        Op::buf_op(OpKind::Write, fd, positioned(offset), buf)
     }
 
     /// Reads at `offset` into an aligned buffer (for `O_DIRECT` descriptors).
@@ -573,7 +589,8 @@ impl Op {
     /// ```
     pub fn read_aligned(fd: RawFd, offset: u64, buf: AlignedBuf) -> Op {
         let mut d = OpDesc::new(OpKind::Read, fd);
-        d.offset = offset;
+        d.offset = positioned(offset);
+        d.flags = RW_DIRECT;
         d.len = buf.len().min(u32::MAX as usize) as u32;
         d.aux = buf.len() as u64;
         d.payload = Payload::Aligned(buf);
@@ -649,7 +666,7 @@ impl Op {
     /// # Ok(()) }
     /// ```
     pub fn readv_at(fd: RawFd, offset: u64, bufs: Vec<Vec<u8>>) -> Op {
-        Op::vectored(OpKind::Readv, fd, offset, bufs)
+        Op::vectored(OpKind::Readv, fd, positioned(offset), bufs)
     }
 
     /// Writes several buffers at `offset` (`pwritev`).
@@ -668,7 +685,7 @@ impl Op {
     /// # Ok(()) }
     /// ```
     pub fn writev_at(fd: RawFd, offset: u64, bufs: Vec<Vec<u8>>) -> Op {
-        Op::vectored(OpKind::Writev, fd, offset, bufs)
+        Op::vectored(OpKind::Writev, fd, positioned(offset), bufs)
     }
 
     /// Opens `path` relative to `dirfd` (`libc::AT_FDCWD` for the working directory);
@@ -735,9 +752,11 @@ impl Op {
         d.aux = mask as u64;
         // SAFETY: statx is plain old data; all-zero is a valid value.
         let stx: libc::statx = unsafe { std::mem::zeroed() };
+        let nul = path.as_ref().as_os_str().as_encoded_bytes().contains(&0);
         d.payload = Payload::Statx(Box::new(StatxBuf {
             path: cstring(path),
             stx,
+            nul,
         }));
         Op::with(d)
     }
@@ -806,7 +825,7 @@ impl Op {
     pub fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Op {
         let mut d = OpDesc::new(OpKind::Fallocate, fd);
         d.flags = mode as u32;
-        d.offset = offset;
+        d.offset = positioned(offset);
         d.aux = len;
         Op::with(d)
     }
@@ -978,8 +997,8 @@ impl Op {
     ) -> Op {
         let mut d = OpDesc::new(OpKind::Splice, fd_in);
         d.fd2 = fd_out;
-        d.offset = off_in.unwrap_or(NO_OFFSET);
-        d.aux = off_out.unwrap_or(NO_OFFSET);
+        d.offset = off_in.map_or(NO_OFFSET, positioned);
+        d.aux = off_out.map_or(NO_OFFSET, positioned);
         d.len = len;
         Op::with(d)
     }
@@ -1072,7 +1091,11 @@ impl Op {
     /// Makes a read or write retry short transfers until its whole buffer has moved
     /// (`read_exact` / `write_all`). The retries are parts of one op: they share its
     /// cancel flag, deadline and group, and the op yields one completion with the total
-    /// (I6). A read that meets end of file completes `Done(n)` with `n` short.
+    /// (I6). It is short only where `read(2)`/`write(2)` would be: a read that meets end
+    /// of file completes `Done(n)` with `n` short, and a retry that fails after earlier
+    /// ones moved bytes completes `Done(bytes moved)` — the count is never lost — and the
+    /// error comes back from the next call on the descriptor. A cancel or deadline that
+    /// stops it part-way says `Canceled`/`TimedOut` with the bytes moved.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

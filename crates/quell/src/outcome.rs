@@ -33,9 +33,11 @@ pub enum Outcome {
         /// Bytes read or written before the operation stopped.
         transferred: usize,
     },
-    /// Its deadline passed while it could not be canceled (device I/O already queued).
-    /// The caller is released now; the ring keeps the buffer until the kernel finishes,
-    /// and for a write the effect may still happen.
+    /// Its deadline passed while it could not be canceled: device I/O already queued, or
+    /// an interruptible call (FUSE, NFS, a pool job) that the interrupt did not stop
+    /// within the ring's [`interrupt_grace`](crate::Builder::interrupt_grace) — or the
+    /// ring gave up on it at teardown. The caller is released now; the ring keeps the
+    /// buffer until the kernel finishes, and for a write the effect may still happen.
     Detached,
 }
 

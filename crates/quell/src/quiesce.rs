@@ -407,7 +407,15 @@ impl Ring {
             len,
             transferred,
             iov_lens,
-            flags: d.flags,
+            // RW_DIRECT is the ring's own hint for reads and writes, not the op's.
+            flags: if matches!(
+                kind,
+                OpKind::Read | OpKind::Write | OpKind::Readv | OpKind::Writev
+            ) {
+                d.flags & !crate::op::RW_DIRECT
+            } else {
+                d.flags
+            },
             mode: if matches!(kind, OpKind::OpenAt | OpKind::Statx) {
                 d.aux
             } else {

@@ -19,9 +19,9 @@ use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
     SlotState, Table, F_ANCHORED, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DECLARED, F_DELIVERED,
-    F_EXACT, F_KERNEL_DONE, F_SINK, F_TIMEOUT,
+    F_EXACT, F_KERNEL_DONE, F_SINK, F_SPLIT, F_TIMEOUT,
 };
-use crate::timer::{Timers, GROUP_TARGET};
+use crate::timer::{Timers, GRACE_TARGET, GROUP_TARGET};
 use crate::wake::Doorbell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -86,6 +86,7 @@ pub struct Builder {
     part_size: u32,
     link_chains: bool,
     direct_slots: u32,
+    interrupt_grace: Duration,
 }
 
 impl Default for Builder {
@@ -100,6 +101,7 @@ impl Default for Builder {
             part_size: 8 << 20,
             link_chains: true,
             direct_slots: 1024,
+            interrupt_grace: Duration::from_millis(500),
         }
     }
 }
@@ -234,9 +236,40 @@ impl Builder {
         self
     }
 
+    /// How long an Interruptible op (FUSE, NFS, a pool job) whose deadline fired may take
+    /// to stop before the ring releases its caller with `Detached` (default 500 ms).
+    ///
+    /// The deadline interrupts the op at once, and that usually ends it within a
+    /// millisecond (`TimedOut`). Some waits no interrupt reaches: a read of a *cached*
+    /// FUSE file waiting on the page lock, a closure that ignores `EINTR`. A deadline
+    /// still releases the caller: after this grace the op is `Detached`, its memory kept
+    /// by the ring until the kernel (or worker) is done.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, Instant};
+    /// let mut ring = quell::Ring::builder().interrupt_grace(Duration::from_millis(50)).build()?;
+    /// let stubborn = quell::Op::blocking(|| {
+    ///     std::thread::sleep(Duration::from_millis(300)); // resumes after EINTR
+    ///     Ok(0)
+    /// });
+    /// let id = ring.submit(stubborn.deadline(Instant::now() + Duration::from_millis(20)))?;
+    /// let t = Instant::now();
+    /// assert_eq!(ring.wait_for(id)?.outcome, quell::Outcome::Detached);
+    /// assert!(t.elapsed() < Duration::from_millis(250)); // released before the sleep ends
+    /// # Ok(()) }
+    /// ```
+    pub fn interrupt_grace(mut self, d: Duration) -> Builder {
+        self.interrupt_grace = d;
+        self
+    }
+
     /// Positioned reads and writes longer than this are issued in parts of this size
     /// (default 8 MiB), one after the other, all sharing the op's cancel flag: a cancel
-    /// or deadline stops the parts not yet dispatched (I6). Rounded down to 4 KiB.
+    /// or deadline stops the parts not yet dispatched (I6). A part that fails after
+    /// earlier ones moved bytes ends the op `Done(bytes moved)`, as `read(2)`/`write(2)`
+    /// report a partial transfer (the error comes back from the next call). Rounded down
+    /// to 4 KiB.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -362,6 +395,8 @@ pub struct Ring {
     dumps: Vec<introspect::DumpBinding>,
     /// Duplicates held by ops that waited in quell's queue (I12, `identity`).
     anchors: identity::Anchors,
+    /// See `Builder::interrupt_grace`, in ns.
+    interrupt_grace: u64,
     /// Closes duplicates of FUSE/NFS files off the ring's thread (a close flushes to
     /// the server, which may not answer).
     closer: crate::descriptor::Closer,
@@ -447,6 +482,7 @@ impl Ring {
             quiesce_marked: Vec::new(),
             dumps: Vec::new(),
             anchors: identity::Anchors::default(),
+            interrupt_grace: b.interrupt_grace.as_nanos().min(u64::MAX as u128 / 2) as u64,
             closer: crate::descriptor::Closer::default(),
         })
     }
@@ -623,6 +659,11 @@ impl Ring {
                     "path is empty or contains a NUL byte",
                 ))
             }
+            Payload::Statx(x) if x.nul => {
+                return Err(Error::InvalidArgument(
+                    "path is empty or contains a NUL byte",
+                ))
+            }
             Payload::Paths(p) if p.0.as_bytes().is_empty() || p.1.as_bytes().is_empty() => {
                 return Err(Error::InvalidArgument(
                     "path is empty or contains a NUL byte",
@@ -633,7 +674,9 @@ impl Ring {
         if d.kind == OpKind::Fallocate && d.aux > i64::MAX as u64 {
             return Err(Error::TooLong { len: d.aux });
         }
-        if offset_out_of_range(d.offset) && (d.kind.is_transfer() || d.kind == OpKind::Fallocate) {
+        if (offset_out_of_range(d.offset) && (d.kind.is_transfer() || d.kind == OpKind::Fallocate))
+            || (d.kind == OpKind::Splice && offset_out_of_range(d.aux))
+        {
             return Err(Error::InvalidArgument(
                 "offset beyond i64::MAX (the kernel refuses it)",
             ));
@@ -679,17 +722,26 @@ impl Ring {
                 self.fds.forget(d.fd);
                 c
             }
-            _ => {
-                let info = self
-                    .fds
-                    .info(d.fd)
-                    .map_err(|_| Error::InvalidFd { fd: d.fd })?;
-                if info.direct && matches!(d.kind, OpKind::Read | OpKind::Write) {
-                    check_direct(op, info.dio_mem_align, info.dio_offset_align)?;
-                }
-                info.class
-            }
+            _ => self.checked_info(op)?.class,
         })
+    }
+
+    /// The cached facts about `op`'s descriptor, checked against what `op` asks (O_DIRECT
+    /// alignment, a position on a pipe or socket). A refusal is the rare path, so it is
+    /// made only after asking the kernel again: a number closed outside quell and reused
+    /// must not have the old file's rules applied to it (I12).
+    #[inline]
+    pub(super) fn checked_info(&mut self, op: &Op) -> Result<crate::classify::FdInfo, Error> {
+        let fd = op.desc.fd;
+        let info = self.fds.info(fd).map_err(|_| Error::InvalidFd { fd })?;
+        match fd_rules(op, &info) {
+            Ok(()) => Ok(info),
+            Err(_) => {
+                let fresh = self.fds.refresh(fd).map_err(|_| Error::InvalidFd { fd })?;
+                fd_rules(op, &fresh)?;
+                Ok(fresh)
+            }
+        }
     }
 
     fn fd_class(&mut self, fd: RawFd) -> Result<CancelClass, Error> {
@@ -764,6 +816,16 @@ impl Ring {
             Ok(c) => c,
             Err(e) => return Err(SubmitError::new(e, op)),
         };
+        let mut op = op;
+        if class == CancelClass::Bounded
+            && matches!(
+                op.desc.kind,
+                OpKind::Read | OpKind::Write | OpKind::Readv | OpKind::Writev
+            )
+            && self.fds.cached(op.desc.fd).is_some_and(|i| i.direct)
+        {
+            op.desc.flags |= crate::op::RW_DIRECT;
+        }
         let Some((idx, gen)) = self.table.alloc() else {
             let capacity = self.table.capacity();
             return Err(SubmitError::new(Error::TableFull { capacity }, op));
@@ -1004,7 +1066,12 @@ impl Ring {
         }
         let s = self.table.slot_mut(idx);
         let outcome = if s.flags & F_CHAIN == 0 {
-            outcome_of(s.desc.kind, s.flags, s.transferred, asked, res)
+            // A positioned transfer split into parts is derived even in its first part.
+            let split = s.desc.offset != NO_OFFSET
+                && asked > self.part_size as u64
+                && matches!(s.desc.kind, OpKind::Read | OpKind::Write);
+            let flags = if split { s.flags | F_SPLIT } else { s.flags };
+            outcome_of(s.desc.kind, flags, s.transferred, asked, res)
         } else {
             match self.chain_step_ended(idx, res) {
                 Some(o) => o,
@@ -1576,9 +1643,16 @@ impl Ring {
                 }
                 let key = key_of(idx, s.gen);
                 let (kind, class, gidx) = (s.desc.kind, s.class, s.group);
+                let chain = s.flags & F_CHAIN != 0;
                 self.groups.at(gidx).stats.cancel_requested += 1;
                 self.backend.cancel(key, kind, class);
                 self.stats.cancel_requests += 1;
+                if timed_out && class == CancelClass::Interruptible && !chain {
+                    // Some waits no interrupt reaches (a cached FUSE read on the page
+                    // lock): the deadline still releases the caller, after the grace.
+                    let at = self.coarse_now.saturating_add(self.interrupt_grace);
+                    self.timers.push(at, key | GRACE_TARGET);
+                }
             }
             _ => {}
         }
@@ -1829,6 +1903,12 @@ impl Ring {
         while let Some((at, target)) = self.timers.pop_due(now) {
             if !timer_live(&self.table, &self.groups, at, target) {
                 self.timers.popped_stale();
+                continue;
+            }
+            if target & GRACE_TARGET != 0 {
+                // An interrupted op that did not stop within the grace: release its caller.
+                let (idx, _) = split_key(target & !GRACE_TARGET);
+                self.detach_slot(idx);
                 continue;
             }
             if target & GROUP_TARGET != 0 {
@@ -2329,6 +2409,13 @@ fn timer_live(table: &Table, groups: &Groups, at: u64, target: u64) -> bool {
             .get(idx as usize)
             .is_some_and(|g| g.live && (g.gen & 0x7fff_ffff) == gen && g.own_deadline == at);
     }
+    if target & GRACE_TARGET != 0 {
+        // Live while the interrupted op is still running.
+        let (idx, gen) = split_key(target & !GRACE_TARGET);
+        return table
+            .get(idx, gen)
+            .is_some_and(|s| s.state == SlotState::InFlight);
+    }
     let (idx, gen) = split_key(target);
     table.get(idx, gen).is_some_and(|s| {
         s.deadline == at && matches!(s.state, SlotState::Queued | SlotState::InFlight)
@@ -2394,7 +2481,13 @@ fn outcome_of(kind: OpKind, flags: u16, prior: u64, asked: u64, res: i64) -> Out
     };
     if res >= 0 {
         let n = res as u64;
-        if canceled && kind.is_transfer() && prior + n < asked {
+        // A short result after a cancel: for a write, send or splice (which the kernel
+        // retries until all is moved), or a derived op (an exact transfer, a later part),
+        // the cancel stopped it part-way. A single read is short whenever less was
+        // there: it completed, whether or not a cancel came too late (and the portable
+        // backend, which cancels a waiting read before it moves anything, agrees).
+        let single_read = kind.is_read() && prior == 0 && flags & (F_EXACT | F_SPLIT) == 0;
+        if canceled && kind.is_transfer() && prior + n < asked && !single_read {
             return stopped(prior + n);
         }
         return Outcome::Done((prior + n) as usize);
@@ -2410,8 +2503,32 @@ fn outcome_of(kind: OpKind, flags: u16, prior: u64, asked: u64, res: i64) -> Out
     {
         return stopped(prior);
     }
+    if prior > 0 {
+        // An earlier part (or retry) moved `prior` bytes before this one failed: report
+        // the partial transfer, as read(2)/write(2) do; the error comes back from the
+        // next call on the descriptor (I4, I6: the parent's total is never lost).
+        return Outcome::Done(prior as usize);
+    }
     Outcome::Failed(crate::outcome::Errno::from_raw_os_error(errno))
 }
+
+/// What a descriptor's facts forbid `op` to ask: a misaligned transfer on an `O_DIRECT`
+/// descriptor, a position on a pipe, FIFO or socket.
+fn fd_rules(op: &Op, info: &crate::classify::FdInfo) -> Result<(), Error> {
+    let d = &op.desc;
+    if info.direct && matches!(d.kind, OpKind::Read | OpKind::Write) {
+        check_direct(op, info.dio_mem_align, info.dio_offset_align)?;
+    }
+    if info.stream && d.offset != NO_OFFSET && d.kind.is_transfer() {
+        return Err(Error::InvalidArgument(NO_POSITION));
+    }
+    Ok(())
+}
+
+/// Why a positioned transfer on a pipe, FIFO or socket is refused (`pread(2)` answers
+/// `ESPIPE`; io_uring would ignore the offset: the backends must agree).
+pub(crate) const NO_POSITION: &str =
+    "positioned transfer on a pipe, FIFO or socket, which has no file position (ESPIPE)";
 
 /// Whether a file offset is one the kernel refuses (`EINVAL`): above `i64::MAX`, other
 /// than [`NO_OFFSET`] ("the current position"). One add and one compare.
@@ -2462,9 +2579,36 @@ mod tests {
     fn outcomes_are_honest() {
         assert_eq!(outcome_of(OpKind::Read, 0, 0, 10, 10), Outcome::Done(10));
         assert_eq!(outcome_of(OpKind::Read, 0, 0, 10, 3), Outcome::Done(3));
+        // A single read that completed short completed, cancel or not; a write, an
+        // exact read or a later part stopped short by a cancel was stopped.
         assert_eq!(
             outcome_of(OpKind::Read, F_CANCEL, 0, 10, 3),
+            Outcome::Done(3)
+        );
+        assert_eq!(
+            outcome_of(OpKind::Read, F_CANCEL | F_EXACT, 0, 10, 3),
             Outcome::Canceled { transferred: 3 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::Read, F_CANCEL, 4, 10, 3),
+            Outcome::Canceled { transferred: 7 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::Read, F_CANCEL | F_SPLIT, 0, 10, 3),
+            Outcome::Canceled { transferred: 3 }
+        );
+        assert_eq!(
+            outcome_of(OpKind::Write, F_CANCEL, 0, 10, 3),
+            Outcome::Canceled { transferred: 3 }
+        );
+        // An error after earlier parts moved bytes reports the bytes (read(2)/write(2)).
+        assert_eq!(
+            outcome_of(OpKind::Write, 0, 8192, 12288, -(libc::ENOSPC as i64)),
+            Outcome::Done(8192)
+        );
+        assert_eq!(
+            outcome_of(OpKind::Write, 0, 0, 12288, -(libc::ENOSPC as i64)),
+            Outcome::Failed(crate::outcome::Errno::NOSPC)
         );
         assert_eq!(
             outcome_of(OpKind::Read, F_CANCEL, 0, 10, 10),

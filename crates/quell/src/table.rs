@@ -63,6 +63,9 @@ pub(crate) const F_ANCHORED: u16 = 256;
 /// Slot flag: the class was declared by the submitter (`Op::class`), not derived from
 /// the descriptor; the ring uses it as given.
 pub(crate) const F_DECLARED: u16 = 512;
+/// Not stored in a slot: tells `outcome_of` the op is a positioned transfer split into
+/// parts (so even its first part's short result after a cancel means it was stopped).
+pub(crate) const F_SPLIT: u16 = 1024;
 
 /// Bookkeeping for one operation.
 pub(crate) struct Slot {

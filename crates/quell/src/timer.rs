@@ -11,6 +11,10 @@ use std::collections::BinaryHeap;
 /// A heap target: an op key (bit 63 clear: op keys use 63 bits), or a group (bit 63 set).
 pub(crate) const GROUP_TARGET: u64 = 1 << 63;
 
+/// An op key with this bit is the end of an interrupted op's grace (`Builder::
+/// interrupt_grace`), not its deadline. Slot indices stay below 2^16, so the bit is free.
+pub(crate) const GRACE_TARGET: u64 = 1 << 30;
+
 #[derive(Default)]
 pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(u64, u64)>>,

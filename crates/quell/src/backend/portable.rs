@@ -629,6 +629,11 @@ impl Portable {
 
     /// Regular files and block devices: a page-cache hit inline, the rest on the pool.
     fn start_file(&mut self, key: u64, raw: RawOp, class: CancelClass) {
+        if raw.flags & crate::op::RW_DIRECT != 0 {
+            // Direct I/O waits for the device even with RWF_NOWAIT: never on the ring's
+            // thread (it would block every other op, and a deadline could not detach it).
+            return self.on_pool(key, raw, 0, None, class);
+        }
         let write = is_write(raw.kind);
         let res = attempt(&raw, Via::NoWait);
         if res == EAGAIN || res == -(libc::EOPNOTSUPP as i64) {

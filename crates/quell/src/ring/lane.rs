@@ -72,10 +72,16 @@ impl Ring {
     /// Submits an op [`plain_lane`](Ring::plain_lane) accepted for group `gidx`.
     #[inline(always)]
     pub(super) fn submit_plain(&mut self, op: Op, gidx: u32) -> Result<OpId, SubmitError> {
+        let mut op = op;
         let class = match op.desc.kind {
             OpKind::Nop => op.class.unwrap_or(CancelClass::Prompt),
             _ => match self.plain_class(&op) {
-                Ok(c) => c,
+                Ok((c, direct)) => {
+                    if direct {
+                        op.desc.flags |= crate::op::RW_DIRECT;
+                    }
+                    c
+                }
                 Err(e) => return Err(SubmitError::new(e, op)),
             },
         };
@@ -145,7 +151,7 @@ impl Ring {
     /// descriptor are validated even when the op declares its class (which only spares
     /// the descriptor's classification).
     #[inline]
-    fn plain_class(&mut self, op: &Op) -> Result<CancelClass, crate::Error> {
+    fn plain_class(&mut self, op: &Op) -> Result<(CancelClass, bool), crate::Error> {
         let d = &op.desc;
         // `aux` is the buffer's full length (`len` is capped at u32::MAX).
         if d.aux > i32::MAX as u64 {
@@ -160,16 +166,11 @@ impl Ring {
             ));
         }
         if let Some(c) = op.class {
-            return Ok(c);
+            return Ok((c, false));
         }
-        let info = self
-            .fds
-            .info(d.fd)
-            .map_err(|_| crate::Error::InvalidFd { fd: d.fd })?;
-        if info.direct {
-            super::check_direct(op, info.dio_mem_align, info.dio_offset_align)?;
-        }
-        Ok(info.class)
+        let info = self.checked_info(op)?;
+        let direct = info.direct && info.class == CancelClass::Bounded;
+        Ok((info.class, direct))
     }
 
     #[cold]
