@@ -183,6 +183,17 @@ fn bad_arguments_are_clear() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("same file"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
+    // Buffers no machine can allocate: an error, not a panic or an abort.
+    let o = cp(&[
+        os(&src),
+        os(&dst),
+        os("--direct"),
+        os("--block-size"),
+        os(&(1u64 << 60).to_string()),
+    ]);
+    assert!(matches!(o.status.code(), Some(1) | Some(2)), "{}", stderr(&o));
+    assert!(stderr(&o).contains("block-size"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
 
 #[test]
