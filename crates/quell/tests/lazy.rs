@@ -533,13 +533,63 @@ both_backends! {
             assert!(matches!(r, Err(LazyError::InvalidArgument(_))), "{b:?}: {r:?}");
         }
         assert_eq!(common::drain_nonblocking(rx.as_raw_fd()), b"pipe data", "nothing was read");
+        assert!(matches!(
+            ring.read_lazy(f.as_raw_fd(), 0, 10, LazyOptions::default().chunk_size(usize::MAX)),
+            Err(LazyError::InvalidArgument(_))
+        ));
         assert!(map_lines() <= maps + 2, "refused LazyReads leaked mappings");
+        // A window of 0 means 1.
+        let lazy = ring.read_lazy(f.as_raw_fd(), 0, 10000, LazyOptions::default().window(0)).unwrap();
+        assert_eq!(lazy.finish(&mut ring).unwrap(), &std::fs::read("/proc/self/exe").unwrap()[..10000]);
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = lazy.wait_range(&mut ring, 500..100);
+        assert!(matches!(reversed, Err(LazyError::OutOfBounds { .. })), "{reversed:?}");
+        assert!(matches!(lazy.try_range(usize::MAX - 1..usize::MAX), Some(Err(LazyError::OutOfBounds { .. }))));
+        assert!(matches!(lazy.wait_range(&mut ring, 0..20000), Err(LazyError::OutOfBounds { .. })));
+        drop(lazy);
         let lazy = ring.read_lazy(f.as_raw_fd(), 0, 10, LazyOptions::default()).unwrap();
         let mut other = Ring::builder().backend(b).build().unwrap();
         assert!(matches!(lazy.wait_range(&mut other, 0..1), Err(LazyError::ForeignRing)));
         assert!(matches!(lazy.finish(&mut ring).map(|s| s.len()), Ok(10)));
         assert!(matches!(lazy.try_range(5..11), Some(Err(LazyError::OutOfBounds { .. }))));
         assert!(ring.is_empty());
+    }
+
+    /// A read from an offset that meets end of file part-way (red team): the file's bytes,
+    /// `data_len` counted from the offset, zeros after, in both modes.
+    fn a_read_from_an_offset_meets_end_of_file_with_zeros(b: BackendChoice) {
+        let (file, path) = temp_file(&format!("eof-{b:?}"), 5000);
+        let mut ring = ring(b, 64);
+        for mode in [LazyMode::Auto, LazyMode::Checked] {
+            let opts = LazyOptions::default().chunk_size(1 << 20).mode(mode);
+            let lazy = ring.read_lazy(file.as_raw_fd(), 100, 3 << 20, opts).unwrap();
+            assert!(lazy.finish(&mut ring).unwrap() == &pattern(100, 4900)[..], "{b:?} {mode:?}");
+            assert_eq!(lazy.data_len(), 4900);
+            assert!(lazy.try_range(4900..3 << 20).unwrap().unwrap().iter().all(|&x| x == 0));
+            assert!(lazy.progress().is_complete());
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The ring is dropped while a LazyRead is being filled (red team): every chunk is
+    /// resolved (published or canceled), the checked API answers, and another ring is
+    /// refused as foreign.
+    fn a_lazy_read_outlives_its_ring(b: BackendChoice) {
+        let len = 8 * MB2;
+        let (file, path) = temp_file(&format!("outlive-{b:?}"), len);
+        let mut ring = ring(b, 64);
+        let opts = LazyOptions::default().mode(LazyMode::Checked);
+        let lazy = ring.read_lazy(file.as_raw_fd(), 0, len, opts).unwrap();
+        assert_eq!(lazy.wait_range(&mut ring, 0..10).unwrap(), &pattern(0, 10)[..]);
+        drop(ring);
+        assert!(lazy.progress().is_complete(), "{:?}", lazy.progress());
+        match lazy.try_range(len - 10..len).unwrap() {
+            Ok(bytes) => assert_eq!(bytes, &pattern(len as u64 - 10, 10)[..]),
+            Err(e) => assert_eq!(e.errno(), Some(Errno::CANCELED), "{e}"),
+        }
+        let mut other = Ring::builder().backend(b).build().unwrap();
+        assert!(matches!(lazy.finish(&mut other), Err(LazyError::ForeignRing)));
+        std::fs::remove_file(path).unwrap();
     }
 
     fn a_full_op_table_delays_chunk_reads_without_failing_them(b: BackendChoice) {
