@@ -77,6 +77,9 @@ fn temp_path(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("quell-redteam-{tag}-{}-{n}", std::process::id()))
 }
 
+/// One builder setting under test.
+type Setting = fn(quell::Builder) -> quell::Builder;
+
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 253) as u8).collect()
 }
@@ -424,7 +427,7 @@ both_backends! {
     /// (a nop completes; `max_in_flight(0)` and a tiny `part_size` do not hang).
     fn builder_settings_are_refused_or_work(b: BackendChoice) {
         let _s = serial();
-        let settings: Vec<(&str, fn(quell::Builder) -> quell::Builder)> = vec![
+        let settings: Vec<(&str, Setting)> = vec![
             ("capacity 0", |x| x.capacity(0)),
             ("capacity 65537", |x| x.capacity(65537)),
             ("capacity usize::MAX", |x| x.capacity(usize::MAX)),
