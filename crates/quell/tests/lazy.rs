@@ -638,7 +638,7 @@ both_backends! {
             let maps = map_lines();
             let max = quell::lazy::max_len();
             let mut out = Vec::new();
-            for len in [1usize << 46, max + 1, usize::MAX] {
+            for len in [1usize << 46, max.saturating_add(1), usize::MAX].into_iter().filter(|&l| l > max) {
                 let t = Instant::now();
                 let (r, bytes) = allocated(|| ring.read_lazy(f.as_raw_fd(), 0, len, LazyOptions::default()));
                 out.push(format!("len {len}: {:?} after {:?}, {bytes} bytes allocated", r.as_ref().map(|_| ()), t.elapsed()));
