@@ -27,7 +27,10 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// Allocates `len` zeroed bytes aligned to `align` (a power of two). Returns `None`
-    /// when `align` is not a power of two or the size overflows.
+    /// when the buffer cannot be had: `align` is not a power of two, `len` rounded up to
+    /// `align` overflows `isize`, or the allocator has no such memory (a length beyond
+    /// what the system can give, an alignment it cannot honour). It never aborts the
+    /// process, whatever the arguments.
     ///
     /// ```
     /// let buf = quell::AlignedBuf::new(4096, 512).unwrap();
@@ -35,15 +38,18 @@ impl AlignedBuf {
     /// assert_eq!(buf.as_ptr() as usize % 512, 0);
     /// // An alignment that is not a power of two is refused, not rounded.
     /// assert!(quell::AlignedBuf::new(4096, 3000).is_none());
+    /// // So is what no allocator can serve: an alignment or a length beyond any
+    /// // address space.
+    /// assert!(quell::AlignedBuf::new(4096, 1 << 62).is_none());
+    /// assert!(quell::AlignedBuf::new(1 << 60, 4096).is_none());
     /// ```
     pub fn new(len: usize, align: usize) -> Option<AlignedBuf> {
         let layout = Layout::from_size_align(len.max(1), align).ok()?;
         // SAFETY: layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = match NonNull::new(raw) {
-            Some(p) => p,
-            None => alloc::handle_alloc_error(layout),
-        };
+        // A failed allocation is an answer, not an abort (`handle_alloc_error` would end
+        // the process): the caller asked for memory and may do without.
+        let ptr = NonNull::new(raw)?;
         Some(AlignedBuf { ptr, len, align })
     }
 

@@ -235,6 +235,32 @@ fn identity_at(path: &std::ffi::CStr) -> std::io::Result<Identity> {
 /// buffer (`len` bytes), skipping the `transferred` bytes already moved, so its
 /// completion reports the total, as if it had never been interrupted.
 ///
+/// # Fields by kind
+/// Every kind uses `id`, `user_data`, `kind`, `group_path`, `deadline_left` and `class`;
+/// the others only as below (`transferred` with `len` for the transfers: read, write,
+/// readv, writev, send, recv, splice). A field a kind does not use must be empty (`-1`
+/// and no `file` for a descriptor, `None`, `0`, `false`, no `iov_lens`):
+/// [`check`](OpDescriptor::check) refuses it. A descriptor is an open file with its
+/// identity recorded; a directory may also be `AT_FDCWD` without one.
+///
+/// | kind | fields |
+/// |---|---|
+/// | nop | — |
+/// | timeout | `sleep` |
+/// | read, write | `fd`, `offset`?, `len`, `exact`, `data`? |
+/// | readv, writev | `fd`, `offset`?, `len`, `iov_lens`, `data`? |
+/// | send, recv | `fd`, `len`, `flags`, `data`? |
+/// | openat, statx | `fd` (directory), `flags`, `mode`, `path` |
+/// | unlinkat | `fd` (directory), `flags`, `path` |
+/// | renameat | `fd`, `fd2` (directories), `flags`, `path`, `path2` |
+/// | close | `fd` |
+/// | fsync, poll, accept | `fd`, `flags` |
+/// | fallocate | `fd`, `offset`, `len`, `flags` |
+/// | connect | `fd`, `addr` |
+/// | splice | `fd`, `fd2`, `offset`?, `offset2`?, `len` |
+///
+/// (`?`: may be `None`. A blocking closure is never checkpointed.)
+///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::os::fd::AsRawFd;
@@ -327,8 +353,10 @@ impl OpDescriptor {
     /// requires; at most 1024 buffers), offsets within `i64::MAX`, carried bytes exactly
     /// the ones the op moved (or still has to move), paths without NUL bytes and
     /// shorter than `PATH_MAX`, waits a clock can hold, a group path under `root` at
-    /// most 64 groups deep, and only the fields its kind uses. A checkpoint is input from disk: this is what
-    /// stands between a corrupt one and an allocation of `len` bytes.
+    /// most 64 groups deep, and only the fields its kind uses (the table in
+    /// [`OpDescriptor`]'s docs: a timeout with a descriptor number or `exact` is refused).
+    /// A checkpoint is input from disk: this is what stands between a corrupt one and an
+    /// allocation of `len` bytes.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -341,6 +369,9 @@ impl OpDescriptor {
     /// let mut bad = ckpt.ops[0].clone();
     /// bad.len = u64::MAX; // as a corrupt file could say
     /// assert!(matches!(bad.check(), Err(quell::Error::TooLong { .. })));
+    /// let mut stray = ckpt.ops[0].clone();
+    /// stray.fd2 = 0; // a read takes one descriptor
+    /// assert!(matches!(stray.check(), Err(quell::Error::InvalidArgument(_))));
     /// # Ok(()) }
     /// ```
     pub fn check(&self) -> Result<(), Error> {
@@ -358,63 +389,58 @@ impl OpDescriptor {
         if self.deadline_left.is_some_and(|d| d > MAX_WAIT) {
             return bad("deadline further away than any clock holds");
         }
-        // Descriptors: an op acts only on a file whose identity the checkpoint recorded
-        // (DESIGN I12), so a number is never taken on trust.
-        let dir = |fd: RawFd, file: &Option<FileRef>| match (fd, file) {
-            (libc::AT_FDCWD, None) => Ok(()),
-            (fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
-            (_, None) => Err(Error::InvalidArgument(
-                "no file identity recorded for the descriptor",
-            )),
-            _ => Ok(()),
-        };
-        let fd = |fd: RawFd, file: &Option<FileRef>| match (fd, file) {
-            (fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
-            (_, None) => Err(Error::InvalidArgument(
-                "no file identity recorded for the descriptor",
-            )),
-            _ => Ok(()),
-        };
-        match k {
-            Nop | Timeout | Blocking => {}
-            OpenAt | Statx | UnlinkAt => dir(self.fd, &self.file)?,
-            RenameAt => {
-                dir(self.fd, &self.file)?;
-                dir(self.fd2, &self.file2)?;
-            }
-            Splice => {
-                fd(self.fd, &self.file)?;
-                fd(self.fd2, &self.file2)?;
-            }
-            _ => fd(self.fd, &self.file)?,
-        }
-        // Fields the kind does not use would be dropped silently: refuse them.
-        let vectored = matches!(k, Readv | Writev);
-        if !vectored && !self.iov_lens.is_empty() {
-            return bad("buffer lengths on an op that is not vectored");
-        }
-        if !k.is_path_op() && (self.path.is_some() || self.path2.is_some()) {
-            return bad("a path on an op that takes none");
-        }
-        if k != RenameAt && self.path2.is_some() {
-            return bad("a second path on an op that takes one");
-        }
-        if k != Connect && self.addr.is_some() {
-            return bad("an address on an op that takes none");
-        }
-        if k != Timeout && self.sleep.is_some() {
-            return bad("a sleep on an op that is not a timeout");
-        }
-        if k != Splice && self.offset2.is_some() {
-            return bad("a second offset on an op that takes one");
-        }
-        let positioned = matches!(k, Read | Write | Readv | Writev | Fallocate | Splice);
-        if !positioned && self.offset.is_some() {
-            return bad("an offset on an op that takes none");
-        }
-        let buffered = matches!(k, Read | Write | Readv | Writev | Send | Recv);
-        if !buffered && self.data.is_some() {
-            return bad("carried bytes on an op that has no buffer");
+        // Fields the kind does not use would be dropped silently (or, worse, used by a
+        // later version): refuse them. Empty means `-1` and no identity for a
+        // descriptor, `None`, `0`, `false`, no buffer lengths.
+        let u = Uses::of(k);
+        check_fd(u.fd, self.fd, &self.file)?;
+        check_fd(u.fd2, self.fd2, &self.file2)?;
+        let stray = [
+            (
+                !u.offset && self.offset.is_some(),
+                "an offset on an op that takes none",
+            ),
+            (
+                !u.offset2 && self.offset2.is_some(),
+                "a second offset on an op that takes at most one",
+            ),
+            (!u.len && self.len != 0, "a length on an op that takes none"),
+            (
+                !u.flags && self.flags != 0,
+                "flags on an op that takes none",
+            ),
+            (!u.mode && self.mode != 0, "a mode on an op that takes none"),
+            (
+                !u.exact && self.exact,
+                "`exact` on an op other than a read or write",
+            ),
+            (
+                !u.iov && !self.iov_lens.is_empty(),
+                "buffer lengths on an op that is not vectored",
+            ),
+            (
+                !u.path && self.path.is_some(),
+                "a path on an op that takes none",
+            ),
+            (
+                !u.path2 && self.path2.is_some(),
+                "a second path on an op that takes one",
+            ),
+            (
+                !u.addr && self.addr.is_some(),
+                "an address on an op that takes none",
+            ),
+            (
+                !u.sleep && self.sleep.is_some(),
+                "a sleep on an op that is not a timeout",
+            ),
+            (
+                !u.data && self.data.is_some(),
+                "carried bytes on an op that has no buffer",
+            ),
+        ];
+        if let Some((_, why)) = stray.into_iter().find(|(bad, _)| *bad) {
+            return Err(Error::InvalidArgument(why));
         }
         if self.transferred > self.len {
             return bad("more bytes moved than the op's length");
@@ -488,13 +514,11 @@ impl OpDescriptor {
             }
             _ => {}
         }
-        if k.is_path_op() {
+        if u.path {
             check_path(&self.path)?;
-            if k == RenameAt {
-                check_path(&self.path2)?;
-            }
-        } else if self.mode != 0 {
-            return bad("a mode on an op that takes none");
+        }
+        if u.path2 {
+            check_path(&self.path2)?;
         }
         Ok(())
     }
@@ -512,6 +536,143 @@ impl OpDescriptor {
     /// ```
     pub fn remaining(&self) -> u64 {
         self.len.saturating_sub(self.transferred)
+    }
+}
+
+/// How an op kind uses a descriptor field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FdUse {
+    /// Not at all: `-1`, no identity.
+    No,
+    /// An open file, whose identity the checkpoint recorded.
+    File,
+    /// A directory for a path: an open one with its identity, or `AT_FDCWD` without.
+    Dir,
+}
+
+/// The fields of an [`OpDescriptor`] a kind uses, as its `Op` constructor takes them (the
+/// table in [`OpDescriptor`]'s docs). `transferred` goes with the transfers
+/// ([`OpKind::is_transfer`]); `id`, `user_data`, `group_path`, `deadline_left` and `class`
+/// with every kind.
+#[derive(Clone, Copy)]
+struct Uses {
+    fd: FdUse,
+    fd2: FdUse,
+    offset: bool,
+    offset2: bool,
+    len: bool,
+    flags: bool,
+    mode: bool,
+    exact: bool,
+    iov: bool,
+    path: bool,
+    path2: bool,
+    addr: bool,
+    sleep: bool,
+    data: bool,
+}
+
+impl Uses {
+    const NOTHING: Uses = Uses {
+        fd: FdUse::No,
+        fd2: FdUse::No,
+        offset: false,
+        offset2: false,
+        len: false,
+        flags: false,
+        mode: false,
+        exact: false,
+        iov: false,
+        path: false,
+        path2: false,
+        addr: false,
+        sleep: false,
+        data: false,
+    };
+
+    fn of(k: OpKind) -> Uses {
+        use OpKind::*;
+        let n = Uses::NOTHING;
+        let file = Uses {
+            fd: FdUse::File,
+            ..n
+        };
+        let dir = Uses {
+            fd: FdUse::Dir,
+            flags: true,
+            path: true,
+            ..n
+        };
+        match k {
+            Nop | Blocking => n,
+            Timeout => Uses { sleep: true, ..n },
+            Read | Write => Uses {
+                offset: true,
+                len: true,
+                exact: true,
+                data: true,
+                ..file
+            },
+            Readv | Writev => Uses {
+                offset: true,
+                len: true,
+                iov: true,
+                data: true,
+                ..file
+            },
+            Send | Recv => Uses {
+                len: true,
+                flags: true,
+                data: true,
+                ..file
+            },
+            OpenAt | Statx => Uses { mode: true, ..dir },
+            UnlinkAt => dir,
+            RenameAt => Uses {
+                fd2: FdUse::Dir,
+                path2: true,
+                ..dir
+            },
+            Close => file,
+            Fsync | Poll | Accept => Uses {
+                flags: true,
+                ..file
+            },
+            Fallocate => Uses {
+                offset: true,
+                len: true,
+                flags: true,
+                ..file
+            },
+            Connect => Uses { addr: true, ..file },
+            Splice => Uses {
+                fd2: FdUse::File,
+                offset: true,
+                offset2: true,
+                len: true,
+                ..file
+            },
+        }
+    }
+}
+
+/// A descriptor field as its kind uses it. An op acts only on a file whose identity the
+/// checkpoint recorded (DESIGN I12), so a number is never taken on trust.
+fn check_fd(usage: FdUse, fd: RawFd, file: &Option<FileRef>) -> Result<(), Error> {
+    let no_identity = || {
+        Err(Error::InvalidArgument(
+            "no file identity recorded for the descriptor",
+        ))
+    };
+    match (usage, fd, file) {
+        (FdUse::No, -1, None) => Ok(()),
+        (FdUse::No, ..) => Err(Error::InvalidArgument(
+            "a descriptor on an op that takes none",
+        )),
+        (FdUse::Dir, libc::AT_FDCWD, None) => Ok(()),
+        (_, fd, _) if fd < 0 => Err(Error::InvalidFd { fd }),
+        (_, _, None) => no_identity(),
+        _ => Ok(()),
     }
 }
 

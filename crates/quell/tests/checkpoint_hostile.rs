@@ -196,6 +196,92 @@ fn is_refusal(e: &Error) -> bool {
 }
 
 both_backends! {
+    /// `OpDescriptor::check` accepts "only the fields its kind uses" (the red team: a
+    /// timeout with a descriptor number or `exact` passed, and `resubmit` re-issued it).
+    /// One op of every kind is checkpointed by a real quiesce (so the descriptors are the
+    /// ones the ring writes, and they pass); then each field its kind does not use is set,
+    /// one at a time: `check` refuses it and so does `resubmit`, per op.
+    fn every_kind_refuses_the_fields_it_does_not_use(b: BackendChoice) {
+        let (path, f) = temp_file(&format!("fields-{b:?}"));
+        let fd = f.as_raw_fd();
+        let (sa, sb) = std::os::unix::net::UnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None).unwrap();
+        let (pr, pw) = pipe();
+        let spare = rustix::io::dup(&pr).unwrap();
+        let other = path.with_extension("other");
+        let mut ring = Ring::builder().backend(b).capacity(64).max_in_flight(1).build().unwrap();
+        // Holds the one dispatch slot: every op below waits in quell's queue.
+        ring.submit(Op::read(sb.as_raw_fd(), vec![0u8; 4]).user_data(999)).unwrap();
+        let ops = vec![
+            Op::nop(),
+            Op::read_at(fd, 0, vec![0u8; 4]).exact(),
+            Op::write_at(fd, 0, b"abcd".to_vec()),
+            Op::readv_at(fd, 0, vec![vec![0u8; 2], vec![0u8; 2]]),
+            Op::writev_at(fd, 0, vec![b"ab".to_vec()]),
+            Op::openat(libc::AT_FDCWD, &path, libc::O_RDONLY, 0),
+            Op::close(spare.as_raw_fd()),
+            Op::statx(libc::AT_FDCWD, &path, 0, libc::STATX_SIZE),
+            Op::fsync(fd),
+            Op::fallocate(fd, 0, 0, 4096),
+            Op::poll(sa.as_raw_fd(), quell::Interest::READABLE),
+            Op::timeout(Duration::from_secs(60)),
+            Op::accept(listener.as_raw_fd()),
+            Op::connect(tcp.as_raw_fd(), listener.local_addr().unwrap()),
+            Op::send(sa.as_raw_fd(), b"x".to_vec(), 0),
+            Op::recv(sa.as_raw_fd(), vec![0u8; 4], 0),
+            Op::splice(fd, Some(0), pw.as_raw_fd(), None, 4),
+            Op::renameat(libc::AT_FDCWD, &path, libc::AT_FDCWD, &other, 0),
+            Op::unlinkat(libc::AT_FDCWD, &other, 0),
+        ];
+        let kinds: Vec<OpKind> = ops.iter().map(|o| o.kind()).collect();
+        for (i, op) in ops.into_iter().enumerate() {
+            ring.submit(op.user_data(i as u64)).unwrap();
+        }
+        let ckpt = ring.quiesce(QuiescePolicy::default()).unwrap();
+        let mut descs: Vec<OpDescriptor> = ckpt.ops.iter().filter(|d| d.user_data != 999).cloned().collect();
+        descs.sort_by_key(|d| d.user_data);
+        assert_eq!(descs.iter().map(|d| d.kind).collect::<Vec<_>>(), kinds, "one descriptor per kind");
+        let mut hostile = Vec::new();
+        let mut passed = Vec::new();
+        for d in &descs {
+            assert!(d.check().is_ok(), "{:?} as the ring wrote it: {:?}", d.kind, d.check());
+            for f in FIELDS.iter().filter(|f| !fields_of(d.kind).contains(f)) {
+                let mut bad = d.clone();
+                stray(&mut bad, *f, pr.as_raw_fd());
+                if bad.check().is_ok() {
+                    passed.push(format!("{:?} with {f:?}", d.kind));
+                }
+                bad.id.slot = 1000 + hostile.len() as u32;
+                hostile.push(bad);
+            }
+            if !fields_of(d.kind).contains(&Field::Fd) {
+                // A bare number, no identity (the red team's `fd = 0`).
+                let bad = OpDescriptor { fd: 0, id: CheckpointId { slot: 1000 + hostile.len() as u32, generation: 1 }, ..d.clone() };
+                if bad.check().is_ok() {
+                    passed.push(format!("{:?} with descriptor 0", d.kind));
+                }
+                hostile.push(bad);
+            }
+        }
+        assert!(passed.is_empty(), "{b:?}: check() accepts fields the kind does not use: {passed:?}");
+        let n = hostile.len();
+        let mut fresh = common::ring(b, 256);
+        let res = resubmit_checked(&mut fresh, &checkpoint(hostile), Buffers::new());
+        for (i, r) in res.iter().enumerate() {
+            let e = r.as_ref().expect_err("a descriptor with a stray field was re-issued");
+            assert!(is_refusal(&e.error), "op {i}: {e}");
+        }
+        assert_eq!(res.len(), n);
+        assert!(fresh.is_empty());
+        ring.resume();
+        ring.cancel_all();
+        drop(ring.shutdown());
+        drop((sa, sb, pw));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&other);
+    }
+
     /// Lengths no op could have had: `u64::MAX` (capacity overflow before the fix),
     /// 1 TiB (the allocation aborted the process), 2 GiB (allocated, then refused),
     /// vectored lengths that overflow or break IOV_MAX, a splice longer than `u32::MAX`,
@@ -730,6 +816,94 @@ both_backends! {
         let nid = *resubmit_checked(&mut fresh, &ckpt, Buffers::new())[0].as_ref().unwrap();
         write_all(w.as_raw_fd(), b"late");
         assert_eq!(fresh.wait_for(nid).unwrap().data(), b"late");
+    }
+}
+
+/// A field of an [`OpDescriptor`] that some kinds use and others must leave empty.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Field {
+    Fd,
+    Fd2,
+    Offset,
+    Offset2,
+    Len,
+    Transferred,
+    IovLens,
+    Flags,
+    Mode,
+    Exact,
+    Path,
+    Path2,
+    Addr,
+    Sleep,
+    Data,
+}
+
+const FIELDS: [Field; 15] = [
+    Field::Fd,
+    Field::Fd2,
+    Field::Offset,
+    Field::Offset2,
+    Field::Len,
+    Field::Transferred,
+    Field::IovLens,
+    Field::Flags,
+    Field::Mode,
+    Field::Exact,
+    Field::Path,
+    Field::Path2,
+    Field::Addr,
+    Field::Sleep,
+    Field::Data,
+];
+
+/// The fields each kind uses (the contract `OpDescriptor::check` keeps: "only the fields
+/// its kind uses"), from what each `Op` constructor takes.
+fn fields_of(k: OpKind) -> &'static [Field] {
+    use Field::*;
+    match k {
+        OpKind::Nop | OpKind::Blocking => &[],
+        OpKind::Timeout => &[Sleep],
+        OpKind::Read | OpKind::Write => &[Fd, Offset, Len, Transferred, Exact, Data],
+        OpKind::Readv | OpKind::Writev => &[Fd, Offset, Len, Transferred, IovLens, Data],
+        OpKind::Send | OpKind::Recv => &[Fd, Len, Transferred, Flags, Data],
+        OpKind::OpenAt | OpKind::Statx => &[Fd, Flags, Mode, Path],
+        OpKind::UnlinkAt => &[Fd, Flags, Path],
+        OpKind::RenameAt => &[Fd, Fd2, Flags, Path, Path2],
+        OpKind::Close => &[Fd],
+        OpKind::Fsync | OpKind::Poll | OpKind::Accept => &[Fd, Flags],
+        OpKind::Fallocate => &[Fd, Offset, Len, Flags],
+        OpKind::Connect => &[Fd, Addr],
+        OpKind::Splice => &[Fd, Fd2, Offset, Offset2, Len, Transferred],
+        other => panic!("no field table for {other:?}"),
+    }
+}
+
+/// Sets `f` to a value a descriptor of a kind that does not use it would never carry.
+/// `open` is an open descriptor (with its identity, so only the kind can refuse it).
+fn stray(d: &mut OpDescriptor, f: Field, open: RawFd) {
+    match f {
+        Field::Fd => {
+            d.fd = open;
+            d.file = Some(file_of(open));
+        }
+        Field::Fd2 => {
+            d.fd2 = open;
+            d.file2 = Some(file_of(open));
+        }
+        Field::Offset => d.offset = Some(0),
+        Field::Offset2 => d.offset2 = Some(0),
+        Field::Len => d.len = 4,
+        Field::Transferred => d.transferred = 1,
+        Field::IovLens => d.iov_lens = vec![4],
+        Field::Flags => d.flags = 1,
+        Field::Mode => d.mode = 1,
+        Field::Exact => d.exact = true,
+        Field::Path => d.path = Some(b"x".to_vec()),
+        Field::Path2 => d.path2 = Some(b"y".to_vec()),
+        Field::Addr => d.addr = Some("127.0.0.1:9".parse().unwrap()),
+        Field::Sleep => d.sleep = Some(Duration::from_secs(1)),
+        Field::Data => d.data = Some(Vec::new()),
     }
 }
 

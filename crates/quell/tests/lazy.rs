@@ -11,11 +11,75 @@ use common::ring;
 use quell::lazy::{LazyError, LazyMode, LazyOptions};
 use quell::{BackendChoice, Errno, GroupId, GroupOptions, Ring};
 use quell_faultfs::{fill_pattern, Behavior, FileSpec, Rule, Spec};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+// ---- bytes allocated by one thread (LazyRead's bookkeeping must stay small) ----
+
+struct Tally;
+
+thread_local! {
+    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn tally(size: usize) {
+    // `try_with`: the allocator may run while this thread's locals are torn down.
+    let _ = ALLOCATED.try_with(|a| a.set(a.get().saturating_add(size)));
+}
+
+// SAFETY: forwards to the system allocator; only adds sizes to a const-initialized
+// thread-local that never allocates.
+unsafe impl GlobalAlloc for Tally {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        tally(l.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        tally(l.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        tally(new);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static TALLY: Tally = Tally;
+
+/// Runs `f` and returns its result and the bytes it allocated on this thread.
+fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    ALLOCATED.with(|a| a.set(0));
+    let r = f();
+    (r, ALLOCATED.with(|a| a.get()))
+}
+
+/// Runs `f` on a thread of its own; panics if it has not finished after `secs` seconds
+/// (a hang guard, not a timing assertion).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("HANG: {what} did not finish within {secs}s"),
+    }
+}
 
 const MB2: usize = 2 << 20;
 const CHILD_ENV: &str = "QUELL_LAZY_CHILD";
@@ -459,13 +523,73 @@ both_backends! {
             Err(LazyError::InvalidArgument(_))
         ));
         assert!(matches!(ring.read_lazy(f.as_raw_fd(), u64::MAX - 5, 10, LazyOptions::default()), Err(LazyError::InvalidArgument(_))));
+        // No offsets on a pipe or a socket: refused alike on both backends (io_uring used
+        // to ignore the offset and read the pipe, the portable backend to fail ESPIPE).
+        let (rx, tx) = common::pipe();
+        common::write_all(tx.as_raw_fd(), b"pipe data");
+        let (sa, _sb) = std::os::unix::net::UnixStream::pair().unwrap();
+        for fd in [rx.as_raw_fd(), sa.as_raw_fd()] {
+            let r = ring.read_lazy(fd, 0, 4096, LazyOptions::default());
+            assert!(matches!(r, Err(LazyError::InvalidArgument(_))), "{b:?}: {r:?}");
+        }
+        assert_eq!(common::drain_nonblocking(rx.as_raw_fd()), b"pipe data", "nothing was read");
+        assert!(matches!(
+            ring.read_lazy(f.as_raw_fd(), 0, 10, LazyOptions::default().chunk_size(usize::MAX)),
+            Err(LazyError::InvalidArgument(_))
+        ));
         assert!(map_lines() <= maps + 2, "refused LazyReads leaked mappings");
+        // A window of 0 means 1.
+        let lazy = ring.read_lazy(f.as_raw_fd(), 0, 10000, LazyOptions::default().window(0)).unwrap();
+        assert_eq!(lazy.finish(&mut ring).unwrap(), &std::fs::read("/proc/self/exe").unwrap()[..10000]);
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = lazy.wait_range(&mut ring, 500..100);
+        assert!(matches!(reversed, Err(LazyError::OutOfBounds { .. })), "{reversed:?}");
+        assert!(matches!(lazy.try_range(usize::MAX - 1..usize::MAX), Some(Err(LazyError::OutOfBounds { .. }))));
+        assert!(matches!(lazy.wait_range(&mut ring, 0..20000), Err(LazyError::OutOfBounds { .. })));
+        drop(lazy);
         let lazy = ring.read_lazy(f.as_raw_fd(), 0, 10, LazyOptions::default()).unwrap();
         let mut other = Ring::builder().backend(b).build().unwrap();
         assert!(matches!(lazy.wait_range(&mut other, 0..1), Err(LazyError::ForeignRing)));
         assert!(matches!(lazy.finish(&mut ring).map(|s| s.len()), Ok(10)));
         assert!(matches!(lazy.try_range(5..11), Some(Err(LazyError::OutOfBounds { .. }))));
         assert!(ring.is_empty());
+    }
+
+    /// A read from an offset that meets end of file part-way (red team): the file's bytes,
+    /// `data_len` counted from the offset, zeros after, in both modes.
+    fn a_read_from_an_offset_meets_end_of_file_with_zeros(b: BackendChoice) {
+        let (file, path) = temp_file(&format!("eof-{b:?}"), 5000);
+        let mut ring = ring(b, 64);
+        for mode in [LazyMode::Auto, LazyMode::Checked] {
+            let opts = LazyOptions::default().chunk_size(1 << 20).mode(mode);
+            let lazy = ring.read_lazy(file.as_raw_fd(), 100, 3 << 20, opts).unwrap();
+            assert!(lazy.finish(&mut ring).unwrap() == &pattern(100, 4900)[..], "{b:?} {mode:?}");
+            assert_eq!(lazy.data_len(), 4900);
+            assert!(lazy.try_range(4900..3 << 20).unwrap().unwrap().iter().all(|&x| x == 0));
+            assert!(lazy.progress().is_complete());
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The ring is dropped while a LazyRead is being filled (red team): every chunk is
+    /// resolved (published or canceled), the checked API answers, and another ring is
+    /// refused as foreign.
+    fn a_lazy_read_outlives_its_ring(b: BackendChoice) {
+        let len = 8 * MB2;
+        let (file, path) = temp_file(&format!("outlive-{b:?}"), len);
+        let mut ring = ring(b, 64);
+        let opts = LazyOptions::default().mode(LazyMode::Checked);
+        let lazy = ring.read_lazy(file.as_raw_fd(), 0, len, opts).unwrap();
+        assert_eq!(lazy.wait_range(&mut ring, 0..10).unwrap(), &pattern(0, 10)[..]);
+        drop(ring);
+        assert!(lazy.progress().is_complete(), "{:?}", lazy.progress());
+        match lazy.try_range(len - 10..len).unwrap() {
+            Ok(bytes) => assert_eq!(bytes, &pattern(len as u64 - 10, 10)[..]),
+            Err(e) => assert_eq!(e.errno(), Some(Errno::CANCELED), "{e}"),
+        }
+        let mut other = Ring::builder().backend(b).build().unwrap();
+        assert!(matches!(lazy.finish(&mut other), Err(LazyError::ForeignRing)));
+        std::fs::remove_file(path).unwrap();
     }
 
     fn a_full_op_table_delays_chunk_reads_without_failing_them(b: BackendChoice) {
@@ -502,6 +626,128 @@ both_backends! {
         assert!(lazy.try_range(0..3 * MB2).unwrap().unwrap() == &pattern(0, 3 * MB2)[..]);
         std::fs::remove_file(path).unwrap();
     }
+
+    /// `read_lazy` "returns at once" and an oversized length is a typed error (I10). A
+    /// length no memory of this system could ever hold (64 TiB: the red team saw it
+    /// accepted after 2 s with 690 MB of bookkeeping) is refused before anything is
+    /// allocated or mapped.
+    fn a_length_beyond_memory_is_refused_before_anything_is_allocated(b: BackendChoice) {
+        let report = within(60, "read_lazy of 64 TiB", move || {
+            let mut ring = ring(b, 64);
+            let f = std::fs::File::open("/proc/self/exe").unwrap();
+            let maps = map_lines();
+            let max = quell::lazy::max_len();
+            let mut out = Vec::new();
+            for len in [1usize << 46, max.saturating_add(1), usize::MAX].into_iter().filter(|&l| l > max) {
+                let t = Instant::now();
+                let (r, bytes) = allocated(|| ring.read_lazy(f.as_raw_fd(), 0, len, LazyOptions::default()));
+                out.push(format!("len {len}: {:?} after {:?}, {bytes} bytes allocated", r.as_ref().map(|_| ()), t.elapsed()));
+                assert!(
+                    matches!(r, Err(LazyError::TooLong { len: l, max: m }) if l == len && m == max),
+                    "{b:?}: {}",
+                    out.join("; ")
+                );
+                assert!(bytes < 1 << 20, "{b:?}: {}", out.join("; "));
+            }
+            assert_eq!(map_lines(), maps, "a refused LazyRead mapped memory");
+            assert!(ring.is_empty());
+            out
+        });
+        eprintln!("{b:?}: {report:?}");
+    }
+
+    /// A length far beyond a short file (16 GiB in 4 KiB chunks over 2 MiB and a bit):
+    /// `read_lazy` returns at once with bookkeeping a small fraction of the length,
+    /// `finish` stops at end of file and returns the file's bytes (the rest of the region
+    /// reads as zeros), and dropping it is quick. Before: 21 bytes of records per chunk
+    /// allocated up front, and one read plus one zero-fill for every chunk past the end.
+    fn a_long_read_of_a_short_file_costs_what_the_file_holds(b: BackendChoice) {
+        let flen = MB2 + 12345;
+        let (file, path) = temp_file(&format!("long-{b:?}"), flen);
+        within(120, "a long LazyRead of a short file", move || {
+            let mut ring = ring(b, 64);
+            let len = long_len();
+            let chunk = 4096;
+            let rss = resident();
+            let t = Instant::now();
+            let (lazy, bytes) = allocated(|| {
+                ring.read_lazy(file.as_raw_fd(), 0, len, LazyOptions::default().chunk_size(chunk))
+            });
+            let lazy = lazy.unwrap();
+            let took = t.elapsed();
+            eprintln!("{b:?}: read_lazy({len}) in {took:?}, {bytes} bytes allocated");
+            // Three bytes per chunk at most (state and errno), and the region is not touched.
+            assert!(bytes <= 4 * (len / chunk) + (1 << 20), "{b:?}: {bytes} bytes of bookkeeping for {} chunks", len / chunk);
+            // A reader blocked past the end of the file is woken when the end is found,
+            // and reads zeros.
+            let toucher = (lazy.mode() == LazyMode::Uffd).then(|| {
+                let view = lazy.view();
+                std::thread::spawn(move || touch(view.raw().unwrap(), len - 1))
+            });
+            let t = Instant::now();
+            let all = lazy.finish(&mut ring).unwrap();
+            eprintln!("{b:?}: finish in {:?}, {:?}", t.elapsed(), lazy.progress());
+            if let Some(t) = toucher {
+                assert_eq!(t.join().unwrap(), 0);
+            }
+            assert!(all == &pattern(0, flen)[..], "{b:?}: the file's bytes");
+            assert_eq!(lazy.data_len(), flen);
+            assert!(lazy.try_range(len - 4096..len).unwrap().unwrap().iter().all(|&x| x == 0));
+            assert!(lazy.try_range(flen..flen + 8192).unwrap().unwrap().iter().all(|&x| x == 0));
+            if lazy.mode() == LazyMode::Uffd {
+                let raw = lazy.raw().unwrap();
+                assert_eq!((touch(raw, len - 1), touch(raw, len / 2), touch(raw, flen)), (0, 0, 0));
+            }
+            let grew = resident().saturating_sub(rss);
+            eprintln!("{b:?}: resident grew by {} MiB", grew >> 20);
+            let t = Instant::now();
+            drop(lazy);
+            eprintln!("{b:?}: drop in {:?}", t.elapsed());
+            assert!(ring.is_empty());
+        });
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// Canceling or dropping a long LazyRead that has barely started (of /dev/zero, which
+    /// never ends) resolves every chunk at once: nothing waits, nothing is read.
+    fn canceling_a_long_lazy_read_is_quick(b: BackendChoice) {
+        within(120, "canceling a long LazyRead", move || {
+            let zero = std::fs::File::open("/dev/zero").unwrap();
+            let mut ring = ring(b, 64);
+            let len = long_len();
+            let opts = LazyOptions::default().chunk_size(4096);
+            let lazy = ring.read_lazy(zero.as_raw_fd(), 0, len, opts).unwrap();
+            assert_eq!(lazy.wait_range(&mut ring, 0..4096).unwrap(), &[0u8; 4096][..]);
+            let t = Instant::now();
+            let reached = lazy.cancel();
+            let e = lazy.finish(&mut ring).unwrap_err();
+            eprintln!("{b:?}: cancel reached {reached} chunks, finish after {:?}", t.elapsed());
+            assert_eq!(e.errno(), Some(Errno::CANCELED));
+            assert_eq!(lazy.try_range(0..4096).unwrap().unwrap(), &[0u8; 4096][..]);
+            assert!(lazy.progress().is_complete());
+            drop(lazy);
+            let lazy = ring.read_lazy(zero.as_raw_fd(), 0, len, opts).unwrap();
+            lazy.wait_range(&mut ring, 0..1).unwrap();
+            let t = Instant::now();
+            drop(lazy);
+            eprintln!("{b:?}: drop after {:?}", t.elapsed());
+            while !ring.is_empty() {
+                ring.wait(1, Some(Duration::from_millis(50))).unwrap();
+            }
+        });
+    }
+}
+
+/// Resident memory of this process, in bytes (`/proc/self/statm`).
+fn resident() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * rustix::param::page_size()
+}
+
+/// 16 GiB, or what this system's memory allows.
+fn long_len() -> usize {
+    (16usize << 30).min(quell::lazy::max_len())
 }
 
 #[test]

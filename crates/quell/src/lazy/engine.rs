@@ -9,6 +9,7 @@ use crate::op::{Op, Payload};
 use crate::outcome::{Errno, Outcome};
 use crate::ring::Sink;
 use crate::{GroupId, Handle, Ring};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,14 +20,15 @@ use std::time::Duration;
 /// How many new chunk reads one completion may start while the window opens.
 const RAMP: usize = 2;
 
-/// Which chunks are issued, and the staging buffers between reads.
+/// Which chunks are issued, and the staging buffers between reads. Its size follows the
+/// chunks in flight, never the length of the region.
 struct Issue {
     /// The next chunk to issue (chunks are issued in offset order).
     next: usize,
     in_flight: usize,
     canceled: bool,
-    /// The op id of each chunk while its read is in flight.
-    ids: Vec<Option<OpId>>,
+    /// The op id of each chunk whose read is in flight.
+    ids: HashMap<usize, OpId>,
     spare: Vec<StagingBuf>,
 }
 
@@ -53,6 +55,11 @@ impl State {
         self.issue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Bytes of a staging buffer: a chunk, or the whole region when it is shorter.
+    fn staging_len(&self) -> usize {
+        self.region.chunk_range(0).len()
+    }
+
     fn chunk_op(&self, chunk: usize, staging: StagingBuf) -> Op {
         let r = self.region.chunk_range(chunk);
         // `exact`: a short read is retried until the chunk is full or the file ends.
@@ -65,8 +72,16 @@ impl State {
 
     /// Poisons `chunk` with `errno` (the checked API reports it; a raw touch gets SIGBUS).
     fn fail(&self, chunk: usize, errno: Errno) {
-        if let Err(e) = self.region.poison(chunk, errno) {
-            tracing::warn!(chunk, error = %e, "LazyRead: poisoning a chunk failed");
+        self.fail_range(chunk..chunk + 1, errno);
+    }
+
+    /// Poisons the chunks of `chunks` still pending, in one pass.
+    fn fail_range(&self, chunks: Range<usize>, errno: Errno) {
+        if chunks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.region.poison_range(chunks.clone(), errno) {
+            tracing::warn!(?chunks, error = %e, "LazyRead: poisoning chunks failed");
         }
     }
 
@@ -78,7 +93,7 @@ impl State {
         let rest = is.next..n;
         is.next = n;
         is.spare.clear();
-        let ids = is.ids.iter().flatten().copied().collect();
+        let ids = is.ids.values().copied().collect();
         (rest, ids)
     }
 
@@ -88,9 +103,7 @@ impl State {
     pub(super) fn cancel(&self) -> usize {
         let (rest, ids) = self.stop();
         let reached = rest.len() + ids.len();
-        for c in rest {
-            self.fail(c, Errno::CANCELED);
-        }
+        self.fail_range(rest, Errno::CANCELED);
         for id in ids {
             // Err(Closed): the ring is gone and has ended every op already.
             let _ = self.handle.cancel(id);
@@ -155,12 +168,15 @@ impl Sink for State {
             _ => None,
         };
         let mut stop = false;
+        let mut eof = false;
         let spare = match outcome {
             Outcome::Done(n) => {
                 let r = self.region.chunk_range(chunk);
                 if n < r.len() {
-                    // End of file: the rest of the chunk (and region) reads as zeros.
+                    // End of file (the read is `exact`: only the end makes it short): the
+                    // rest of the chunk, and of the region, reads as zeros.
                     self.data_len.fetch_min(r.start + n, Ordering::AcqRel);
+                    eof = true;
                 }
                 match staging {
                     Some(st) => match self.region.publish(chunk, st, n) {
@@ -198,13 +214,20 @@ impl Sink for State {
         };
         let n = self.region.chunk_count();
         let mut is = self.issue();
-        is.ids[chunk] = None;
+        is.ids.remove(&chunk);
         is.in_flight -= 1;
         let mut rest = 0..0;
+        let mut past_end = None;
         if stop || is.canceled {
             // One chunk canceled (by its group, a deadline, the LazyRead): stop them all.
             is.canceled = true;
             rest = is.next..n;
+            is.next = n;
+            is.spare.clear();
+        } else if eof {
+            // The chunks not issued yet lie past the end of the file: nothing to read
+            // there. They are resolved as zeros at once, whatever the region's length.
+            past_end = Some(is.next);
             is.next = n;
             is.spare.clear();
         } else {
@@ -217,7 +240,7 @@ impl Sink for State {
                 is.next += 1;
                 let st = match is.spare.pop() {
                     Some(st) => st,
-                    None => match StagingBuf::new(self.region.chunk_size()) {
+                    None => match StagingBuf::new(self.staging_len()) {
                         Ok(st) => st,
                         Err(e) => {
                             tracing::warn!(chunk = c, error = %e, "LazyRead: no staging memory");
@@ -235,8 +258,9 @@ impl Sink for State {
             }
         }
         drop(is);
-        for c in rest {
-            self.fail(c, Errno::CANCELED);
+        self.fail_range(rest, Errno::CANCELED);
+        if let Some(first) = past_end {
+            self.region.publish_zeros_to_end(first);
         }
         self.wake();
     }
@@ -246,7 +270,7 @@ impl Sink for State {
         let mut is = self.issue();
         // A read already resolved (completed inside submit, canceled group) keeps no id.
         if self.region.chunk_state(chunk) == Some(super::region::ChunkState::Pending) {
-            is.ids[chunk] = Some(id);
+            is.ids.insert(chunk, id);
             if is.canceled {
                 drop(is);
                 let _ = self.handle.cancel(id);
@@ -257,11 +281,7 @@ impl Sink for State {
     fn closed(&self) {
         // Reads leaked at teardown never complete: fail what is left so nobody waits forever.
         let _ = self.stop();
-        for c in 0..self.region.chunk_count() {
-            if self.region.chunk_state(c) == Some(super::region::ChunkState::Pending) {
-                self.fail(c, Errno::CANCELED);
-            }
-        }
+        self.fail_range(0..self.region.chunk_count(), Errno::CANCELED);
         self.wake();
     }
 }
@@ -303,8 +323,12 @@ impl Ring {
     /// [`ops`](Ring::ops), canceled with their group), consumed internally: they yield no
     /// user completions. They make progress whenever this ring is driven.
     ///
-    /// Errors: a zero or overflowing length, a bad chunk size, [`LazyMode::Uffd`] without
-    /// userfaultfd, an invalid descriptor or a closed ring.
+    /// Errors, all before anything is allocated or read: a zero length, a length beyond
+    /// this system's memory ([`LazyError::TooLong`], see [`max_len`](crate::lazy::max_len)),
+    /// an offset + length beyond `i64::MAX`, a bad chunk size, a descriptor that is not
+    /// open or has no offsets (a pipe, a socket), [`LazyMode::Uffd`] without userfaultfd,
+    /// memory that cannot be mapped, or a closed ring. A length beyond the end of the file
+    /// is not an error: reading stops there, and the rest reads as zeros.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -325,15 +349,27 @@ impl Ring {
         if len == 0 {
             return Err(LazyError::InvalidArgument("length is zero"));
         }
+        // Before anything is allocated or mapped: what no memory here could hold.
+        let max = super::max_len();
+        if len > max {
+            return Err(LazyError::TooLong { len, max });
+        }
         if offset
             .checked_add(len as u64)
             .map_or(true, |e| e > i64::MAX as u64)
         {
             return Err(LazyError::InvalidArgument("offset + length overflows"));
         }
+        if opts.chunk_size > 0 && len.div_ceil(opts.chunk_size) as u64 > 1 << 32 {
+            // A chunk's index travels as a 32-bit token of the ring's sink.
+            return Err(LazyError::InvalidArgument(
+                "more than 2^32 chunks: use a larger chunk size",
+            ));
+        }
         if fd < 0 {
             return Err(LazyError::Ring(crate::Error::InvalidFd { fd }));
         }
+        check_seekable(fd)?;
         let mode = match (opts.mode, env_mode()) {
             (LazyMode::Auto, Some(m)) => m,
             (m, _) => m,
@@ -347,8 +383,7 @@ impl Ring {
                 ..Options::default()
             },
         )?;
-        let chunks = region.chunk_count();
-        let first = StagingBuf::new(region.chunk_size()).map_err(LazyError::Map)?;
+        let first = StagingBuf::new(region.chunk_range(0).len()).map_err(LazyError::Map)?;
         let state = Arc::new(State {
             region,
             fd,
@@ -361,7 +396,7 @@ impl Ring {
                 next: 1,
                 in_flight: 1,
                 canceled: false,
-                ids: vec![None; chunks],
+                ids: HashMap::new(),
                 spare: Vec::new(),
             }),
             data_len: AtomicUsize::new(len),
@@ -378,6 +413,28 @@ impl Ring {
             return Err(LazyError::Ring(e.into_parts().0));
         }
         Ok(LazyRead { state })
+    }
+}
+
+/// LazyRead reads at offsets: a pipe or a socket has none (io_uring would ignore the
+/// offset and the portable backend answer `ESPIPE`), so it is refused here, on both
+/// backends alike. A number that is not open is refused as the ring would refuse it.
+fn check_seekable(fd: RawFd) -> Result<(), LazyError> {
+    // SAFETY: borrowed for this one call; fstat of a number that is not open fails EBADF.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match rustix::fs::fstat(borrowed) {
+        Ok(st) => {
+            let kind = st.st_mode & libc::S_IFMT;
+            if kind == libc::S_IFIFO || kind == libc::S_IFSOCK {
+                return Err(LazyError::InvalidArgument(
+                    "not a seekable file (a pipe or a socket): LazyRead reads at offsets",
+                ));
+            }
+            Ok(())
+        }
+        Err(rustix::io::Errno::BADF) => Err(LazyError::Ring(crate::Error::InvalidFd { fd })),
+        // Anything else: let the chunk reads say what is wrong.
+        Err(_) => Ok(()),
     }
 }
 

@@ -28,8 +28,11 @@
 //!
 //! # Errors and lengths
 //! A read that fails poisons its chunk and the others go on. A read that meets end of file
-//! is not an error: the rest of the region is zero-filled and [`LazyRead::data_len`] says
-//! how many bytes the file gave. Canceling ([`LazyRead::cancel`], the op group given in
+//! is not an error: the rest of the region reads as zeros and [`LazyRead::data_len`] says
+//! how many bytes the file gave; the chunks after it are not read at all (they are
+//! resolved at once, however long the region). A length beyond this system's memory
+//! ([`max_len`]) is refused with [`LazyError::TooLong`]; a pipe or socket (no offsets) with
+//! [`LazyError::InvalidArgument`]. Canceling ([`LazyRead::cancel`], the op group given in
 //! [`LazyOptions::group`], or a group deadline) stops the chunks not yet done and poisons
 //! them (`ECANCELED`, or `ETIMEDOUT` for a deadline); published pages keep their data.
 //! Dropping a [`LazyRead`] (and its views) cancels what is left; the staging buffers stay
@@ -39,6 +42,18 @@
 //! The descriptor must stay open until the LazyRead is finished (a closed one fails the
 //! remaining chunks with `EBADF`). The chunk reads count in [`Ring::len`](crate::Ring::len)
 //! and are listed by [`Ring::ops`](crate::Ring::ops) but never yield user completions.
+//!
+//! # Costs
+//! `read_lazy` maps the region without reserving memory (`MAP_NORESERVE`) and returns at
+//! once: the region costs memory only as chunks are published. Besides the published data,
+//! a LazyRead keeps three bytes per chunk (its state and errno; the default 2 MiB chunks
+//! make that 1.5 KiB per GiB), a staging buffer and a few words per chunk read in flight
+//! (at most [`LazyOptions::window`]). Chunks past the end of the file are neither read nor
+//! populated: in userfaultfd mode their pages are unregistered and read as the kernel's
+//! zero page. Canceling a region poisons what is left with one `UFFDIO_POISON` per run of
+//! chunks, which fills page tables for those pages (about 0.2% of their length with 4 KiB
+//! pages); dropping the last [`LazyRead`] or view skips the poisoning (nobody can touch the
+//! region any more).
 //!
 //! # Without userfaultfd
 //! Where userfaultfd cannot be used (not permitted, old kernel, seccomp) or when
@@ -110,6 +125,33 @@ pub fn availability() -> LazyAvailability {
         _ => LazyMode::Checked,
     };
     a
+}
+
+/// The longest [`Ring::read_lazy`](crate::Ring::read_lazy) accepts: this system's memory,
+/// RAM plus swap (as `sysinfo(2)` reports them). A LazyRead keeps every byte it reads in
+/// anonymous memory until it is dropped, so a longer one could never be filled; it is
+/// refused with [`LazyError::TooLong`] before anything is allocated or mapped. The limits of
+/// a cgroup are not consulted: within this bound, the memory a LazyRead uses is what the
+/// file gives (see [the module docs](crate::lazy#costs)).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// let max = quell::lazy::max_len();
+/// assert!(max > 0);
+/// let file = std::fs::File::open("/proc/self/exe")?;
+/// let mut ring = quell::Ring::new()?;
+/// let e = ring.read_lazy(file.as_raw_fd(), 0, max + 1, Default::default()).unwrap_err();
+/// assert!(matches!(e, quell::lazy::LazyError::TooLong { .. }));
+/// # Ok(()) }
+/// ```
+pub fn max_len() -> usize {
+    let s = rustix::system::sysinfo();
+    let unit = u64::from(s.mem_unit.max(1));
+    let bytes = (s.totalram as u64)
+        .saturating_add(s.totalswap as u64)
+        .saturating_mul(unit);
+    usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
 /// `QUELL_LAZY=checked|uffd` (read each time: tests set it per process).
@@ -263,7 +305,18 @@ pub enum LazyError {
     /// [`LazyMode::Uffd`] was asked for and userfaultfd cannot be used here.
     #[error("userfaultfd unavailable: {0}")]
     Unavailable(String),
-    /// A length, offset or chunk size is invalid.
+    /// The length is more than this system's memory could ever hold ([`max_len`]): a
+    /// LazyRead keeps every byte it reads in anonymous memory. Refused before anything is
+    /// allocated or mapped.
+    #[error("length {len} is more than this system's memory could hold (at most {max} bytes)")]
+    TooLong {
+        /// The length asked for.
+        len: usize,
+        /// [`max_len`] when it was refused.
+        max: usize,
+    },
+    /// A length, offset or chunk size is invalid, or the descriptor is not a seekable
+    /// file (a pipe or a socket).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
     /// Mapping the region or a staging buffer failed.

@@ -37,7 +37,7 @@ use std::fmt;
 use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -504,8 +504,11 @@ pub struct LazyRegion {
     /// Use MOVE (kernel support permitting): !force_copy && (force_move || THP on).
     prefer_move: bool,
     move_threshold: usize,
+    /// Three bytes per chunk (state and errno) are all a region keeps per chunk: what is
+    /// in flight is the engine's business.
     states: Box<[AtomicU8]>,
-    errnos: Box<[AtomicI32]>,
+    /// The errno of each failed chunk (Linux errnos are below 4096).
+    errnos: Box<[AtomicU16]>,
     published: AtomicUsize,
     failed: AtomicUsize,
     /// Futex word: bumped (only when someone waits) after a chunk is resolved.
@@ -598,7 +601,7 @@ impl LazyRegion {
                 && (opts.force_move || (opts.huge_pages && thp_enabled())),
             move_threshold: opts.move_threshold,
             states: (0..chunks).map(|_| AtomicU8::new(PENDING)).collect(),
-            errnos: (0..chunks).map(|_| AtomicI32::new(0)).collect(),
+            errnos: (0..chunks).map(|_| AtomicU16::new(0)).collect(),
             published: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             epoch: AtomicU32::new(0),
@@ -918,6 +921,7 @@ impl LazyRegion {
     ///
     /// The chunk is marked failed even when this returns an error
     /// ([`RegionError::PoisonFailed`]: raw touches may then block until the region is dropped).
+    #[cfg(test)]
     pub fn poison(&self, chunk: usize, errno: Errno) -> Result<(), RegionError> {
         let Some(state) = self.states.get(chunk) else {
             return Err(RegionError::ChunkOutOfRange {
@@ -932,10 +936,72 @@ impl LazyRegion {
                 state: state_of(s),
             });
         }
-        let range = self.chunk_range(chunk);
-        let len = round_up(range.len(), self.page);
-        // SAFETY: inside the mapping (see publish).
-        let dst = unsafe { self.map.ptr.as_ptr().add(range.start) };
+        let result = self.poison_claimed(chunk..chunk + 1, errno);
+        self.resolved();
+        result
+    }
+
+    /// Fails every chunk of `chunks` that is still pending, with `errno` (see `poison` for
+    /// what a failed chunk is and the fallbacks), poisoning each run of them with one
+    /// ioctl and waking the waiters once: canceling a long region costs a pass over its
+    /// chunk states, not an ioctl per chunk. Chunks already resolved (or being published)
+    /// are left alone. Returns how many chunks it failed, or the first poisoning error
+    /// (the chunks are marked failed all the same, see [`RegionError::PoisonFailed`]).
+    pub fn poison_range(&self, chunks: Range<usize>, errno: Errno) -> Result<usize, RegionError> {
+        let mut failed = 0;
+        let mut first_err = Ok(());
+        self.claim_runs(chunks, |run| {
+            failed += run.len();
+            let r = self.poison_claimed(run, errno);
+            if first_err.is_ok() {
+                first_err = r;
+            }
+        });
+        if failed > 0 {
+            self.resolved();
+        }
+        first_err.map(|()| failed)
+    }
+
+    /// Calls `f` with each maximal run of consecutive chunks of `chunks` that this call
+    /// claimed (PENDING -> BUSY). `f` must resolve every chunk of the run.
+    fn claim_runs(&self, chunks: Range<usize>, mut f: impl FnMut(Range<usize>)) {
+        let end = chunks.end.min(self.chunk_count());
+        let mut run: Option<usize> = None;
+        for c in chunks.start..end {
+            let claimed = self.states[c]
+                .compare_exchange(PENDING, BUSY, Ordering::Acquire, Ordering::Acquire)
+                .is_ok();
+            match (claimed, run) {
+                (true, None) => run = Some(c),
+                (false, Some(s)) => {
+                    f(s..c);
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run {
+            f(s..end);
+        }
+    }
+
+    /// The bytes of the mapping behind the chunks `run`, in whole pages (the short tail of
+    /// the region's last chunk rounded up).
+    fn span_of(&self, run: &Range<usize>) -> Range<usize> {
+        let start = self.chunk_range(run.start).start;
+        let end = round_up(self.chunk_range(run.end - 1).end, self.page);
+        start..end
+    }
+
+    /// Poisons the chunks of `run`, all claimed BUSY by the caller, and marks them failed
+    /// with `errno`. The caller calls `resolved` afterwards.
+    fn poison_claimed(&self, run: Range<usize>, errno: Errno) -> Result<(), RegionError> {
+        let span = self.span_of(&run);
+        // SAFETY: inside the mapping (a span ends at most at the region's length rounded up
+        // to a page, which the mapping covers).
+        let dst = unsafe { self.map.ptr.as_ptr().add(span.start) };
+        let len = span.len();
         let result = match &self.uffd {
             _ if self.abandoned.load(Ordering::Acquire) => Ok(()),
             None => Ok(()),
@@ -949,14 +1015,80 @@ impl LazyRegion {
                 if r.is_err() {
                     r = self.protect_none(u, dst, len);
                 }
-                r.map_err(|error| RegionError::PoisonFailed { chunk, error })
+                r.map_err(|error| RegionError::PoisonFailed {
+                    chunk: run.start,
+                    error,
+                })
             }
         };
-        self.errnos[chunk].store(errno.raw_os_error(), Ordering::Relaxed);
-        state.store(FAILED, Ordering::Release);
-        self.failed.fetch_add(1, Ordering::AcqRel);
-        self.resolved();
+        // Linux errnos are below 4096 (MAX_ERRNO); anything else is not one.
+        let raw = u16::try_from(errno.raw_os_error()).unwrap_or(libc::EIO as u16);
+        for c in run.clone() {
+            self.errnos[c].store(raw, Ordering::Relaxed);
+            self.states[c].store(FAILED, Ordering::Release);
+        }
+        self.failed.fetch_add(run.len(), Ordering::AcqRel);
         result
+    }
+
+    /// Resolves every still-pending chunk from `first` to the end of the region as zeros,
+    /// without reading or populating them: the file ended before them. In Uffd mode their
+    /// pages are unregistered (threads blocked on them are woken) and then read as the
+    /// kernel's zero page, so no page table is filled for them; in Checked mode they are
+    /// still the mapping's initial zeros. Returns how many chunks it resolved. Chunks
+    /// already resolved or being published are left alone.
+    pub fn publish_zeros_to_end(&self, first: usize) -> usize {
+        let mut n = 0;
+        self.claim_runs(first..self.chunk_count(), |run| {
+            n += run.len();
+            self.zero_claimed(run);
+        });
+        if n > 0 {
+            self.resolved();
+        }
+        n
+    }
+
+    fn zero_claimed(&self, run: Range<usize>) {
+        let span = self.span_of(&run);
+        // SAFETY: inside the mapping (see `poison_claimed`).
+        let dst = unsafe { self.map.ptr.as_ptr().add(span.start) };
+        let len = span.len();
+        let result = match &self.uffd {
+            _ if self.abandoned.load(Ordering::Acquire) => Ok(()),
+            None => Ok(()),
+            Some(u) => {
+                let reg = u.registered.lock().unwrap_or_else(|e| e.into_inner());
+                if *reg {
+                    // SAFETY: the range is inside our mapping and belongs to chunks we hold
+                    // BUSY, never populated: once unregistered they read as zeros, which
+                    // is what they hold (the file ended before them).
+                    unsafe { u.uffd.unregister(dst, len) }
+                        .map_err(RegionError::from)
+                        .or_else(|_| self.fill_zero(u, dst, len))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                for c in run.clone() {
+                    self.states[c].store(PUBLISHED, Ordering::Release);
+                }
+                self.published.fetch_add(run.len(), Ordering::AcqRel);
+            }
+            Err(e) => {
+                // Neither unregistering nor zero-filling worked: fail the chunks rather
+                // than leave a toucher blocked on them.
+                tracing::warn!(error = %e, "LazyRead: resolving chunks past end of file failed");
+                let errno = match &e {
+                    RegionError::Uffd(u) => u.errno(),
+                    _ => None,
+                };
+                let _ = self.poison_claimed(run, errno.unwrap_or(Errno::IO));
+            }
+        }
     }
 
     fn poison_pages(&self, u: &UffdState, dst: *mut u8, len: usize) -> Result<(), UffdError> {
@@ -1050,7 +1182,8 @@ impl LazyRegion {
             match self.states[c].load(Ordering::Acquire) {
                 PUBLISHED => {}
                 FAILED => {
-                    let errno = Errno::from_raw_os_error(self.errnos[c].load(Ordering::Relaxed));
+                    let raw = self.errnos[c].load(Ordering::Relaxed);
+                    let errno = Errno::from_raw_os_error(raw.into());
                     return Some(Err(ChunkError::Failed { chunk: c, errno }));
                 }
                 _ => pending = true,
@@ -1598,6 +1731,94 @@ mod tests {
     }
 
     #[test]
+    fn zeros_to_the_end_wake_blocked_readers_without_populating() {
+        for mode in [LazyMode::Uffd, LazyMode::Checked] {
+            if mode == LazyMode::Uffd && !uffd_ok() {
+                continue;
+            }
+            let len = 4 * HUGE_PAGE - 100;
+            let region = Arc::new(LazyRegion::new(len, HUGE_PAGE, mode).unwrap());
+            let data = pattern(len, 11);
+            publish_from(&region, 0, &data, HUGE_PAGE);
+            let r2 = region.clone();
+            let waiter = thread::spawn(move || r2.wait_range(len - 10..len).map(|s| s.to_vec()));
+            let toucher = (mode == LazyMode::Uffd).then(|| {
+                let r3 = region.clone();
+                thread::spawn(move || touch(r3.as_slice().unwrap(), 3 * HUGE_PAGE + 5))
+            });
+            thread::sleep(Duration::from_millis(100));
+            assert!(!waiter.is_finished());
+            // Chunk 1 is being read elsewhere: left alone.
+            let st = region.new_staging().unwrap();
+            assert_eq!(region.publish_zeros_to_end(2), 2);
+            assert_eq!(waiter.join().unwrap().unwrap(), vec![0u8; 10]);
+            if let Some(t) = toucher {
+                assert_eq!(t.join().unwrap(), 0);
+            }
+            assert_eq!(region.progress(), (3, 0, 4));
+            assert_eq!(region.publish_zeros_to_end(2), 0, "nothing left to resolve");
+            publish_from(&region, 1, &data, HUGE_PAGE);
+            drop(st);
+            let mut want = data[..2 * HUGE_PAGE].to_vec();
+            want.resize(len, 0);
+            assert!(region.finish().unwrap() == &want[..]);
+            assert_eq!(
+                region.stats().zeroed,
+                0,
+                "nothing past the end was populated"
+            );
+        }
+    }
+
+    #[test]
+    fn poison_range_fails_pending_chunks_in_one_pass() {
+        for mode in [LazyMode::Uffd, LazyMode::Checked] {
+            if mode == LazyMode::Uffd && !uffd_ok() {
+                continue;
+            }
+            let chunk = 4 * page_size();
+            let len = 64 * chunk + 1;
+            let region = LazyRegion::new(len, chunk, mode).unwrap();
+            let data = pattern(len, 12);
+            publish_from(&region, 3, &data, chunk);
+            region.poison(5, Errno::IO).unwrap();
+            assert_eq!(
+                region.poison_range(2..usize::MAX, Errno::CANCELED).unwrap(),
+                63 - 2
+            );
+            assert_eq!(region.poison_range(0..70, Errno::CANCELED).unwrap(), 2);
+            assert_eq!(region.progress(), (1, 64, 65));
+            assert!(region.is_complete());
+            let failed = |c: usize| region.try_range(c * chunk..c * chunk + 1);
+            assert_eq!(
+                failed(5),
+                Some(Err(ChunkError::Failed {
+                    chunk: 5,
+                    errno: Errno::IO
+                }))
+            );
+            assert_eq!(
+                failed(64),
+                Some(Err(ChunkError::Failed {
+                    chunk: 64,
+                    errno: Errno::CANCELED
+                }))
+            );
+            assert_eq!(
+                failed(0),
+                Some(Err(ChunkError::Failed {
+                    chunk: 0,
+                    errno: Errno::CANCELED
+                }))
+            );
+            assert!(
+                region.try_range(3 * chunk..4 * chunk).unwrap().unwrap()
+                    == &data[3 * chunk..4 * chunk]
+            );
+        }
+    }
+
+    #[test]
     fn poison_reports_errno_and_keeps_other_chunks() {
         for mode in [LazyMode::Uffd, LazyMode::Checked] {
             if mode == LazyMode::Uffd && !uffd_ok() {
@@ -1675,6 +1896,9 @@ mod tests {
             assert_eq!(run_child("blocked").signal(), Some(libc::SIGBUS));
             // A touch after the poison (and after the region was unregistered) gets SIGBUS.
             assert_eq!(run_child("after").signal(), Some(libc::SIGBUS));
+            // A run of chunks poisoned at once (a cancel): a thread blocked in its last
+            // chunk is woken and gets SIGBUS.
+            assert_eq!(run_child("range").signal(), Some(libc::SIGBUS));
         }
         // Fallback without POISON: PROT_NONE, the blocked toucher gets SIGSEGV.
         assert_eq!(run_child("noposion").signal(), Some(libc::SIGSEGV));
@@ -1700,6 +1924,16 @@ mod tests {
         );
         let data = pattern(len, 8);
         publish_from(&region, 0, &data, HUGE_PAGE);
+        if which == "range" {
+            let r2 = region.clone();
+            thread::spawn(move || touch(r2.as_slice().unwrap(), 2 * HUGE_PAGE + 4096));
+            thread::sleep(Duration::from_millis(100));
+            eprintln!("child: poisoning two chunks under a blocked toucher");
+            assert_eq!(region.poison_range(1..3, Errno::CANCELED).unwrap(), 2);
+            thread::sleep(Duration::from_secs(3));
+            eprintln!("child: survived");
+            std::process::exit(3);
+        }
         publish_from(&region, 2, &data, HUGE_PAGE);
         if which == "after" {
             region.poison(1, Errno::IO).unwrap();
