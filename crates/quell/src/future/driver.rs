@@ -1379,3 +1379,59 @@ mod loom_tests {
         the_call_always_wakes(2);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Driver, Sleeper, SLEEP_SLACK};
+    use crate::wake::Doorbell;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn rung(b: &Doorbell) -> bool {
+        let mut p = libc::pollfd {
+            fd: b.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on an open eventfd; a zero timeout never blocks.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    /// A turn that leaves the ring due sooner than a sleeper planned wakes it (whoever
+    /// ran the turn may stop driving the ring); one due at about the same time, or later,
+    /// leaves it asleep, so sleepers that see the same timer do not wake each other.
+    #[test]
+    fn a_turn_wakes_only_sleepers_that_planned_to_sleep_longer() {
+        let d = Driver::new(crate::Ring::new().unwrap());
+        let mut st = d.lock();
+        let now = Instant::now();
+        let plans = [
+            None,
+            Some(now + Duration::from_secs(600)),
+            Some(now + Duration::from_secs(60)),
+            Some(now + Duration::from_secs(10) + SLEEP_SLACK / 2),
+            Some(now),
+        ];
+        for until in plans {
+            let bell = st.take_bell().unwrap();
+            st.sleepers.push(Sleeper { bell, until });
+        }
+        // Due in 10 s: wakes the one sleeping for ever and the ones planning 600 s
+        // and 60 s; not the one due within the slack of it, nor the one due before.
+        st.wake_early_sleepers(Some(Duration::from_secs(10)));
+        let woken: Vec<bool> = st.sleepers.iter().map(|s| rung(&s.bell)).collect();
+        assert_eq!(woken, [true, true, true, false, false]);
+        for s in &st.sleepers {
+            s.bell.clear();
+        }
+        // Nothing due (no timer): nobody is woken.
+        st.wake_early_sleepers(None);
+        assert!(st.sleepers.iter().all(|s| !rung(&s.bell)));
+        // Work left right now: every sleeper planning to sleep at all is woken.
+        st.wake_early_sleepers(Some(Duration::ZERO));
+        let woken: Vec<bool> = st.sleepers.iter().map(|s| rung(&s.bell)).collect();
+        assert_eq!(woken, [true, true, true, true, false]);
+        let bells: Vec<Arc<Doorbell>> = st.sleepers.drain(..).map(|s| s.bell).collect();
+        drop(bells);
+    }
+}
