@@ -60,7 +60,13 @@ impl Handle {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        self.shared.requests.post(r);
+        // The ring may close between the check above and the post: the mailbox then
+        // refuses the request (closing it and posting are ordered by its lock), so a
+        // request is taken by the ring, dropped as it closes, or refused here; an
+        // `OpsRequest` is answered or disconnected, never left waiting.
+        if self.shared.requests.post(r).is_err() {
+            return Err(Error::Closed);
+        }
         self.shared.doorbell.ring();
         Ok(())
     }
@@ -314,7 +320,7 @@ impl OpsRequest {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     /// let mut ring = quell::Ring::new()?;
-    /// let id = ring.submit(quell::Op::timeout(Duration::from_secs(60)).user_data(5))?;
+    /// ring.submit(quell::Op::timeout(Duration::from_secs(60)).user_data(5))?;
     /// let req = ring.handle().request_ops()?;
     /// // Nobody drives the ring: the snapshot cannot come.
     /// assert!(matches!(req.wait(Duration::from_millis(10)), Err(quell::Error::Io { .. })));
@@ -322,8 +328,10 @@ impl OpsRequest {
     /// let ops = req.wait(Duration::from_secs(10))?;
     /// assert_eq!(ops.len(), 1);
     /// assert_eq!(ops[0].user_data, 5);
-    /// # ring.cancel(id)?;
-    /// # ring.wait_for(id)?;
+    /// // A request the ring never served before it went away ends at once.
+    /// let late = ring.handle().request_ops()?;
+    /// drop(ring);
+    /// assert!(matches!(late.wait(Duration::from_secs(10)), Err(quell::Error::Closed)));
     /// # Ok(()) }
     /// ```
     pub fn wait(&self, timeout: Duration) -> Result<Vec<OpInfo>, Error> {

@@ -12,6 +12,12 @@
 //! next take sees it). An item is taken at most once because it leaves the list under
 //! the lock. A flag raised with nothing behind it (a signal handler, or a push the
 //! previous take already collected) costs one empty take.
+//!
+//! When the consumer goes away (the ring shuts down) it *closes* the mailbox: under the
+//! same lock it takes what is left (and drops it, so a reply channel inside an item
+//! disconnects) and marks the list closed; a post that takes the lock afterwards is
+//! refused and gets its item back. Whatever the interleaving, an item is taken,
+//! dropped by the close, or refused: never left behind with nobody to take it.
 
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
@@ -19,25 +25,31 @@ use crate::sync::{AtomicBool, Mutex, Ordering};
 #[derive(Debug)]
 pub(crate) struct Mailbox<T> {
     pending: AtomicBool,
-    items: Mutex<Vec<T>>,
+    /// `None` once closed.
+    items: Mutex<Option<Vec<T>>>,
 }
 
 impl<T> Mailbox<T> {
     pub(crate) fn new() -> Mailbox<T> {
         Mailbox {
             pending: AtomicBool::new(false),
-            items: Mutex::new(Vec::new()),
+            items: Mutex::new(Some(Vec::new())),
         }
     }
 
     /// Leaves `item` for the consumer (any thread). The caller then wakes the consumer.
-    pub(crate) fn post(&self, item: T) {
+    /// `Err(item)` if the mailbox is closed: nobody will ever take it.
+    pub(crate) fn post(&self, item: T) -> Result<(), T> {
         let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        q.push(item);
+        let Some(items) = q.as_mut() else {
+            return Err(item);
+        };
+        items.push(item);
         // Under the lock, after the push: a take that lowered the flag before this
         // store either already holds the lock (then it runs after us and takes the
         // item: the lock orders it) or will see the flag raised again.
         self.pending.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Raises the flag without an item (async-signal-safe: one atomic store). Used by
@@ -60,7 +72,17 @@ impl<T> Mailbox<T> {
         // Lower the flag first: a post that lands after this store raises it again.
         self.pending.store(false, Ordering::Release);
         let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        into.append(&mut q);
+        if let Some(items) = q.as_mut() {
+            into.append(items);
+        }
+    }
+
+    /// Closes the mailbox for good (the consumer is going away): later posts are
+    /// refused, and what was posted and not taken is returned, for the caller to drop
+    /// outside the lock. Any thread; idempotent.
+    pub(crate) fn close(&self) -> Vec<T> {
+        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        q.take().unwrap_or_default()
     }
 }
 
@@ -130,7 +152,7 @@ mod loom_tests {
                     let (mb, bell) = (mb.clone(), bell.clone());
                     thread::spawn(move || {
                         for i in items {
-                            mb.post(i);
+                            mb.post(i).unwrap();
                             bell.ring();
                         }
                     })
@@ -179,7 +201,7 @@ mod loom_tests {
             let bell = Arc::new(Bell::new());
             let (m1, b1) = (mb.clone(), bell.clone());
             let poster = thread::spawn(move || {
-                m1.post(7);
+                m1.post(7).unwrap();
                 b1.ring();
             });
             let (m2, b2) = (mb.clone(), bell.clone());
@@ -201,6 +223,51 @@ mod loom_tests {
             assert_eq!(got, vec![7]);
         });
     }
+
+    /// Posters race the ring going away (a last take, then the close): each item is
+    /// taken, dropped by the close, or refused back to its poster, exactly once, and
+    /// nothing is left in the mailbox afterwards (a reply channel stranded there would
+    /// keep its asker waiting for a ring that is gone).
+    fn close_strands_nothing(posts: Vec<u32>) {
+        model(move || {
+            let mb = Arc::new(Mailbox::<u32>::new());
+            let posters: Vec<_> = posts
+                .iter()
+                .map(|&i| {
+                    let mb = mb.clone();
+                    thread::spawn(move || mb.post(i).err())
+                })
+                .collect();
+            let mut got = Vec::new();
+            mb.take(&mut got);
+            got.extend(mb.close());
+            for p in posters {
+                got.extend(p.join().unwrap());
+            }
+            got.sort();
+            let mut want = posts.clone();
+            want.sort();
+            assert_eq!(
+                got, want,
+                "every item taken, dropped or refused exactly once"
+            );
+            assert!(
+                mb.close().is_empty(),
+                "nothing posted after the close stays"
+            );
+            assert_eq!(mb.post(9), Err(9), "a closed mailbox refuses");
+        });
+    }
+
+    #[test]
+    fn loom_close_racing_a_post_strands_nothing() {
+        close_strands_nothing(vec![1]);
+    }
+
+    #[test]
+    fn loom_close_racing_two_posts_strands_nothing() {
+        close_strands_nothing(vec![1, 2]);
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -211,8 +278,8 @@ mod tests {
     fn take_moves_everything_once_and_lowers_the_flag() {
         let mb = Mailbox::new();
         assert!(!mb.is_pending());
-        mb.post(1);
-        mb.post(2);
+        mb.post(1).unwrap();
+        mb.post(2).unwrap();
         assert!(mb.is_pending());
         let mut got = Vec::new();
         mb.take(&mut got);
@@ -228,6 +295,21 @@ mod tests {
     }
 
     #[test]
+    fn close_returns_what_is_left_and_refuses_later_posts() {
+        let mb = Mailbox::new();
+        mb.post(1).unwrap();
+        mb.post(2).unwrap();
+        let mut got = Vec::new();
+        mb.take(&mut got);
+        mb.post(3).unwrap();
+        assert_eq!(mb.close(), vec![3]);
+        assert_eq!(mb.post(4), Err(4));
+        mb.take(&mut got);
+        assert_eq!(got, vec![1, 2], "a closed mailbox gives nothing more");
+        assert!(mb.close().is_empty());
+    }
+
+    #[test]
     fn posts_from_many_threads_all_arrive() {
         let mb = std::sync::Arc::new(Mailbox::new());
         let threads: Vec<_> = (0..4u32)
@@ -235,7 +317,7 @@ mod tests {
                 let mb = mb.clone();
                 std::thread::spawn(move || {
                     for i in 0..1000 {
-                        mb.post(t * 1000 + i);
+                        mb.post(t * 1000 + i).unwrap();
                     }
                 })
             })

@@ -11,14 +11,15 @@ use crate::id::OpId;
 use crate::op::{Op, OpKind, Payload, NO_OFFSET};
 use crate::outcome::Outcome;
 use crate::ring::Ring;
+use crate::sync::{AtomicU8, Ordering};
+use crate::wake::Doorbell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A ring shared by futures. Cheap to clone, `Send + Sync`: every clone drives the same
 /// ring, and futures created from any clone may be awaited on any thread.
@@ -136,11 +137,13 @@ pub(crate) struct State {
     /// Writes of dropped streams: by entry, the acknowledged bytes to send after the
     /// op's own, and until when (see [`State::linger`]).
     lingering: HashMap<u32, (Vec<u8>, std::time::Instant)>,
-    /// Threads of [`Driver::block_on`] sleeping on the ring's descriptor without the
-    /// lock: work another thread leaves for the ring rings their doorbell.
-    sleepers: usize,
-    /// Rings the ring's doorbell (wakes a sleeping [`Driver::block_on`]).
-    handle: Handle,
+    /// Threads of [`Driver::block_on`] sleeping without the lock, each on the ring's
+    /// descriptor and a bell of its own: work another thread leaves for the ring, or
+    /// a turn that leaves the ring due sooner than a sleeper planned, rings their bells.
+    sleepers: Vec<Sleeper>,
+    /// Bells of `block_on` calls that ended, for the next ones (an eventfd each,
+    /// made once and reused, closed with the driver).
+    spare_bells: Vec<Arc<Doorbell>>,
     live: usize,
     /// The reactor task (tokio), woken when there is work to hand to the kernel.
     pub(crate) reactor: Option<Waker>,
@@ -172,6 +175,22 @@ pub(crate) struct State {
     pub(crate) reactor_attached: bool,
     wakers: Vec<Waker>,
 }
+
+/// A [`Driver::block_on`] asleep without the lock.
+struct Sleeper {
+    /// Its own bell: rung, it ends the sleep. Nobody else reads it, so unlike the ring's
+    /// descriptor (whose readiness any thread that runs the ring consumes) a ring
+    /// cannot be lost to another thread's turn.
+    bell: Arc<Doorbell>,
+    /// When it wakes by itself (from the ring's next timer as it saw it); `None`:
+    /// only when rung or when the ring's descriptor becomes readable.
+    until: Option<Instant>,
+}
+
+/// How much sooner than a sleeper planned the ring must be due for a turn to wake
+/// it: its sleep is rounded up to the millisecond anyway, and two sleepers that see
+/// the same timer must not keep waking each other.
+const SLEEP_SLACK: Duration = Duration::from_millis(1);
 
 /// The id a completion gets when it was served from kept bytes or connections, with no
 /// kernel op behind it: its slot is beyond any table.
@@ -242,16 +261,52 @@ impl State {
                 w.wake_by_ref();
             }
         }
-        if self.sleepers > 0 {
+        if !self.sleepers.is_empty() {
             self.wake_sleepers();
         }
     }
 
     /// Another thread left work while a `block_on` sleeps without the lock (I3: it
-    /// never holds the lock while it sleeps); its wait ends on the doorbell.
+    /// never holds the lock while it sleeps); its sleep ends on its bell.
     #[cold]
     fn wake_sleepers(&mut self) {
-        let _ = self.handle.wake();
+        for s in &self.sleepers {
+            s.bell.ring();
+        }
+    }
+
+    /// A turn left the ring due again in `next`: wake the sleepers that planned to
+    /// sleep longer. Whoever ran the turn may stop running the ring (an executor's
+    /// thread going idle, a `block_on` whose future is done), and the turn may have
+    /// consumed the descriptor's readiness a sleeper waits on, so the sleeper must
+    /// learn the new time from the turn itself.
+    #[cold]
+    fn wake_early_sleepers(&self, next: Option<Duration>) {
+        let Some(d) = next else {
+            return;
+        };
+        let due = Instant::now() + d;
+        for s in &self.sleepers {
+            if s.until.map_or(true, |until| due + SLEEP_SLACK < until) {
+                s.bell.ring();
+            }
+        }
+    }
+
+    /// A bell for a `block_on` about to sleep: a spare one, or a new one (`None` if
+    /// the system refuses another eventfd).
+    #[cold]
+    fn take_bell(&mut self) -> Option<Arc<Doorbell>> {
+        if let Some(b) = self.spare_bells.pop() {
+            return Some(b);
+        }
+        match Doorbell::new() {
+            Ok(b) => Some(Arc::new(b)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no eventfd for block_on; it sleeps in short steps");
+                None
+            }
+        }
     }
 
     /// Submits `op` for a future. A stream read or accept with something kept for its
@@ -720,6 +775,9 @@ impl State {
         } else {
             self.ring.next_wake()
         };
+        if !self.sleepers.is_empty() {
+            self.wake_early_sleepers(next);
+        }
         std::mem::swap(&mut self.wakers, out);
         Ok(next)
     }
@@ -845,8 +903,8 @@ impl Driver {
                     retired: HashMap::new(),
                     idents: HashMap::new(),
                     lingering: HashMap::new(),
-                    sleepers: 0,
-                    handle: handle.clone(),
+                    sleepers: Vec::new(),
+                    spare_bells: Vec::new(),
                     live: 0,
                     reactor: None,
                     notified: false,
@@ -987,7 +1045,11 @@ impl Driver {
     /// thread sleeps on the ring's descriptor *without* the driver's lock, so other
     /// threads' cancels, drops, submissions and [`with_ring`](Driver::with_ring) calls
     /// never wait behind the sleep (I3); work they leave for the ring, and a wake of
-    /// the future from elsewhere, ring the ring's doorbell and end the sleep.
+    /// the future from elsewhere, end the sleep. Other threads may drive the same
+    /// driver meanwhile ([`turn`](Driver::turn), another `block_on`, the tokio
+    /// reactor): whichever reaps this future's completion wakes it, and the sleep
+    /// ends on a bell of the call's own (an eventfd the driver keeps for such calls),
+    /// which no other thread's turn can consume.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -1009,24 +1071,33 @@ impl Driver {
     /// ```
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         let signal = Arc::new(BlockOn {
-            woken: AtomicBool::new(true),
-            thread: std::thread::current(),
-            handle: self.shared.handle.clone(),
+            state: SleepState::new(),
+            bell: OnceLock::new(),
         });
+        // Gives the bell back to the driver however this ends (a panicking future too).
+        let _spare = SpareBell {
+            driver: self,
+            signal: &signal,
+        };
         let waker = Waker::from(signal.clone());
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
         let mut wakers = Vec::new();
         loop {
-            if signal.woken.swap(false, Ordering::AcqRel) {
+            if signal.state.take_woken() {
                 if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
                     return v;
                 }
             }
-            // Run the ring without blocking, then sleep on its descriptor with the lock
-            // released. Registering as a sleeper under the lock means anything another
-            // thread leaves afterwards rings the doorbell (see `wake_reactor`).
-            let (sleep, fd) = {
+            // Run the ring without blocking, then sleep with the lock released on the
+            // ring's descriptor and on this call's own bell. The descriptor alone is
+            // not enough: another thread running the ring (`turn`, a second
+            // `block_on`, the tokio reactor) may reap the completion this future waits
+            // for, wake it, and reap the readiness that wake-up caused before this
+            // thread sleeps. The bell is this thread's alone: a wake from elsewhere
+            // rings it, and registering as a sleeper under the lock means anything
+            // another thread leaves afterwards rings it too (see `wake_reactor`).
+            let (sleep, fd, bell) = {
                 let mut st = self.lock();
                 let next = match st.turn(&mut wakers) {
                     Ok(next) => next,
@@ -1036,50 +1107,95 @@ impl Driver {
                         Some(Duration::from_millis(1))
                     }
                 };
-                let busy = next.is_some_and(|d| d.is_zero())
-                    || !wakers.is_empty()
-                    || signal.woken.load(Ordering::Acquire);
-                if !busy {
-                    st.sleepers += 1;
-                }
-                ((!busy).then_some(next), st.ring.reactor_fd())
+                let busy = next.is_some_and(|d| d.is_zero()) || !wakers.is_empty();
+                let bell = match (busy, signal.bell.get()) {
+                    (true, _) => None,
+                    (false, Some(b)) => Some(b.clone()),
+                    (false, None) => st.take_bell().inspect(|b| {
+                        let _ = signal.bell.set(b.clone());
+                    }),
+                };
+                let sleep = match &bell {
+                    _ if busy => None,
+                    // Set before the state says "sleeping": a waker that sees that
+                    // state finds the bell (see `SleepState`). Refused if woken since
+                    // the top of the loop: then poll again instead.
+                    Some(b) => signal.state.try_sleep().then(|| {
+                        st.sleepers.push(Sleeper {
+                            bell: b.clone(),
+                            until: next.map(|d| Instant::now() + d),
+                        });
+                        next
+                    }),
+                    // No bell to be woken by: sleep in short steps, so a wake-up lost
+                    // to another thread's turn costs at most one.
+                    None => (!signal.state.is_woken())
+                        .then(|| Some(next.map_or(NO_BELL_STEP, |d| d.min(NO_BELL_STEP)))),
+                };
+                (sleep, st.ring.reactor_fd(), bell)
             };
             for w in wakers.drain(..) {
                 w.wake();
             }
             if let Some(timeout) = sleep {
-                sleep_on(fd, timeout);
-                self.lock().sleepers -= 1;
+                let rung = sleep_on(fd, bell.as_deref(), timeout);
+                if let Some(b) = &bell {
+                    let mut st = self.lock();
+                    if let Some(i) = st.sleepers.iter().position(|s| Arc::ptr_eq(&s.bell, b)) {
+                        st.sleepers.swap_remove(i);
+                    }
+                    drop(st);
+                    if rung {
+                        // Reset before the state is looked at again: a wake after this
+                        // is seen at the top of the loop (and may ring it once more,
+                        // which costs the next sleep one empty round).
+                        b.clear();
+                    }
+                }
             }
         }
     }
 }
 
-/// Sleeps until `fd` is readable or `timeout` passes (an interrupted sleep just ends:
-/// the caller runs the ring and looks again).
-fn sleep_on(fd: RawFd, timeout: Option<Duration>) {
+/// How long a [`Driver::block_on`] without a bell of its own (no eventfd to be had)
+/// sleeps at a time.
+const NO_BELL_STEP: Duration = Duration::from_millis(1);
+
+/// Sleeps until `fd` or `bell` is readable or `timeout` passes (an interrupted sleep
+/// just ends: the caller runs the ring and looks again). Returns whether the bell rang.
+fn sleep_on(fd: RawFd, bell: Option<&Doorbell>, timeout: Option<Duration>) -> bool {
     let ms = match timeout {
         // Round up, so a timer due in 0.4 ms is not polled for in a busy loop.
         Some(d) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
         None => -1,
     };
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; `fd` is the ring's own descriptor, open while the
-    // driver (borrowed by the caller) lives. A raw call: rustix's takes a `BorrowedFd`
-    // whose lifetime the ring's descriptor, held under a lock, cannot lend out.
-    unsafe { libc::poll(&mut p, 1, ms) };
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: bell.map_or(-1, Doorbell::raw),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds (a negative fd is ignored by poll); `fd` is the ring's
+    // own descriptor, open while the driver (borrowed by the caller) lives, and the
+    // bell is kept open by the caller's `Arc`. A raw call: rustix's takes a
+    // `BorrowedFd` whose lifetime the ring's descriptor, held under a lock, cannot
+    // lend out.
+    unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+    p[1].revents & libc::POLLIN != 0
 }
 
-/// The waker of [`Driver::block_on`]: marks the future woken and interrupts the ring's
-/// wait (or the park) when woken from elsewhere.
+/// The waker of [`Driver::block_on`]: marks the future woken and, if the call sleeps,
+/// rings its bell to end the sleep.
 struct BlockOn {
-    woken: AtomicBool,
-    thread: std::thread::Thread,
-    handle: Handle,
+    state: SleepState,
+    /// Set (once) before the call first sleeps.
+    bell: OnceLock<Arc<Doorbell>>,
 }
 
 impl Wake for BlockOn {
@@ -1088,12 +1204,72 @@ impl Wake for BlockOn {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.woken.swap(true, Ordering::AcqRel) {
-            return;
+        if self.state.wake() {
+            if let Some(b) = self.bell.get() {
+                b.ring();
+            }
         }
-        if std::thread::current().id() != self.thread.id() {
-            let _ = self.handle.wake();
-            self.thread.unpark();
+    }
+}
+
+const AWAKE: u8 = 0;
+const WOKEN: u8 = 1;
+const SLEEPING: u8 = 2;
+
+/// Whether a [`Driver::block_on`]'s future was woken, and whether the call sleeps: one
+/// atomic, so a wake and the decision to sleep are ordered without fences.
+///
+/// - The call takes the wake (`WOKEN` → `AWAKE`) at the top of its loop and polls;
+/// - before sleeping it moves `AWAKE` → `SLEEPING`, which fails if a wake came since;
+/// - a wake stores `WOKEN`, and rings the bell only if it replaced `SLEEPING`.
+///
+/// So a wake either lands before the call decides to sleep (the call polls again) or
+/// finds it sleeping and rings the bell, which was set before `SLEEPING` was stored
+/// (the swap reads that store, so it sees the bell). A wake on the call's own thread
+/// never finds `SLEEPING`: it runs while the call is awake. Checked under every
+/// interleaving by the `loom` test below.
+struct SleepState(AtomicU8);
+
+impl SleepState {
+    fn new() -> SleepState {
+        // The first poll needs no wake.
+        SleepState(AtomicU8::new(WOKEN))
+    }
+
+    /// Takes a wake that came since the last call (the call is awake now).
+    fn take_woken(&self) -> bool {
+        self.0.swap(AWAKE, Ordering::AcqRel) == WOKEN
+    }
+
+    fn is_woken(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WOKEN
+    }
+
+    /// About to sleep: `false` if a wake came first (poll again instead).
+    fn try_sleep(&self) -> bool {
+        self.0
+            .compare_exchange(AWAKE, SLEEPING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records a wake; `true` if the call sleeps and its bell must be rung.
+    fn wake(&self) -> bool {
+        self.0.swap(WOKEN, Ordering::AcqRel) == SLEEPING
+    }
+}
+
+/// Gives a `block_on`'s bell back to its driver when the call ends.
+struct SpareBell<'a> {
+    driver: &'a Driver,
+    signal: &'a Arc<BlockOn>,
+}
+
+impl Drop for SpareBell<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.signal.bell.get() {
+            // A waker kept past the call may still ring it: the next call to use it
+            // then wakes once for nothing, and looks again.
+            self.driver.lock().spare_bells.push(b.clone());
         }
     }
 }
@@ -1111,5 +1287,151 @@ impl Drop for Shared {
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! `block_on`'s sleep (`SleepState`) under every interleaving
+    //! (`RUSTFLAGS="--cfg loom" cargo test -p quell --release --lib loom`). The call is
+    //! modelled as it runs: take a wake and poll (is the op done?), else decide to
+    //! sleep and sleep on its bell until rung, then clear it. Wakers complete the op,
+    //! then wake. The bell is modelled with the eventfd's semantics, and set (as the
+    //! `OnceLock` is) before the first sleep; a waker rings it only if it finds it set.
+    //! A lost wake leaves the call asleep with nobody left to ring: loom reports the
+    //! deadlock.
+    use super::SleepState;
+    use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::thread;
+
+    struct Bell {
+        count: Mutex<u64>,
+        cv: Condvar,
+    }
+
+    impl Bell {
+        fn ring(&self) {
+            *self.count.lock().unwrap() += 1;
+            self.cv.notify_one();
+        }
+
+        fn wait(&self) {
+            let mut c = self.count.lock().unwrap();
+            while *c == 0 {
+                c = self.cv.wait(c).unwrap();
+            }
+        }
+
+        fn clear(&self) {
+            *self.count.lock().unwrap() = 0;
+        }
+    }
+
+    fn the_call_always_wakes(wakers: usize) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(move || {
+            let state = Arc::new(SleepState::new());
+            let bell = Arc::new(Bell {
+                count: Mutex::new(0),
+                cv: Condvar::new(),
+            });
+            let bell_set = Arc::new(AtomicBool::new(false));
+            let done = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..wakers)
+                .map(|_| {
+                    let (state, bell, bell_set, done) =
+                        (state.clone(), bell.clone(), bell_set.clone(), done.clone());
+                    thread::spawn(move || {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        // Relaxed: only the state's own ordering may make the bell
+                        // visible, as only it orders the real `OnceLock`'s store.
+                        if state.wake() && bell_set.load(Ordering::Relaxed) {
+                            bell.ring();
+                        }
+                    })
+                })
+                .collect();
+            loop {
+                if state.take_woken() && done.load(Ordering::Relaxed) == wakers {
+                    break;
+                }
+                bell_set.store(true, Ordering::Relaxed);
+                if state.try_sleep() {
+                    bell.wait();
+                    bell.clear();
+                }
+            }
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn loom_block_on_never_misses_a_wake() {
+        the_call_always_wakes(1);
+    }
+
+    #[test]
+    fn loom_block_on_never_misses_two_racing_wakes() {
+        the_call_always_wakes(2);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Driver, Sleeper, SLEEP_SLACK};
+    use crate::wake::Doorbell;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn rung(b: &Doorbell) -> bool {
+        let mut p = libc::pollfd {
+            fd: b.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on an open eventfd; a zero timeout never blocks.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    /// A turn that leaves the ring due sooner than a sleeper planned wakes it (whoever
+    /// ran the turn may stop driving the ring); one due at about the same time, or later,
+    /// leaves it asleep, so sleepers that see the same timer do not wake each other.
+    #[test]
+    fn a_turn_wakes_only_sleepers_that_planned_to_sleep_longer() {
+        let d = Driver::new(crate::Ring::new().unwrap());
+        let mut st = d.lock();
+        let now = Instant::now();
+        let plans = [
+            None,
+            Some(now + Duration::from_secs(600)),
+            Some(now + Duration::from_secs(60)),
+            Some(now + Duration::from_secs(10) + SLEEP_SLACK / 2),
+            Some(now),
+        ];
+        for until in plans {
+            let bell = st.take_bell().unwrap();
+            st.sleepers.push(Sleeper { bell, until });
+        }
+        // Due in 10 s: wakes the one sleeping for ever and the ones planning 600 s
+        // and 60 s; not the one due within the slack of it, nor the one due before.
+        st.wake_early_sleepers(Some(Duration::from_secs(10)));
+        let woken: Vec<bool> = st.sleepers.iter().map(|s| rung(&s.bell)).collect();
+        assert_eq!(woken, [true, true, true, false, false]);
+        for s in &st.sleepers {
+            s.bell.clear();
+        }
+        // Nothing due (no timer): nobody is woken.
+        st.wake_early_sleepers(None);
+        assert!(st.sleepers.iter().all(|s| !rung(&s.bell)));
+        // Work left right now: every sleeper planning to sleep at all is woken.
+        st.wake_early_sleepers(Some(Duration::ZERO));
+        let woken: Vec<bool> = st.sleepers.iter().map(|s| rung(&s.bell)).collect();
+        assert_eq!(woken, [true, true, true, true, false]);
+        let bells: Vec<Arc<Doorbell>> = st.sleepers.drain(..).map(|s| s.bell).collect();
+        drop(bells);
     }
 }
