@@ -423,11 +423,11 @@ fn copy(args: &CpArgs, plan: Plan) -> Result<u8, CliError> {
         let buf = match engine {
             Engine::CopyRange => Buf::Kernel,
             Engine::Splice => Buf::pipe(block)?,
-            Engine::Rw if args.direct => Buf::Aligned(
-                AlignedBuf::new(block as usize, 4096).ok_or_else(|| {
+            Engine::Rw if args.direct => {
+                Buf::Aligned(AlignedBuf::new(block as usize, 4096).ok_or_else(|| {
                     format!("cannot allocate {depth} aligned buffers of --block-size {block}")
-                })?,
-            ),
+                })?)
+            }
             Engine::Rw => Buf::Plain(Vec::with_capacity(block as usize)),
         };
         slots.push(Slot {

@@ -191,7 +191,11 @@ fn bad_arguments_are_clear() {
         os("--block-size"),
         os(&(1u64 << 60).to_string()),
     ]);
-    assert!(matches!(o.status.code(), Some(1) | Some(2)), "{}", stderr(&o));
+    assert!(
+        matches!(o.status.code(), Some(1) | Some(2)),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("block-size"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }

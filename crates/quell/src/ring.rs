@@ -19,7 +19,7 @@ use crate::outcome::{CancelClass, CancelStatus, OpState, Outcome};
 use crate::signal::{Binding, SignalAction};
 use crate::table::{
     SlotState, Table, F_ANCHORED, F_CANCEL, F_CANCEL_SENT, F_CHAIN, F_DECLARED, F_DELIVERED,
-    F_EXACT, F_KERNEL_DONE, F_SINK, F_SPLIT, F_TIMEOUT,
+    F_EXACT, F_KERNEL_DONE, F_REQUEUES, F_REQUEUE_ONE, F_SINK, F_SPLIT, F_TIMEOUT,
 };
 use crate::timer::{Timers, GRACE_TARGET, GROUP_TARGET};
 use crate::wake::Doorbell;
@@ -1032,6 +1032,20 @@ impl Ring {
         if s.gen != gen || s.state != SlotState::InFlight {
             return self.finish_unusual(idx, key, res);
         }
+        if res == -(libc::ECANCELED as i64)
+            && s.flags & F_CANCEL == 0
+            && s.flags & F_REQUEUES != F_REQUEUES
+            && s.desc.kind != OpKind::Blocking
+            && !self.closed
+        {
+            // Canceled, but not by quell: the kernel cancels the requests of a task that
+            // exits (a ring is `Send`; the thread that submitted this op is gone). The op
+            // did not happen; it goes to the kernel again from this thread (I4: no
+            // outcome says "canceled" when nobody canceled). Bounded, in case something
+            // else keeps answering ECANCELED: then the op fails with it.
+            s.flags += F_REQUEUE_ONE;
+            return self.requeue_in_flight(idx, key);
+        }
         // Only transfers have a requested length (and it costs a payload match).
         let asked = if s.desc.kind.is_transfer() {
             s.desc.request_len()
@@ -1047,18 +1061,8 @@ impl Ring {
             // slot and so its cancel flag and deadline (I6).
             if done < asked && ((split && res as u64 == part) || s.flags & F_EXACT != 0) {
                 s.transferred = done;
-                s.state = SlotState::Queued;
-                let g = self.groups.at(s.group);
-                g.stats.in_flight -= 1;
-                g.stats.queued += 1;
-                self.in_flight -= 1;
                 // The next part may wait for room: it must find the same file (I12).
-                // Best effort: without a spare descriptor it goes on with the number.
-                if let Err(errno) = self.anchor(idx) {
-                    tracing::debug!(errno, "could not anchor a continued transfer");
-                }
-                self.queue.push_front(key);
-                return;
+                return self.requeue_in_flight(idx, key);
             }
         }
         if s.flags & F_ANCHORED != 0 {
@@ -1100,6 +1104,21 @@ impl Ring {
         }
         self.push_completion(idx, outcome);
         self.stats.completed += 1;
+    }
+
+    /// Puts in-flight slot `idx` back at the front of quell's queue, to be given to the
+    /// backend again (anchored to its files, as any op that waits).
+    fn requeue_in_flight(&mut self, idx: u32, key: u64) {
+        let s = self.table.slot_mut(idx);
+        s.state = SlotState::Queued;
+        let g = self.groups.at(s.group);
+        g.stats.in_flight -= 1;
+        g.stats.queued += 1;
+        self.in_flight -= 1;
+        if let Err(errno) = self.anchor(idx) {
+            tracing::debug!(errno, "could not anchor a requeued op");
+        }
+        self.queue.push_front(key);
     }
 
     /// A result for a slot that is not simply in flight: the kernel's late completion of
@@ -2501,8 +2520,8 @@ fn outcome_of(kind: OpKind, flags: u16, prior: u64, asked: u64, res: i64) -> Out
     }
     // A canceled io-wq worker's blocking syscall (a FIFO open waiting for a partner)
     // can report the kernel-internal ERESTARTSYS family (512..=516) instead of EINTR.
-    if errno == libc::ECANCELED
-        || (canceled && (errno == libc::EINTR || (512..=516).contains(&errno)))
+    if canceled
+        && (errno == libc::ECANCELED || errno == libc::EINTR || (512..=516).contains(&errno))
     {
         return stopped(prior);
     }

@@ -66,6 +66,11 @@ pub(crate) const F_DECLARED: u16 = 512;
 /// Not stored in a slot: tells `outcome_of` the op is a positioned transfer split into
 /// parts (so even its first part's short result after a cancel means it was stopped).
 pub(crate) const F_SPLIT: u16 = 1024;
+/// Slot bits 11..=13: how many times the op went back to the kernel after a cancel
+/// nobody asked for (its submitting thread exited; see `Ring::finish`).
+pub(crate) const F_REQUEUES: u16 = 0b111 << 11;
+/// One step of [`F_REQUEUES`].
+pub(crate) const F_REQUEUE_ONE: u16 = 1 << 11;
 
 /// Bookkeeping for one operation.
 pub(crate) struct Slot {
