@@ -8,7 +8,7 @@
 mod common;
 
 use common::write_all;
-use quell::{BackendChoice, Op, Outcome, Ring};
+use quell::{Op, Outcome, Ring};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
