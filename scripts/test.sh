@@ -15,7 +15,7 @@ cargo test -p quell --features fuzzing --lib fuzzing
 # already enables `tokio` through quell-cli; this keeps them covered if that changes.
 cargo test -p quell --features tokio --test futures_tokio --test examples
 
-echo "== loom: the cross-thread request mailbox (Handle -> ring) under every interleaving with up to 3 preemptions"
+echo "== loom: the cross-thread request mailbox (Handle -> ring, close racing a post) and block_on's sleep/wake handshake, under every interleaving with up to 3 preemptions"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p quell --release --lib loom
 
@@ -54,7 +54,7 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" 
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=0" \
   CARGO_TARGET_DIR=target/asan \
   cargo test -p quell --features tokio --target x86_64-unknown-linux-gnu --test futures_contract \
-  --test entry_points --test checkpoint_hostile
+  --test entry_points --test checkpoint_hostile --test cross_thread --test thread_exit
 
 echo "== fuzz: op table + cancel state machine on the fake backend (${QUELL_FUZZ_SECS:-60} s, AddressSanitizer)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
