@@ -970,7 +970,8 @@ impl Ring {
         let mut raw = s.desc.raw();
         if s.flags & (F_ANCHORED | F_CHAIN) != 0 {
             if s.flags & F_ANCHORED != 0 {
-                if !self.anchors.apply(idx, &mut raw) {
+                let per_number = !matches!(self.backend, Backend::Uring(_));
+                if !self.anchors.apply(idx, &mut raw, per_number) {
                     // A close whose number now names another file (I12): that file is
                     // not this op's to close.
                     let badf =
@@ -1106,8 +1107,10 @@ impl Ring {
         self.stats.completed += 1;
     }
 
-    /// Puts in-flight slot `idx` back at the front of quell's queue, to be given to the
-    /// backend again (anchored to its files, as any op that waits).
+    /// Gives in-flight slot `idx` to the backend again (the next part of a transfer, a
+    /// retry): at once where the window has room — the common case, costing nothing more —
+    /// or else at the front of quell's queue, anchored to its files like any op that
+    /// waits there (I12).
     fn requeue_in_flight(&mut self, idx: u32, key: u64) {
         let s = self.table.slot_mut(idx);
         s.state = SlotState::Queued;
@@ -1115,6 +1118,9 @@ impl Ring {
         g.stats.in_flight -= 1;
         g.stats.queued += 1;
         self.in_flight -= 1;
+        if self.in_flight < self.max_in_flight && !self.paused && self.start_slot(idx, key) {
+            return;
+        }
         if let Err(errno) = self.anchor(idx) {
             tracing::debug!(errno, "could not anchor a requeued op");
         }

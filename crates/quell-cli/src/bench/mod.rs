@@ -127,9 +127,13 @@ impl Workload {
                 |a, s| Ok(vec![read::run(a, s)?]),
                 false,
             ),
+            // A round trip is two ops (the write and the read), in flight together as in
+            // every peer: a window of one would hold the read in quell's queue until the
+            // write completes (a second io_uring_enter per round trip, and the descriptor
+            // anchoring an op that waits there pays).
             Workload::Pingpong => (
                 "pingpong",
-                Fixed { depth: 1, batch: 1 },
+                Fixed { depth: 2, batch: 1 },
                 pingpong::run,
                 true,
             ),

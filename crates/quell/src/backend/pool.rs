@@ -52,8 +52,9 @@ use super::sys;
 use crate::op::{BlockingFn, OpKind, RawOp};
 use crate::outcome::CancelClass;
 use crate::wake::Doorbell;
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -231,7 +232,7 @@ impl Pool {
             }),
             max_threads: max_threads.max(1),
             threads: 0,
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             ready: Vec::new(),
             interrupting: Vec::new(),
         }

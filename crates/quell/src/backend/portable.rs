@@ -107,7 +107,10 @@ use crate::op::{BlockingFn, OpKind, RawOp, NO_OFFSET};
 use crate::outcome::CancelClass;
 use crate::wake::Doorbell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+// Keys are descriptor numbers and the ring's op keys, never attacker-chosen: a fast
+// non-cryptographic hash (FxHash) instead of SipHash, on every op's path.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -442,16 +445,16 @@ impl Portable {
             epoll,
             doorbell: parts.doorbell.clone(),
             pool: Pool::new(parts.config.pool_threads, parts.doorbell.clone()),
-            waiting: HashMap::new(),
-            fds: HashMap::new(),
+            waiting: HashMap::default(),
+            fds: HashMap::default(),
             timers: BinaryHeap::new(),
-            timer_keys: HashMap::new(),
+            timer_keys: HashMap::default(),
             ready: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             polled: false,
             events_full: false,
             next_gen: 1,
-            ghosts: HashSet::new(),
+            ghosts: HashSet::default(),
         })
     }
 

@@ -8,8 +8,9 @@
 //!   full, the ring is quiesced, the backend has no room, or a transfer continues in a
 //!   later part) holds a duplicate of the files it names (one `fcntl(F_DUPFD_CLOEXEC)`,
 //!   shared by every waiting op on the same file). When it finally goes to the backend
-//!   it uses the number it was given if that still names its file (one `kcmp`), and the
-//!   duplicate if the number was closed or reused meanwhile (even outside quell, with an
+//!   it uses the duplicate on io_uring; on the portable backend (one FIFO per number) the
+//!   number it was given if that still names its file (one `kcmp`), and the duplicate
+//!   if the number was closed or reused meanwhile (even outside quell, with an
 //!   ordinary `drop(File)`): the op acts on its own file, as an op the kernel already
 //!   holds does. The duplicate is closed when the last op holding it has its last
 //!   result. Ops handed to the backend at once never pay.
@@ -28,7 +29,7 @@ use crate::descriptor::{dup_fd, same_file};
 use crate::op::{OpKind, RawOp};
 use crate::outcome::CancelClass;
 use crate::table::{F_ANCHORED, F_CHAIN, F_DECLARED};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// One duplicate of a file some waiting ops were submitted on, shared by all of them.
@@ -69,10 +70,19 @@ impl Anchors {
     /// still names that file, the duplicate where the number was closed or reused.
     /// `false` for a close whose number no longer names its file: it must not run (the
     /// duplicate is the ring's, and the number is somebody else's now).
-    pub(super) fn apply(&self, idx: u32, raw: &mut RawOp) -> bool {
+    ///
+    /// `per_number`: the backend keeps per-number state (the portable backend's FIFOs),
+    /// so an op must use the number while it still names the file, or it would not
+    /// queue behind the number's other waiters. io_uring keeps nothing per number: the
+    /// duplicate serves as well, without asking the kernel (`kcmp`) first.
+    pub(super) fn apply(&self, idx: u32, raw: &mut RawOp, per_number: bool) -> bool {
         if let Some(a) = self.by_slot.get(&idx) {
             if let Some(h) = a.fd.and_then(|i| self.held[i].as_ref()) {
-                raw.fd = h.current();
+                raw.fd = if per_number || raw.kind == OpKind::Close {
+                    h.current()
+                } else {
+                    h.dup.as_raw_fd()
+                };
                 if raw.fd != h.number {
                     if raw.kind == OpKind::Close {
                         return false;
@@ -82,7 +92,11 @@ impl Anchors {
                 }
             }
             if let Some(h) = a.fd2.and_then(|i| self.held[i].as_ref()) {
-                raw.fd2 = h.current();
+                raw.fd2 = if per_number {
+                    h.current()
+                } else {
+                    h.dup.as_raw_fd()
+                };
             }
         }
         true
