@@ -58,10 +58,11 @@ const FD_BASE: i32 = 1000;
 
 /// The outcome the contract gives a kernel result (DESIGN.md I4), written from the spec.
 fn expected(kind: OpKind, len: usize, canceled: bool, res: i64) -> Outcome {
-    let transfer = matches!(kind, OpKind::Read | OpKind::Write);
     if res >= 0 {
         let n = res as usize;
-        if canceled && transfer && n < len {
+        // A write stopped short by a cancel was stopped; a read that came back short
+        // completed (a single read is short whenever less was there).
+        if canceled && kind == OpKind::Write && n < len {
             return Outcome::Canceled { transferred: n };
         }
         return Outcome::Done(n);
@@ -70,7 +71,7 @@ fn expected(kind: OpKind, len: usize, canceled: bool, res: i64) -> Outcome {
     if kind == OpKind::Timeout && e == libc::ETIME {
         return Outcome::Done(0);
     }
-    if e == libc::ECANCELED || (canceled && e == libc::EINTR) {
+    if canceled && (e == libc::ECANCELED || e == libc::EINTR) {
         return Outcome::Canceled { transferred: 0 };
     }
     Outcome::Failed(crate::Errno::from_raw_os_error(e))

@@ -221,6 +221,11 @@ impl Ring {
     /// names none. Chains anchor nothing here: they anchor every step themselves, at
     /// submission (`chain.rs`).
     pub(super) fn anchor(&mut self, idx: u32) -> Result<(), i32> {
+        #[cfg(feature = "fuzzing")]
+        if matches!(self.backend, crate::backend::Backend::Fake(_)) {
+            // The fuzzing fake runs nothing on the descriptors it is given.
+            return Ok(());
+        }
         let s = self.table.slot(idx);
         if s.flags & (F_ANCHORED | F_CHAIN) != 0 {
             return Ok(());
